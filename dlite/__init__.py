@@ -1,0 +1,1 @@
+"""DiffuserLite: the method (data, models, training, planning, evaluation)."""

@@ -1,0 +1,106 @@
+"""Checkpoint files: one per save, written atomically, holding everything needed to
+continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprint)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlite.config import FIELDS, Config, from_dict
+
+FORMAT = "dlite-checkpoint-v1"
+NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
+
+RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup"}
+RESUME_SAFE_FIELDS = {"log_interval", "save_interval"} | {
+    name for name, f in FIELDS.items() if f.metadata["group"] in RESUME_SAFE_GROUPS}
+"""Settings that may change on resume: none of them alters a gradient step."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or does not belong to this run."""
+
+
+def checkpoint_name(step: int) -> str:
+    return f"ckpt_{step:08d}.pt"
+
+
+def step_of(path: Path) -> int | None:
+    m = NAME.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+def write_atomic(state: dict[str, Any], path: Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and sanity-check a checkpoint; a broken file raises CheckpointError naming it."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
+                              f"it may be truncated or not a dlite checkpoint") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file")
+    return state
+
+
+def config_of(state: dict[str, Any]) -> Config:
+    return from_dict(state["config"])
+
+
+def list_checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files of a folder, oldest step first."""
+    if not folder.is_dir():
+        return []
+    found = [(step_of(p), p) for p in folder.iterdir()]
+    return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
+
+
+def newest_readable(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, skipping (and naming) broken newer ones."""
+    for path in reversed(list_checkpoints(folder)):
+        try:
+            return path, read(path, map_location)
+        except CheckpointError:
+            continue
+    return None
+
+
+def check_compatible(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path) -> None:
+    """Refuse to resume on other data or with settings that change training."""
+    if state["dataset"]["fingerprint"] != fingerprint:
+        raise CheckpointError(
+            f"{path} was trained on another dataset (fingerprint {state['dataset']['fingerprint'][:12]}…, "
+            f"this dataset {fingerprint[:12]}…); resume with the same file or start in a new folder")
+    saved = state["config"]
+    wanted = cfg.to_dict()
+    differ = [k for k in wanted if k not in RESUME_SAFE_FIELDS and saved.get(k) != wanted[k]]
+    if differ:
+        detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {wanted[k]!r})" for k in differ)
+        raise CheckpointError(f"{path} was trained with other settings: {detail}; "
+                              f"resume with the same settings or start in a new folder")
+
+
+def prune(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints; returns what was deleted."""
+    paths = list_checkpoints(folder)
+    doomed = paths[:-keep] if keep > 0 else paths
+    for p in doomed:
+        p.unlink(missing_ok=True)
+    return doomed

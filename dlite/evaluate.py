@@ -1,0 +1,79 @@
+"""Scoring a planner on Gymnasium's -v4 MuJoCo environments with the D4RL score."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from dlite.planner import Planner
+from dlite.tasks import Domain, get_task
+
+
+@dataclass
+class EvalResult:
+    """Per-episode returns and scores; std is over episodes (population std)."""
+
+    task: str
+    returns: list[float]
+    scores: list[float]
+    score_mean: float
+    score_std: float
+    n_envs: int
+    n_episodes: int
+    latency_ms: float
+    wall_s: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_envs(domain: Domain, n_envs: int, max_steps: int) -> gym.vector.VectorEnv:
+    def make() -> gym.Env:
+        return gym.make(domain.gym_id, max_episode_steps=max_steps)
+    return gym.vector.SyncVectorEnv([make] * n_envs)
+
+
+def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
+             max_steps: int | None = None) -> EvalResult:
+    """Run n_envs environments in lock-step for n_episodes rounds.
+
+    An environment that is done stops adding reward; Gymnasium 1.x autoresets it on
+    the next step, which we ignore, so each round is exactly one episode per env.
+    """
+    task = get_task(planner.cfg.task)
+    domain = task.domain
+    max_steps = max_steps or planner.cfg.max_episode_steps
+    if domain.obs_dim != planner.model.obs_dim or domain.act_dim != planner.model.act_dim:
+        raise ValueError(f"the checkpoint plans for obs/act sizes {planner.model.obs_dim}/{planner.model.act_dim}, "
+                         f"but {domain.gym_id} has {domain.obs_dim}/{domain.act_dim}")
+    envs = make_envs(domain, n_envs, max_steps)
+    returns: list[float] = []
+    plan_time, plan_calls = 0.0, 0
+    start = time.perf_counter()
+    try:
+        for episode in range(n_episodes):
+            obs, _ = envs.reset(seed=seed + episode * n_envs)
+            total = np.zeros(n_envs)
+            alive = np.ones(n_envs, dtype=bool)
+            for _ in range(max_steps):
+                t0 = time.perf_counter()
+                action = planner.act(obs)
+                if planner.device.type == "cuda":
+                    torch.cuda.synchronize()
+                plan_time += time.perf_counter() - t0
+                plan_calls += 1
+                obs, reward, terminated, truncated, _ = envs.step(action)
+                total += reward * alive
+                alive &= ~(terminated | truncated)
+                if not alive.any():
+                    break
+            returns.extend(total.tolist())
+    finally:
+        envs.close()
+    scores = [task.normalized_score(r) for r in returns]
+    return EvalResult(task.name, returns, scores, float(np.mean(scores)), float(np.std(scores)),
+                      n_envs, n_episodes, 1000 * plan_time / max(plan_calls, 1), time.perf_counter() - start)

@@ -1,0 +1,210 @@
+"""The training loop: one gradient step updates the three level models and the
+inverse-dynamics model; losses stay on the device until the log interval."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlite import checkpoint
+from dlite.config import Config
+from dlite.dataset import Batch, WindowDataset
+from dlite.flow import fix_mask, flow_loss, loss_weight
+from dlite.model import DiffuserLite
+
+LOSS_KEYS = ("loss0", "loss1", "loss2", "invdyn_loss")
+
+
+@dataclass
+class LogRecord:
+    """What a log interval reports: mean losses over the interval and the speed."""
+
+    step: int
+    losses: dict[str, float]
+    lr: float
+    steps_per_s: float
+    wall_time: float = field(default_factory=time.time)
+
+
+class Callback(Protocol):
+    def on_log(self, record: LogRecord) -> None: ...
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+    def should_stop(self) -> bool: ...
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with a grad scaler); None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Trainer:
+    """Owns the model, optimisers and schedule; `fit` runs steps and saves checkpoints."""
+
+    def __init__(self, cfg: Config, data: WindowDataset, out_dir: Path | None = None,
+                 compile: bool = False, amp: bool = False) -> None:
+        self.cfg, self.data, self.out_dir = cfg, data, out_dir
+        self.device = data.device
+        seed_everything(cfg.seed)
+        self.model = DiffuserLite(cfg, data.obs_dim, data.act_dim).to(self.device)
+        self.model.obs_mean.copy_(torch.from_numpy(data.normalizer.mean))
+        self.model.obs_std.copy_(torch.from_numpy(data.normalizer.std))
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.diffusion_lr,
+                                       weight_decay=cfg.weight_decay, **fused)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, T_max=cfg.diffusion_gradient_steps)
+        self.invdyn_optim = torch.optim.Adam(self.model.invdyn.parameters(), lr=cfg.invdyn_lr, **fused)
+        self.amp = amp_dtype(self.device) if amp else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.masks = [fix_mask(h, data.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
+        self.weights = [loss_weight(h, data.obs_dim, cfg.next_obs_loss_weight, self.device) for h in cfg.horizons]
+        self.step = 0
+        self.loss_sum = torch.zeros(len(LOSS_KEYS), device=self.device)
+        self.loss_count = 0
+        self._losses = self._compute_losses
+        if compile:
+            mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else "default"
+            self._losses = torch.compile(self._compute_losses, mode=mode)
+
+    def _compute_losses(self, batch: Batch) -> torch.Tensor:
+        cfg = self.cfg
+        level_losses = [flow_loss(net, x0, v, m, w, cfg.label_dropout) for net, x0, v, m, w in
+                        zip(self.model.levels, batch.points, batch.values, self.masks, self.weights)]
+        pred = self.model.invdyn(batch.obs, batch.next_obs)
+        err = F.mse_loss(pred.float(), batch.act, reduction="none") * batch.pair_mask
+        invdyn = err.sum() / (batch.pair_mask.sum() * batch.act.shape[1]).clamp(min=1)
+        return torch.stack(level_losses + [invdyn])
+
+    def train_step(self) -> None:
+        """One gradient step of every model still within its step budget. No host sync."""
+        cfg = self.cfg
+        train_levels = self.step < cfg.diffusion_gradient_steps
+        train_invdyn = self.step < cfg.invdyn_gradient_steps
+        self.model.train()
+        batch = self.data.sample(cfg.batch_size)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp
+                    else contextlib.nullcontext())
+        with autocast:
+            losses = self._losses(batch)
+        total = losses[:3].sum() * train_levels + losses[3] * train_invdyn
+        self.optim.zero_grad(set_to_none=True)
+        self.invdyn_optim.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if train_levels:
+            self.scaler.step(self.optim)
+            self.sched.step()
+        if train_invdyn:
+            self.scaler.step(self.invdyn_optim)
+        self.scaler.update()
+        if train_levels:
+            self.model.update_ema(cfg.ema_rate)
+        self.loss_sum += losses.detach().float()
+        self.loss_count += 1
+        self.step += 1
+
+    def read_losses(self) -> dict[str, float]:
+        """Mean losses since the last read: the one device sync of a log interval."""
+        means = (self.loss_sum / max(self.loss_count, 1)).tolist()
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        return dict(zip(LOSS_KEYS, means))
+
+    def fit(self, until: int | None = None, callbacks: tuple[Callback, ...] = ()) -> int:
+        """Train to `until` (default: the config's total), saving every save interval and
+        at the end or on a stop request. Returns the step reached."""
+        cfg = self.cfg
+        until = cfg.total_steps if until is None else until
+        tick, tick_step = time.perf_counter(), self.step
+        while self.step < until:
+            self.train_step()
+            if self.step % cfg.log_interval == 0 or self.step == until:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                now = time.perf_counter()
+                record = LogRecord(self.step, self.read_losses(), self.sched.get_last_lr()[0],
+                                   (self.step - tick_step) / max(now - tick, 1e-9))
+                tick, tick_step = now, self.step
+                for cb in callbacks:
+                    cb.on_log(record)
+            stop = any(cb.should_stop() for cb in callbacks)
+            if self.out_dir and (self.step % cfg.save_interval == 0 or self.step == until or stop):
+                path = self.save()
+                for cb in callbacks:
+                    cb.on_checkpoint(self.step, path)
+            if stop:
+                break
+        return self.step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": checkpoint.FORMAT,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "dataset": {"fingerprint": self.data.fingerprint, "obs_dim": self.data.obs_dim,
+                        "act_dim": self.data.act_dim},
+            "model": self.model.state_dict(),
+            "optim": self.optim.state_dict(),
+            "sched": self.sched.state_dict(),
+            "invdyn_optim": self.invdyn_optim.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "loss_sum": self.loss_sum.cpu(),
+            "loss_count": self.loss_count,
+            "rng": rng_state(),
+        }
+
+    def save(self) -> Path:
+        assert self.out_dir is not None
+        path = checkpoint.write_atomic(self.state_dict(), self.out_dir / checkpoint.checkpoint_name(self.step))
+        checkpoint.prune(self.out_dir, self.cfg.keep_local)
+        return path
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint, refusing one from other data or other settings."""
+        checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path)
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.sched.load_state_dict(state["sched"])
+        self.invdyn_optim.load_state_dict(state["invdyn_optim"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = state["loss_count"]
+        self.step = state["step"]
+        set_rng_state(state["rng"])
+
+    def resume_latest(self) -> Path | None:
+        """Load the newest readable checkpoint of out_dir, if any; returns its path."""
+        found = checkpoint.newest_readable(self.out_dir, self.device) if self.out_dir else None
+        if found is None:
+            return None
+        self.load_state(*reversed(found))
+        return found[0]
