@@ -1,0 +1,155 @@
+"""End to end on CPU: a real uvicorn server, real worker processes, a tiny dataset."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+import pytest
+
+from tests.app_helpers import ROOT, LiveServer, start_server, stop_server, subprocess_env
+from tests.conftest import TINY
+
+TASK = "halfcheetah-medium-expert-v2"
+
+
+def tiny_run_config(steps: int) -> dict:
+    return {**TINY, "diffusion_gradient_steps": steps, "invdyn_gradient_steps": steps, "smoke_steps": 10,
+            "save_interval": 50, "log_interval": 10, "eval_every": 100, "eval_envs": 2, "eval_episodes": 1,
+            "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
+
+
+@pytest.fixture
+def dataset_cache(tmp_path: Path, tiny_hdf5: Path) -> Path:
+    """The tiny file under the task's D4RL name: the worker's data stage finds it in the cache."""
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    shutil.copy(tiny_hdf5, cache / "halfcheetah_medium_expert-v2.hdf5")
+    return cache
+
+
+def start_worker(server: LiveServer, work_dir: Path, cache: Path) -> subprocess.Popen:
+    env = subprocess_env(DLITE_DATASETS=str(cache), DLITE_TOKEN=server.token)
+    env.pop("HF_TOKEN", None)
+    return subprocess.Popen([sys.executable, "-m", "dlite.cli", "worker", "--server", server.url,
+                             "--work-dir", str(work_dir), "--device", "cpu", "--name", work_dir.name],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if predicate():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def create(api: httpx.Client, steps: int) -> int:
+    r = api.post("/api/runs", json={"task": TASK, "name": "e2e", "config": tiny_run_config(steps)})
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
+def loss_steps(api: httpx.Client, run_id: int) -> list[int]:
+    export = api.get(f"/api/runs/{run_id}/export").json()
+    return [step for step, _, _ in export["metrics"]["loss0"]]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> None:
+    server = start_server(tmp_path / "server")
+    worker = start_worker(server, tmp_path / "w1", dataset_cache)
+    try:
+        api = server.client()
+        run_id = create(api, 200)
+        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"), 120, "the run")
+        run = api.get(f"/api/runs/{run_id}").json()
+        assert run["status"] == "succeeded", run.get("error")
+        done = {item["key"] for item in run["checklist"] if item["verified_at"]}
+        assert {"data.ready", "smoke.steps", "smoke.checkpoint", "smoke.reload", "train.start", "train.done",
+                "eval.done", "eval.score"} <= done
+        assert "smoke.backup" not in done, "no Hub repo configured: must not be ticked"
+        assert {c["step"] for c in run["checkpoints"]} >= {150, 200}
+        final = [e for e in run["evaluations"] if e["kind"] == "final"]
+        assert len(final) == 1 and len(final[0]["returns"]) == 2
+        assert any(e["kind"] == "quick" and e["step"] == 100 for e in run["evaluations"])
+        assert loss_steps(api, run_id) == list(range(10, 201, 10))
+    finally:
+        stop(worker)
+        stop_server(server)
+
+
+def test_sigkill_then_another_worker_resumes(tmp_path: Path, dataset_cache: Path) -> None:
+    server = start_server(tmp_path / "server", lease_seconds=3)
+    api = server.client()
+    run_id = create(api, 400)
+    first = start_worker(server, tmp_path / "shared", dataset_cache)
+    try:
+        wait_for(lambda: any(c["step"] >= 100 for c in api.get(f"/api/runs/{run_id}").json()["checkpoints"]),
+                 120, "a checkpoint past step 100")
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        killed_at = api.get(f"/api/runs/{run_id}").json()["step"]
+        second = start_worker(server, tmp_path / "shared", dataset_cache)
+        try:
+            wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] == "succeeded", 180, "the resumed run")
+            run = api.get(f"/api/runs/{run_id}").json()
+            assert run["attempt"] == 2
+            start = next(i for i in run["checklist"] if i["key"] == "train.start")
+            resumed_from = int(start["detail"].split("step ")[1].split()[0])
+            assert resumed_from >= 100 and killed_at - resumed_from <= 50 + 10, (resumed_from, killed_at)
+            steps = loss_steps(api, run_id)
+            assert steps == list(range(10, 401, 10)), "every logged step exactly once"
+        finally:
+            stop(second)
+    finally:
+        stop(first)
+        stop_server(server)
+
+
+def test_server_outage_loses_no_metric_point(tmp_path: Path, dataset_cache: Path) -> None:
+    data_dir = tmp_path / "server"
+    server = start_server(data_dir, lease_seconds=30)
+    api = server.client()
+    run_id = create(api, 1500)
+    worker = start_worker(server, tmp_path / "w", dataset_cache)
+    try:
+        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["stage"] == "train"
+                 and api.get(f"/api/runs/{run_id}").json()["step"] >= 50, 120, "training")
+        stop_server(server)
+        time.sleep(4)
+        port = int(server.url.rsplit(":", 1)[1])
+        server = restart_server(data_dir, server, port)
+        api = server.client()
+        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] == "succeeded", 240, "the run")
+        assert loss_steps(api, run_id) == list(range(10, 1501, 10))
+    finally:
+        stop(worker)
+        stop_server(server)
+
+
+def restart_server(data_dir: Path, old: LiveServer, port: int) -> LiveServer:
+    """Same data, same port, same token: the worker's URL stays valid."""
+    env = subprocess_env(DLITE_TOKEN=old.token, DLITE_LEASE_SECONDS="30")
+    proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for(lambda: httpx.get(f"{old.url}/healthz", timeout=1).status_code == 200, 30, "the server restart")
+    return LiveServer(old.url, old.token, proc)

@@ -1,0 +1,1 @@
+"""The GPU worker: claims runs from the server and executes them with dlite."""

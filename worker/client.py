@@ -1,0 +1,62 @@
+"""HTTP client for the worker protocol (docs/worker-protocol.md).
+
+Network trouble and server errors become ServerUnavailable, which callers retry;
+a 409 becomes StaleAttempt, which means this worker no longer owns the run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from app.protocol import ClaimResponse, HeartbeatResponse
+
+
+class ServerUnavailable(RuntimeError):
+    """The server could not be reached or failed (5xx): try again later."""
+
+
+class StaleAttempt(RuntimeError):
+    """The server refused a write (409): the run moved on to another attempt."""
+
+
+class RejectedWrite(RuntimeError):
+    """The server refused a write as invalid (4xx other than 409): retrying cannot help."""
+
+
+class ServerClient:
+    def __init__(self, url: str, token: str, timeout: float = 15.0) -> None:
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.HTTPError as e:
+            raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
+        if response.status_code == 409:
+            raise StaleAttempt(f"{path}: {response.text[:300]}")
+        if response.status_code >= 500:
+            raise ServerUnavailable(f"{method} {path}: HTTP {response.status_code}")
+        if response.status_code >= 400:
+            raise RejectedWrite(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
+        return response
+
+    def register(self, name: str, host: str, device: str, gpu_name: str | None) -> str:
+        body = {"name": name, "host": host, "device": device, "gpu_name": gpu_name}
+        return self.request("POST", "/api/workers/register", body).json()["worker_id"]
+
+    def claim(self, worker_id: str) -> ClaimResponse | None:
+        response = self.request("POST", f"/api/workers/{worker_id}/claim")
+        return None if response.status_code == 204 else ClaimResponse.model_validate(response.json())
+
+    def heartbeat(self, run_id: int, attempt: int, step: int, steps_per_s: float | None) -> HeartbeatResponse:
+        body = {"attempt": attempt, "step": step, "steps_per_s": steps_per_s}
+        return HeartbeatResponse.model_validate(self.request("POST", f"/api/runs/{run_id}/heartbeat", body).json())
+
+    def export(self, run_id: int) -> bytes:
+        return self.request("GET", f"/api/runs/{run_id}/export").content
+
+    def close(self) -> None:
+        self.http.close()
