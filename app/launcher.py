@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from app.settings import settings_from_env
+from app.tunnel import open_tunnel
 
 
 def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
@@ -51,7 +52,8 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
             proc.kill()
 
 
-def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, device: str | None) -> int:
+def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, device: str | None,
+       tunnel: str | None = None) -> int:
     settings = settings_from_env(data_dir)
     env = {**os.environ, "DLITE_TOKEN": settings.token, "DLITE_DATA_DIR": str(settings.data_dir)}
     server = subprocess.Popen([sys.executable, "-m", "app.server", "--host", host, "--port", str(port),
@@ -60,6 +62,8 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
     procs = [server]
     try:
         _wait_healthy(local, server)
+        if tunnel:
+            open_tunnel(tunnel, port, Path(settings.data_dir))
         if demo:
             print(f"queued demo run {queue_demo(local, settings.token)}", flush=True)
         if worker:

@@ -89,7 +89,7 @@ def _worker(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from app.launcher import up
 
-    return up(args.host, args.port, args.data_dir, not args.no_worker, args.demo, args.device)
+    return up(args.host, args.port, args.data_dir, not args.no_worker, args.demo, args.device, args.tunnel)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -137,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--no-worker", action="store_true", help="server only (workers run elsewhere)")
     u.add_argument("--demo", action="store_true", help="also queue a demo run that needs no download")
     u.add_argument("--device", help="the local worker's device (default: cuda when available)")
+    u.add_argument("--tunnel", choices=["colab", "cloudflared", "ngrok"], help="also open a public URL")
     u.set_defaults(func=_up)
     return p
 

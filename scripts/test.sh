@@ -1,9 +1,40 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a clean machine, then runs pytest.
+# The test command: installs what the tests need on a clean machine (CPU torch,
+# the package with its test extras, Debian's chromium for the browser test, a
+# throw-away PostgreSQL for the PostgreSQL tests), then runs pytest.
 # Extra arguments go to pytest (e.g. `-m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else return 1; fi; }
+apt_install() { as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null ||
+                { as_root apt-get update -qq >/dev/null && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }; }
+
 bash scripts/install-torch.sh
-"$PY" -m pip install -q -e '.[test]'
-exec "$PY" -m pytest "$@"
+"$PY" -m pip install -q -e '.[test,postgres]'
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "installing chromium for the browser test" >&2
+  apt_install chromium || echo "could not install chromium: the browser test will fail in CI" >&2
+fi
+
+start_postgres() {
+  # A throw-away cluster on a private port, started as the postgres user; skipped
+  # (and its tests with it) where we cannot be root and none is configured.
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql || return 1
+  local bin dir
+  bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+  dir=$(mktemp -d /tmp/dlite-pg.XXXXXX)
+  as_root chown postgres "$dir" || return 1
+  as_root su postgres -s /bin/sh -c "$bin/initdb -D $dir/data -A trust -U postgres >/dev/null" || return 1
+  as_root su postgres -s /bin/sh -c "$bin/pg_ctl -D $dir/data -w -l $dir/log \
+      -o '-p 55432 -k $dir -c listen_addresses=127.0.0.1' start >/dev/null" || return 1
+  export DLITE_TEST_POSTGRES_URL="postgresql+psycopg://postgres@127.0.0.1:55432/postgres"
+  trap "as_root su postgres -s /bin/sh -c '$bin/pg_ctl -D $dir/data -m fast stop' >/dev/null 2>&1; as_root rm -rf $dir" EXIT
+}
+if [ -z "${DLITE_TEST_POSTGRES_URL:-}" ]; then
+  start_postgres || echo "no PostgreSQL: its tests are skipped" >&2
+fi
+
+"$PY" -m pytest "$@"

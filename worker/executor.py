@@ -100,13 +100,12 @@ class RunExecutor:
 
     def _on_backup_state(self, step: int, state: str, detail: str | None, command_ids: list[int]) -> None:
         path = self.ckpt_dir / checkpoint.checkpoint_name(step)
-        body = {"step": step, "size": path.stat().st_size if path.exists() else 0,
-                "sha256": sha256_of(path) if path.exists() else "0" * 64,
-                "backup_state": state, "hub_url": detail if state == "hub" else None,
-                "error": detail if state == "error" else None}
-        self.outbox.post("checkpoints", body)
+        if path.exists():  # pruned meanwhile: the server keeps the hash it already has
+            self.outbox.post("checkpoints", {
+                "step": step, "size": path.stat().st_size, "sha256": sha256_of(path), "backup_state": state,
+                "hub_url": detail if state == "hub" else None, "error": detail if state == "error" else None})
+        command_state = {"uploading": "uploading", "hub": "done", "error": "error"}[state]
         for command_id in command_ids:
-            command_state = {"hub": "done"}.get(state, state)
             self.outbox.post(f"commands/{command_id}", {"state": command_state, "detail": detail})
         if state == "error":
             self.event(f"backup of step {step} failed: {detail}; training goes on", "warning")

@@ -1,0 +1,1 @@
+"""DiffuserLite Lab run server: runs, workers, users and pages. Never imports torch."""

@@ -1,0 +1,89 @@
+"""Server-sent events, fed by polling the `changes` table.
+
+Polling the database (rather than an in-process queue) works with several server
+processes and with SQLite alike. Each message's `id:` is the change id, so a browser
+that reconnects with Last-Event-ID (or a page that opens the stream with `?since=`
+taken from the run's `change_id`) receives exactly what it missed. Message data is
+JSON `{"type": kind, "run_id": ..., "data": {...}}`; kinds are run, metrics,
+checklist, checkpoint, evaluation and event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Optional
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import StreamingResponse
+
+from app.auth import require_api
+from app.db import Database
+from app.deps import get_db
+from app.services import runs
+from app.services.events import changes_since, latest_change_id
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["stream"])
+
+
+def _start_id(db: Database, last_event_id: Optional[str], since: Optional[int]) -> int:
+    if last_event_id and last_event_id.strip().isdigit():
+        return int(last_event_id)
+    if since is not None:
+        return since
+    with db.read() as session:
+        return latest_change_id(session)
+
+
+async def _messages(request: Request, db: Database, run_id: int | None, last: int) -> AsyncIterator[str]:
+    settings = request.app.state.settings
+
+    def fetch(after: int) -> list[tuple[int, str]]:
+        with db.read() as session:
+            return [(c.id, json.dumps({"type": c.kind, "run_id": c.run_id, "data": c.data}))
+                    for c in changes_since(session, after, run_id)]
+
+    yield "retry: 2000\n\n"
+    quiet_since = time.monotonic()
+    while not await request.is_disconnected():
+        batch = await anyio.to_thread.run_sync(fetch, last)
+        for change_id, data in batch:
+            yield f"id: {change_id}\ndata: {data}\n\n"
+            last = change_id
+        if batch:
+            quiet_since = time.monotonic()
+            continue  # there may be more than one page waiting
+        if time.monotonic() - quiet_since >= settings.sse_keepalive_seconds:
+            yield ": keep-alive\n\n"
+            quiet_since = time.monotonic()
+        await anyio.sleep(settings.sse_poll_seconds)
+
+
+def _stream(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+@router.get("/runs/stream")
+async def all_runs(request: Request, since: Optional[int] = None,
+                   last_event_id: Optional[str] = Header(None),
+                   db: Database = Depends(get_db)) -> StreamingResponse:
+    """Status, stage and step of every run, plus all events: what the run list needs."""
+    start = await anyio.to_thread.run_sync(_start_id, db, last_event_id, since)
+    return _stream(_messages(request, db, None, start))
+
+
+@router.get("/runs/{run_id}/events/stream")
+async def one_run(run_id: int, request: Request, since: Optional[int] = None,
+                  last_event_id: Optional[str] = Header(None),
+                  db: Database = Depends(get_db)) -> StreamingResponse:
+    """Everything that happens to one run, metric points included."""
+    def check_and_start() -> int:
+        with db.read() as session:
+            runs.get_run(session, run_id)
+        return _start_id(db, last_event_id, since)
+
+    start = await anyio.to_thread.run_sync(check_and_start)
+    return _stream(_messages(request, db, run_id, start))

@@ -1,0 +1,108 @@
+"""The worker protocol (docs/worker-protocol.md). Every write after the claim carries
+the attempt it belongs to and is checked by `claims.fenced_run` (409 when stale)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+
+from app import protocol as p
+from app.auth import require_api
+from app.db import Database
+from app.deps import get_db, get_settings
+from app.services import claims, metrics, progress
+from app.services.events import log_event
+from app.settings import Settings
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["workers"])
+
+
+@router.post("/workers/register")
+def register(body: p.RegisterRequest, db: Database = Depends(get_db)) -> p.RegisterResponse:
+    with db.write() as session:
+        worker = claims.register_worker(session, body.name, body.host, body.device, body.gpu_name)
+        return p.RegisterResponse(worker_id=worker.id)
+
+
+@router.post("/workers/{worker_id}/claim", response_model=p.ClaimResponse,
+             responses={204: {"description": "nothing is queued"}})
+def claim(worker_id: str, db: Database = Depends(get_db),
+          settings: Settings = Depends(get_settings)) -> p.ClaimResponse | Response:
+    run = claims.claim_next(db, worker_id, settings.lease_seconds)
+    if run is None:
+        return Response(status_code=204)
+    return p.ClaimResponse(run_id=run.id, attempt=run.attempt, task=run.task, name=run.name,
+                           config=run.config, lease_seconds=settings.lease_seconds,
+                           lease_expires_at=run.lease_expires_at, is_demo=run.is_demo)
+
+
+@router.post("/runs/{run_id}/heartbeat")
+def heartbeat(run_id: int, body: p.HeartbeatRequest, db: Database = Depends(get_db),
+              settings: Settings = Depends(get_settings)) -> p.HeartbeatResponse:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        commands = claims.heartbeat(session, run, body.step, body.steps_per_s, settings.lease_seconds)
+        return p.HeartbeatResponse(lease_expires_at=run.lease_expires_at,
+                                   commands=[p.CommandOut(id=c.id, kind=c.kind) for c in commands])
+
+
+@router.post("/runs/{run_id}/metrics")
+def post_metrics(run_id: int, body: p.MetricsRequest, db: Database = Depends(get_db)) -> p.MetricsResponse:
+    with db.write() as session:
+        claims.fenced_run(session, run_id, body.attempt)
+        n = metrics.upsert_points(session, run_id, (pt.model_dump() for pt in body.points))
+        return p.MetricsResponse(accepted=n)
+
+
+@router.post("/runs/{run_id}/stage")
+def stage(run_id: int, body: p.StageRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        claims.set_stage(session, claims.fenced_run(session, run_id, body.attempt), body.stage)
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/checklist")
+def checklist(run_id: int, body: p.ChecklistRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        progress.verify_checklist(session, run, body.key, body.detail)
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/checkpoints")
+def checkpoint(run_id: int, body: p.CheckpointRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        progress.record_checkpoint(session, run, body.model_dump(exclude={"attempt"}))
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/evaluations")
+def evaluation(run_id: int, body: p.EvaluationRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        progress.record_evaluation(session, run, body.model_dump(exclude={"attempt"}))
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/events")
+def event(run_id: int, body: p.EventRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        claims.fenced_run(session, run_id, body.attempt)
+        log_event(session, run_id, body.level, body.message)
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/commands/{command_id}")
+def command(run_id: int, command_id: int, body: p.CommandUpdateRequest,
+            db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        claims.update_command(session, run, command_id, body.state, body.detail)
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/finish")
+def finish(run_id: int, body: p.FinishRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        claims.finish(session, claims.fenced_run(session, run_id, body.attempt), body.status, body.error)
+        return p.Ok()

@@ -1,0 +1,196 @@
+"""Runs as the user sees them: create, list, detail, cancel, retry, backup, export.
+
+A run's config is resolved once by `dlite.config.from_dict` and stored in full, so
+the worker and the pages read the same values and app/ declares no defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricPoint, Run
+from app.protocol import CHECKLIST, checklist_label
+from app.services import Conflict, NotFound
+from app.services.events import event_dict, latest_change_id, log_event, now, record_change
+from app.services.metrics import latest_points
+from dlite.config import from_dict
+from dlite.tasks import TASKS
+
+RETRYABLE = ("failed", "cancelled", "interrupted")
+PENDING_COMMAND_STATES = ("queued", "sent", "uploading")
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """The fields a run list or a `run` stream message shows (no config, no children)."""
+    return {"id": run.id, "task": run.task, "name": run.name, "status": run.status,
+            "stage": run.stage, "step": run.step, "total_steps": run.total_steps,
+            "attempt": run.attempt, "worker_id": run.worker_id,
+            "lease_expires_at": run.lease_expires_at, "created_at": run.created_at,
+            "started_at": run.started_at, "finished_at": run.finished_at,
+            "updated_at": run.updated_at, "error": run.error, "is_demo": run.is_demo,
+            "steps_per_s": run.steps_per_s}
+
+
+def touch(session: Session, run: Run) -> None:
+    """Stamp a changed run and tell the streams about it."""
+    run.updated_at = now()
+    session.add(run)
+    session.flush()
+    record_change(session, run.id, "run", run_summary(run))
+
+
+def create_run(session: Session, task: str, name: str | None, overrides: dict[str, Any],
+               is_demo: bool = False) -> Run:
+    """Raises dlite.config.ConfigError naming the bad field."""
+    cfg = from_dict({**overrides, "task": task})
+    t = now()
+    run = Run(task=cfg.task, name=name, config=cfg.to_dict(), total_steps=cfg.total_steps,
+              created_at=t, updated_at=t, is_demo=is_demo)
+    session.add(run)
+    session.flush()
+    touch(session, run)
+    log_event(session, run.id, "info", "run queued")
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+def list_runs(session: Session, status: str | None = None, limit: int = 500) -> list[Run]:
+    stmt = select(Run)
+    if status:
+        stmt = stmt.where(Run.status == status)
+    return list(session.exec(stmt.order_by(col(Run.created_at).desc(), col(Run.id).desc()).limit(limit)))
+
+
+def checklist(session: Session, run: Run) -> list[dict[str, Any]]:
+    """All checklist keys in order, verified or not, with labels from the run's config."""
+    done = {i.key: i for i in session.exec(select(ChecklistItem).where(ChecklistItem.run_id == run.id))}
+    return [{"key": key, "label": checklist_label(key, run.config),
+             "detail": done[key].detail if key in done else None,
+             "verified_at": done[key].verified_at if key in done else None}
+            for key, _ in CHECKLIST]
+
+
+def checkpoint_dict(c: Checkpoint) -> dict[str, Any]:
+    return c.model_dump(exclude={"run_id"})
+
+
+def evaluation_dict(e: Evaluation) -> dict[str, Any]:
+    return e.model_dump(exclude={"run_id"})
+
+
+def command_dict(c: Command) -> dict[str, Any]:
+    return c.model_dump()
+
+
+def checkpoints(session: Session, run_id: int) -> list[Checkpoint]:
+    return list(session.exec(select(Checkpoint).where(Checkpoint.run_id == run_id)
+                             .order_by(col(Checkpoint.step))))
+
+
+def evaluations(session: Session, run_id: int) -> list[Evaluation]:
+    return list(session.exec(select(Evaluation).where(Evaluation.run_id == run_id)
+                             .order_by(col(Evaluation.id))))
+
+
+def paper_numbers(task: str) -> dict[str, Any]:
+    """Published scores of the task, from dlite.tasks (the single table of them)."""
+    t = TASKS[task]
+    score = lambda s: None if s is None else {"mean": s.mean, "sem": s.sem, "source": s.source}  # noqa: E731
+    return {"diffuser_lite_d": t.paper_d, "r1": score(t.paper_r1), "r2": score(t.paper_r2),
+            "seed_readme_r1": score(t.seed_readme_r1)}
+
+
+def run_detail(session: Session, run: Run) -> dict[str, Any]:
+    return {**run_summary(run), "config": run.config,
+            "checklist": checklist(session, run),
+            "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
+            "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
+            "commands": [command_dict(c) for c in session.exec(
+                select(Command).where(Command.run_id == run.id).order_by(col(Command.id)))],
+            "metrics": latest_points(session, run.id),
+            "paper": paper_numbers(run.task),
+            "change_id": latest_change_id(session)}
+
+
+def _pending_command(session: Session, run_id: int, kind: str) -> Command | None:
+    return session.exec(select(Command).where(
+        Command.run_id == run_id, Command.kind == kind,
+        col(Command.state).in_(PENDING_COMMAND_STATES))).first()
+
+
+def queue_command(session: Session, run: Run, kind: str) -> Command:
+    """Commands reach the worker in its next heartbeat; a pending one is not duplicated."""
+    if run.status != "running":
+        raise Conflict(f"run {run.id} is {run.status}; only a running run takes a {kind} command")
+    command = _pending_command(session, run.id, kind)
+    if command is None:
+        t = now()
+        command = Command(run_id=run.id, kind=kind, created_at=t, updated_at=t)
+        session.add(command)
+        session.flush()
+        log_event(session, run.id, "info", f"{kind} requested")
+    return command
+
+
+def cancel_run(session: Session, run: Run) -> dict[str, Any]:
+    """A queued run is cancelled at once; a running one is asked through its worker."""
+    if run.status == "queued":
+        run.status, run.finished_at = "cancelled", now()
+        touch(session, run)
+        log_event(session, run.id, "info", "cancelled before it started")
+        return {"status": run.status, "command": None}
+    command = queue_command(session, run, "cancel")
+    return {"status": run.status, "command": command_dict(command)}
+
+
+def retry_run(session: Session, run: Run) -> Run:
+    """Queue an ended run again; the next attempt resumes from its newest checkpoint."""
+    if run.status not in RETRYABLE:
+        raise Conflict(f"run {run.id} is {run.status}; only {', '.join(RETRYABLE)} runs can be retried")
+    run.status, run.stage, run.error = "queued", None, None
+    run.worker_id, run.lease_expires_at, run.finished_at = None, None, None
+    touch(session, run)
+    log_event(session, run.id, "info", "queued again (retry)")
+    return run
+
+
+def export_run(session: Session, run: Run) -> dict[str, Any]:
+    """Everything about one run in one JSON document, every metric point included."""
+    metrics: dict[str, list[list[float]]] = {}
+    rows = session.exec(select(MetricPoint.key, MetricPoint.step, MetricPoint.value, MetricPoint.wall_time)
+                        .where(MetricPoint.run_id == run.id)
+                        .order_by(col(MetricPoint.key), col(MetricPoint.step)))
+    for key, step, value, wall_time in rows:
+        metrics.setdefault(key, []).append([step, value, wall_time])
+    events = session.exec(select(Event).where(Event.run_id == run.id).order_by(col(Event.id)))
+    return {"run": run_summary(run), "config": run.config, "checklist": checklist(session, run),
+            "metrics": metrics,
+            "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
+            "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
+            "events": [event_dict(e) for e in events]}
+
+
+def results_markdown(session: Session) -> str:
+    """Paper vs. reproduction for every run with a final evaluation (its latest one)."""
+    lines = ["| task | paper | mine | difference |", "| --- | --- | --- | --- |"]
+    finals = session.exec(select(Evaluation, Run).join(Run, col(Run.id) == Evaluation.run_id)
+                          .where(Evaluation.kind == "final")
+                          .order_by(col(Run.task), col(Run.id), col(Evaluation.id)))
+    latest: dict[int, tuple[Evaluation, Run]] = {}
+    for evaluation, run in finals:
+        latest[run.id] = (evaluation, run)
+    for evaluation, run in latest.values():
+        paper = TASKS[run.task].paper_r1
+        label = run.task if not run.name else f"{run.task} ({run.name})"
+        diff = evaluation.score_mean - paper.mean
+        lines.append(f"| {label} | {paper.mean:.1f} ± {paper.sem:.1f} | "
+                     f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f} | {diff:+.1f} |")
+    return "\n".join(lines) + "\n"

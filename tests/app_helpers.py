@@ -1,0 +1,129 @@
+"""Shared fixtures and helpers of the app tests (imported by the test_app_* modules,
+so the repo-wide conftest stays free for the other packages)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_settings(tmp_path: Path, **changes: object) -> Settings:
+    base = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'dlite.db'}",
+                    token=secrets.token_urlsafe(32), sse_poll_seconds=0.05,
+                    sse_keepalive_seconds=1.0, lease_sweep_seconds=0.2)
+    return base.with_(**changes)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {settings.token}"}) as c:
+        yield c
+
+
+def small_config(**overrides: object) -> dict[str, object]:
+    """A tiny run, so totals are easy to read in assertions."""
+    return {"diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000, **overrides}
+
+
+def create_run(client: TestClient | httpx.Client, task: str = "hopper-medium-v2", **config: object) -> dict:
+    r = client.post("/api/runs", json={"task": task, "name": None, "config": small_config(**config)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def register(client: TestClient | httpx.Client, name: str = "w") -> str:
+    r = client.post("/api/workers/register", json={"name": name, "host": "h", "device": "cpu",
+                                                   "gpu_name": None})
+    assert r.status_code == 200, r.text
+    return r.json()["worker_id"]
+
+
+def claim(client: TestClient | httpx.Client, worker_id: str) -> dict | None:
+    r = client.post(f"/api/workers/{worker_id}/claim")
+    assert r.status_code in (200, 204), r.text
+    return r.json() if r.status_code == 200 else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+@dataclass
+class LiveServer:
+    url: str
+    token: str
+    process: subprocess.Popen
+
+    def client(self, timeout: float | httpx.Timeout = 30) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
+                            timeout=timeout)
+
+
+def start_server(data_dir: Path, database_url: str | None = None,
+                 lease_seconds: float = 60) -> LiveServer:
+    """A real uvicorn process, as in production (`python -m app.server`)."""
+    port, token = free_port(), secrets.token_urlsafe(32)
+    env = subprocess_env(DLITE_TOKEN=token, DLITE_LEASE_SECONDS=str(lease_seconds))
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    else:
+        env.pop("DATABASE_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port),
+                             "--data-dir", str(data_dir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return LiveServer(url, token, proc)
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop_server(server: LiveServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture
+def live_server(tmp_path: Path) -> Iterator[LiveServer]:
+    server = start_server(tmp_path)
+    yield server
+    stop_server(server)

@@ -1,0 +1,124 @@
+"""Run API, config validation, settings, migrations and import hygiene."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from app.db import Database
+from app.models import SQLModel
+from app.settings import load_or_create_token, settings_from_env
+from app_helpers import ROOT, client, create_run, settings, small_config, subprocess_env  # noqa: F401
+from dlite.config import Config, from_dict, schema
+
+
+def test_create_list_get_store_the_full_resolved_config(client) -> None:
+    run = create_run(client, batch_size=64)
+    assert run["status"] == "queued" and run["attempt"] == 0 and run["stage"] is None
+    expected = from_dict({**small_config(batch_size=64), "task": "hopper-medium-v2"})
+    assert run["config"] == expected.to_dict()
+    assert run["total_steps"] == expected.total_steps
+    assert client.get("/api/runs").json()[0]["id"] == run["id"]
+    got = client.get(f"/api/runs/{run['id']}").json()
+    assert got["config"] == run["config"]
+    assert [i["key"] for i in got["checklist"]][:2] == ["data.ready", "smoke.steps"]
+    assert got["checklist"][1]["label"] == f"{expected.smoke_steps} training steps done"
+    assert got["paper"]["r1"]["mean"] == 99.5 and got["checkpoints"] == [] and got["evaluations"] == []
+
+
+def test_defaults_are_dlite_defaults(client) -> None:
+    r = client.post("/api/runs", json={"task": "walker2d-medium-v2", "config": {}})
+    assert r.status_code == 201
+    assert r.json()["config"] == Config(task="walker2d-medium-v2").to_dict()
+    assert r.json()["total_steps"] == Config().total_steps
+
+
+@pytest.mark.parametrize("config, field", [
+    ({"no_such_setting": 1}, "no_such_setting"),
+    ({"batch_size": "big"}, "batch_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"diffusion_gradient_steps": -5}, "diffusion_gradient_steps"),
+])
+def test_bad_config_is_a_422_naming_the_field(client, config, field) -> None:
+    r = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": config})
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "config", field] and error["type"] == "value_error" and error["msg"]
+
+
+def test_unknown_task_is_a_422_on_the_task_field(client) -> None:
+    r = client.post("/api/runs", json={"task": "pong-v0", "config": {}})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "task"]
+    assert client.get("/api/runs").json() == []
+
+
+def test_schema_comes_from_dlite(client) -> None:
+    body = client.get("/api/config/schema").json()
+    assert body["fields"] == schema()
+    assert "hopper-medium-v2" in body["tasks"]
+
+
+def test_missing_run_is_404(client) -> None:
+    assert client.get("/api/runs/999").status_code == 404
+    assert client.post("/api/runs/999/cancel").status_code == 404
+
+
+def test_healthz_needs_no_token(client) -> None:
+    assert client.get("/healthz", headers={"Authorization": ""}).json() == {"ok": True}
+
+
+def test_importing_the_app_does_not_import_torch() -> None:
+    code = ("import sys, app.main, app.server; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), check=True)
+
+
+def test_protocol_module_is_light_for_the_worker() -> None:
+    code = ("import sys, app.protocol; heavy = {'torch', 'fastapi', 'sqlalchemy', 'sqlmodel', 'starlette'}; "
+            "bad = heavy & {m.split('.')[0] for m in sys.modules}; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), check=True)
+
+
+def test_migrating_an_empty_database_then_again_is_a_no_op(tmp_path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'm.db'}")
+    db.migrate()
+    with db.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+        tables = set(inspect(conn).get_table_names())
+        version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
+    assert {"runs", "metric_points", "changes", "alembic_version"} <= tables
+    db.migrate()
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == version
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar_one() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one() == 1
+
+
+def test_token_file_is_private_and_reused(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("DLITE_TOKEN", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    token = load_or_create_token(tmp_path)
+    assert len(token) >= 40
+    assert stat.S_IMODE(os.stat(tmp_path / "token").st_mode) == 0o600
+    assert load_or_create_token(tmp_path) == token
+    s = settings_from_env(tmp_path)
+    assert s.token == token and s.database_url == f"sqlite:///{tmp_path.resolve() / 'dlite.db'}"
+    assert s.lease_seconds == 60
+    monkeypatch.setenv("DLITE_TOKEN", "from-env")
+    monkeypatch.setenv("DLITE_LEASE_SECONDS", "7")
+    s = settings_from_env(tmp_path)
+    assert s.token == "from-env" and s.lease_seconds == 7
+
+
+def test_nothing_in_app_mentions_the_hub_token() -> None:
+    for path in (ROOT / "app").rglob("*"):
+        if path.is_file() and path.suffix in {".py", ".html", ".css", ".js", ".mako"}:
+            assert "HF_TOKEN" not in path.read_text(), path

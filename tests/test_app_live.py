@@ -1,0 +1,120 @@
+"""Against a real uvicorn process: claim races between worker processes, and SSE."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from app_helpers import ROOT, LiveServer, live_server, start_server, stop_server, subprocess_env  # noqa: F401
+
+CLAIMER = """
+import sys, httpx
+url, token, name = sys.argv[1:]
+c = httpx.Client(base_url=url, headers={"Authorization": "Bearer " + token}, timeout=60)
+wid = c.post("/api/workers/register", json={"name": name}).json()["worker_id"]
+while True:
+    r = c.post(f"/api/workers/{wid}/claim")
+    if r.status_code == 204:
+        break
+    r.raise_for_status()
+    print(r.json()["run_id"], flush=True)
+"""
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A throw-away database on the server DLITE_TEST_POSTGRES_URL points at."""
+    base = os.environ.get("DLITE_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("DLITE_TEST_POSTGRES_URL is not set")
+    name = f"dlite_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin.url.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _claim_race(server: LiveServer) -> None:
+    with server.client() as c:
+        ids = [c.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}}).json()["id"]
+               for _ in range(20)]
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, server.url, server.token, f"w{i}"],
+                              cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+             for i in range(8)]
+    claimed = Counter()
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        claimed.update(int(line) for line in out.split())
+    assert sorted(claimed) == sorted(ids) and set(claimed.values()) == {1}, claimed
+    with server.client() as c:
+        runs = c.get("/api/runs").json()
+    assert {r["status"] for r in runs} == {"running"} and {r["attempt"] for r in runs} == {1}
+
+
+def test_claim_race_between_worker_processes(live_server) -> None:
+    _claim_race(live_server)
+
+
+@pytest.mark.postgres
+def test_claim_race_on_postgres(tmp_path, postgres_url) -> None:
+    server = start_server(tmp_path, database_url=postgres_url)
+    try:
+        _claim_race(server)
+    finally:
+        stop_server(server)
+
+
+def _messages(response: httpx.Response, want: int) -> list[tuple[int, dict]]:
+    """Read SSE messages until `want` data messages arrived (keep-alives are skipped)."""
+    out, event_id = [], None
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            event_id = int(line[4:])
+        elif line.startswith("data: "):
+            out.append((event_id, json.loads(line[6:])))
+            if len(out) == want:
+                return out
+    raise AssertionError(f"stream ended after {out}")
+
+
+def test_sse_streams_metrics_and_resumes_after_last_event_id(live_server) -> None:
+    with live_server.client() as c:
+        rid = c.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}}).json()["id"]
+        wid = c.post("/api/workers/register", json={"name": "w"}).json()["worker_id"]
+        assert c.post(f"/api/workers/{wid}/claim").json()["attempt"] == 1
+        points = lambda lo, hi: [{"key": "loss", "step": s, "value": s / 10, "wall_time": 1.0}  # noqa: E731
+                                 for s in range(lo, hi)]
+        stream = live_server.client(timeout=httpx.Timeout(10))
+        with stream.stream("GET", f"/api/runs/{rid}/events/stream") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            c.post(f"/api/runs/{rid}/metrics", json={"attempt": 1, "points": points(0, 5)})
+            [(first_id, msg)] = _messages(r, 1)
+        assert msg["type"] == "metrics" and msg["run_id"] == rid
+        assert [p["step"] for p in msg["data"]["points"]] == [0, 1, 2, 3, 4]
+
+        c.post(f"/api/runs/{rid}/metrics", json={"attempt": 1, "points": points(5, 8)})
+        c.post(f"/api/runs/{rid}/stage", json={"attempt": 1, "stage": "data"})
+        with stream.stream("GET", f"/api/runs/{rid}/events/stream",
+                           headers={"Last-Event-ID": str(first_id)}) as r:
+            got = _messages(r, 2)
+        assert all(i > first_id for i, _ in got)
+        assert got[0][1]["type"] == "metrics" and [p["step"] for p in got[0][1]["data"]["points"]] == [5, 6, 7]
+        assert got[1][1]["type"] == "run" and got[1][1]["data"]["stage"] == "data"
+
+        with stream.stream("GET", "/api/runs/stream", params={"since": first_id}) as r:
+            [(_, run_msg)] = _messages(r, 1)  # the list stream skips metrics
+        assert run_msg["type"] == "run" and run_msg["data"]["id"] == rid
+        stream.close()
