@@ -3,6 +3,7 @@ so several apps with different settings can live in one test process)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from fastapi import Request
@@ -12,6 +13,26 @@ from app.db import Database
 from app.settings import Settings
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+
+def _when(ts: float | None) -> str:
+    """Unix seconds as UTC text; pages show times without relying on JavaScript."""
+    return "" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, s = divmod(int(seconds), 60)
+    hours, m = divmod(minutes, 60)
+    return f"{hours}h {m:02d}m" if hours else f"{m}m {s:02d}s"
+
+
+def _score(value: float | None, signed: bool = False) -> str:
+    return "–" if value is None else (f"{value:+.1f}" if signed else f"{value:.1f}")
+
+
+TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score)
 
 
 def get_db(request: Request) -> Database:

@@ -65,6 +65,26 @@ class MetricPoint(SQLModel, table=True):
     wall_time: float
 
 
+class MetricBlock(SQLModel, table=True):
+    """Lowest and highest point of each `BLOCK`-step slice of a series, kept in step with
+    metric_points at ingest, so a chart of a million-point series reads a few thousand
+    rows instead of scanning the series (app.services.metrics.chart_series)."""
+
+    __tablename__ = "metric_blocks"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"),
+                                         primary_key=True))
+    key: str = Field(primary_key=True)
+    block: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    n: int
+    min_step: int = Field(sa_type=BigInteger)
+    min_value: float
+    min_wall_time: float
+    max_step: int = Field(sa_type=BigInteger)
+    max_value: float
+    max_wall_time: float
+
 class Checkpoint(SQLModel, table=True):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoint_run_step"),)

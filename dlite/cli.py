@@ -87,7 +87,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from app.launcher import up
+    from worker.launcher import up
 
     return up(args.host, args.port, args.data_dir, not args.no_worker, args.demo, args.device, args.tunnel)
 

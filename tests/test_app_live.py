@@ -109,10 +109,12 @@ def test_sse_streams_metrics_and_resumes_after_last_event_id(live_server) -> Non
         c.post(f"/api/runs/{rid}/stage", json={"attempt": 1, "stage": "data"})
         with stream.stream("GET", f"/api/runs/{rid}/events/stream",
                            headers={"Last-Event-ID": str(first_id)}) as r:
-            got = _messages(r, 2)
+            got = _messages(r, 4)
         assert all(i > first_id for i, _ in got)
-        assert got[0][1]["type"] == "metrics" and [p["step"] for p in got[0][1]["data"]["points"]] == [5, 6, 7]
-        assert got[1][1]["type"] == "run" and got[1][1]["data"]["stage"] == "data"
+        kinds = [(m["type"], m["data"].get("step")) for _, m in got]
+        assert kinds[:3] == [("run", 4), ("metrics", None), ("run", 7)], "logged metrics advance the step"
+        assert [p["step"] for p in got[1][1]["data"]["points"]] == [5, 6, 7]
+        assert got[3][1]["type"] == "run" and got[3][1]["data"]["stage"] == "data"
 
         with stream.stream("GET", "/api/runs/stream", params={"since": first_id}) as r:
             [(_, run_msg)] = _messages(r, 1)  # the list stream skips metrics

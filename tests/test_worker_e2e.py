@@ -83,6 +83,7 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
         wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"), 120, "the run")
         run = api.get(f"/api/runs/{run_id}").json()
         assert run["status"] == "succeeded", run.get("error")
+        assert run["step"] == 200, "the run shows its last logged step"
         done = {item["key"] for item in run["checklist"] if item["verified_at"]}
         assert {"data.ready", "smoke.steps", "smoke.checkpoint", "smoke.reload", "train.start", "train.done",
                 "eval.done", "eval.score"} <= done

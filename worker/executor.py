@@ -4,6 +4,8 @@ evaluation, reporting every verified checklist item to the server."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import logging
 import shutil
 import threading
@@ -25,12 +27,13 @@ from dlite.planner import Planner
 from dlite.train import LogRecord, Trainer
 from worker.client import ServerClient
 from worker.heartbeat import Heartbeat
-from worker.hub import BackupQueue, HubBackup
+from worker.hub import METRICS_FILE, BackupQueue, HubBackup
 from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
-HubFactory = Callable[[str, str], HubBackup]
+HubFactory = Callable[..., HubBackup]
+"""Builds the run's HubBackup from (repo_id, run_key, keep_every=...); tests pass a fake Hub."""
 
 
 def sha256_of(path: Path) -> str:
@@ -39,6 +42,14 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
+
+
+def run_key(claim: ClaimResponse) -> str:
+    """The run's folder on the Hub: its name when it has one, so re-creating the same run
+    on a fresh server (a new Colab VM) finds its backups; else its id."""
+    if claim.name:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", claim.name).strip("-.") or f"run-{claim.run_id}"
+    return f"run-{claim.run_id}"
 
 
 class RunStopped(Exception):
@@ -56,7 +67,11 @@ class RunExecutor:
         self.cancelled = threading.Event()
         self.outbox = Outbox(client, claim.run_id, claim.attempt, self.run_dir)
         self.heartbeat = Heartbeat(client, claim.run_id, claim.attempt, claim.lease_seconds, self._on_command)
-        self.hub = hub_factory(self.cfg.hub_repo, f"run-{claim.run_id}") if hub_factory and self.cfg.hub_repo else None
+        self.hub = self.smoke_hub = None
+        if hub_factory and self.cfg.hub_repo:
+            self.hub = hub_factory(self.cfg.hub_repo, run_key(claim), keep_every=self.cfg.keep_every)
+            # the smoke test's backup lives apart, so a resume can never pick up its weights
+            self.smoke_hub = hub_factory(self.cfg.hub_repo, f"{run_key(claim)}-smoke-test", keep_every=1)
         self.backups = BackupQueue(self.hub) if self.hub else None
         self.trainer: Trainer | None = None
 
@@ -93,7 +108,7 @@ class RunExecutor:
 
     def _extras(self) -> dict[str, bytes]:
         try:
-            return {"metrics.json": self.client.export(self.claim.run_id)}
+            return {METRICS_FILE: self.client.export(self.claim.run_id)}
         except Exception as e:  # the backup of the weights matters more than the export
             log.warning("metrics export for the backup failed: %s", e)
             return {}
@@ -129,11 +144,17 @@ class RunExecutor:
             return self.finish("failed", f"{type(e).__name__}: {e}")
         finally:
             self.heartbeat.stop()
-            if self.backups:
-                self.backups.close(timeout=120)
+            self._drain_backups()
             self.outbox.close(timeout=60)
 
+    def _drain_backups(self) -> None:
+        """Wait for the last upload: its state updates must reach the server."""
+        if self.backups and not self.backups.close(timeout=300):
+            log.warning("run %s: the last Hub upload is still running", self.claim.run_id)
+
     def finish(self, status: str, error: str | None = None) -> str:
+        """The run's last write: pending backups report first, as the run is closed after it."""
+        self._drain_backups()
         self.outbox.post("finish", {"status": status, "error": error})
         return status
 
@@ -179,9 +200,9 @@ class RunExecutor:
         if actions.shape != (1, data.act_dim):
             raise RuntimeError(f"smoke test: planner returned shape {actions.shape}")
         self.verified("smoke.reload", "weights equal, one planning call works")
-        if self.hub:
-            self.hub.ensure_repo()
-            result = self.hub.backup(path, n, {})
+        if self.smoke_hub:
+            self.smoke_hub.ensure_repo()
+            result = self.smoke_hub.backup(path, n, {})
             self.verified("smoke.backup", result.url)
         else:
             self.event("smoke test: Hub backup skipped: no hub_repo in the run's config", "warning")
@@ -207,8 +228,20 @@ class RunExecutor:
         if self.hub:
             restored = self.hub.restore_latest(self.ckpt_dir)
             if restored and trainer.resume_latest():
+                self._replay_metrics(self.ckpt_dir / METRICS_FILE, trainer.step)
                 return f"resumed from step {trainer.step} (Hugging Face Hub)"
         return "started fresh"
+
+    def _replay_metrics(self, export: Path, upto: int, batch: int = 10_000) -> None:
+        """A fresh server (a new Colab VM) gets the curves back from the Hub's export; points
+        past the checkpoint are left out, training will log them again."""
+        if not export.exists():
+            return
+        points = [{"key": key, "step": step, "value": value, "wall_time": wall}
+                  for key, series in json.loads(export.read_bytes())["metrics"].items()
+                  for step, value, wall in series if step <= upto]
+        for i in range(0, len(points), batch):
+            self.outbox.post("metrics", {"points": points[i:i + batch]})
 
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")

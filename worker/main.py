@@ -64,5 +64,6 @@ def main_from_args(server: str, token: str | None, work_dir: str, device: str | 
     if not token:
         raise SystemExit("dlite worker: no token: pass --token or set DLITE_TOKEN")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the worker's own
     serve(server, token, Path(work_dir).expanduser(), device, name, max_runs=max_runs)
     return 0

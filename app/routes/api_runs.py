@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
-from app.services import NotFound, metrics, runs
+from app.services import NotFound, dashboard, figures, metrics, runs
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
 from dlite.config import schema
@@ -63,6 +63,37 @@ def get_metrics(run_id: int, key: Optional[str] = None,
         if not out["total"]:
             raise NotFound(f"run {run_id} has no metric {key!r}")
         return out
+
+
+@router.get("/runs/{run_id}/charts")
+def get_charts(run_id: int, max_points: int = Query(1000, ge=4, le=20_000),
+               db: Database = Depends(get_db)) -> dict[str, Any]:
+    """Every chart series of the run page in one request, each read from the per-block
+    extremes: a million-step run with five series answers in well under a second."""
+    with db.read() as session:
+        runs.get_run(session, run_id)
+        return {"series": dashboard.chart_data(session, run_id, max_points)}
+
+
+@router.post("/runs/{run_id}/figures")
+def make_figures(run_id: int, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
+    """Write the run's PNG figures under <data_dir>/results/<run_id>/."""
+    with db.read() as session:
+        run = runs.get_run(session, run_id)
+        series = dashboard.chart_data(session, run_id, figures.FIGURE_POINTS)
+        evaluations = [runs.evaluation_dict(e) for e in runs.evaluations(session, run_id)]
+    out_dir = figures.results_dir(request.app.state.settings.data_dir, run_id)
+    names = figures.write_figures(out_dir, run, series, evaluations, runs.paper_numbers(run.task)["r1"])
+    return {"files": [{"name": n, "url": f"/api/runs/{run_id}/figures/{n}"} for n in names]}
+
+
+@router.get("/runs/{run_id}/figures/{name}")
+def get_figure(run_id: int, name: str, request: Request) -> FileResponse:
+    """Only the figure names the dashboard writes, so `name` cannot reach other files."""
+    path = figures.results_dir(request.app.state.settings.data_dir, run_id) / name
+    if name not in dashboard.FIGURE_FILES or not path.is_file():
+        raise NotFound(f"run {run_id} has no figure {name!r}; make the figures first")
+    return FileResponse(path, media_type="image/png")
 
 
 @router.get("/runs/{run_id}/events")

@@ -1,24 +1,114 @@
-"""HTML pages. A placeholder run list for now; the dashboard adds its pages here, each
-with `require_page` so a browser without a session is sent to /login."""
+"""HTML pages: the run list, the new-run form and the run page, plus the fragments the
+pages re-fetch when the event stream says something changed (so all markup comes from
+the templates here, none is rebuilt in JavaScript), and Plotly's JavaScript served from
+the installed `plotly` package so the dashboard works offline. Every route has
+`require_page`: a browser without a session is sent to /login."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import plotly
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from app.auth import CSRF_COOKIE, require_page
 from app.db import Database
-from app.deps import TEMPLATES, get_db
-from app.services import runs
+from app.deps import TEMPLATES, get_db, get_settings
+from app.models import Run
+from app.protocol import CHECKLIST
+from app.services import NotFound, dashboard, events, figures, runs
 from app.services.claims import sweep_leases
+from app.settings import Settings
+from dlite.config import schema
+from dlite.tasks import TASKS
 
 router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"])
+
+PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+STAGES = (("data", "Data"), ("smoke", "Stage 0: smoke test"), ("train", "Stage 1: training"),
+          ("eval", "Stage 2: evaluation"))
+GROUP_ORDER = ("task", "data", "model", "training", "planning", "evaluation", "backup")
+
+
+def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, template, {
+        "csrf": request.cookies.get(CSRF_COOKIE, ""), "plotly_version": plotly.__version__, **context},
+        status_code=status_code)
+
+
+def _not_found(request: Request, message: str) -> HTMLResponse:
+    return _page(request, "not_found.html", {"message": message}, status_code=404)
+
+
+@router.get("/vendor/plotly.min.js")
+def plotly_js() -> FileResponse:
+    """Versioned by the page's `?v=` query, so browsers may keep it for a day."""
+    return FileResponse(PLOTLY_JS, media_type="text/javascript",
+                        headers={"Cache-Control": "private, max-age=86400"})
+
+
+def _runs_context(db: Database) -> dict[str, Any]:
+    sweep_leases(db)
+    with db.read() as session:
+        return {"runs": dashboard.run_rows(session, runs.list_runs(session))}
 
 
 @router.get("/", response_class=HTMLResponse)
 def runs_page(request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
-    sweep_leases(db)
+    return _page(request, "runs.html", _runs_context(db))
+
+
+@router.get("/runs/table", response_class=HTMLResponse)
+def runs_table(request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
+    return _page(request, "_runs_table.html", _runs_context(db))
+
+
+@router.get("/runs/new", response_class=HTMLResponse)
+def new_run_page(request: Request) -> HTMLResponse:
+    fields = schema()
+    groups = [(g, [f for f in fields if f["group"] == g and f["name"] != "task"]) for g in GROUP_ORDER]
+    return _page(request, "new_run.html", {
+        "tasks": list(TASKS), "default_task": next(f["default"] for f in fields if f["name"] == "task"),
+        "groups": [(g, fs) for g, fs in groups if fs]})
+
+
+def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, Any] | None:
+    """Everything the run page shows besides the charts; None for an unknown run."""
     with db.read() as session:
-        items = [runs.run_summary(r) for r in runs.list_runs(session)]
-    return TEMPLATES.TemplateResponse(request, "runs.html", {
-        "runs": items, "csrf": request.cookies.get(CSRF_COOKIE, "")})
+        try:
+            run: Run = runs.get_run(session, run_id)
+        except NotFound:
+            return None
+        detail = runs.run_detail(session, run)
+        results = dashboard.results(session, run)
+        log = events.list_events(session, run_id, limit=500, newest_first=True)
+    items = {i["key"]: i for i in detail["checklist"]}
+    stages = [(title, [items[k] for k, _ in CHECKLIST if k.split(".")[0] == stage]) for stage, title in STAGES]
+    help_text = {f["name"]: f["help"] for f in schema()}
+    backups = [c for c in detail["commands"] if c["kind"] == "backup"]
+    figure_dir = figures.results_dir(settings.data_dir, run_id)
+    return {"run": detail, "stages": stages, "results": results, "events": log,
+            "params": [(k, v, help_text.get(k, "")) for k, v in detail["config"].items()],
+            "backup": backups[-1] if backups else None,
+            "figures": [f for f in dashboard.FIGURE_FILES if (figure_dir / f).is_file()]}
+
+
+@router.get("/runs/{run_id:int}", response_class=HTMLResponse)
+def run_page(run_id: int, request: Request, db: Database = Depends(get_db),
+             settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    context = _panels_context(db, settings, run_id)
+    if context is None:
+        return _not_found(request, f"There is no run {run_id}.")
+    charts = [{**c, "keys": list(c["keys"])} for c in dashboard.CHARTS]
+    return _page(request, "run.html", {**context, "charts": charts})
+
+
+@router.get("/runs/{run_id:int}/panels", response_class=HTMLResponse)
+def run_panels(run_id: int, request: Request, db: Database = Depends(get_db),
+               settings: Settings = Depends(get_settings)) -> HTMLResponse:
+    context = _panels_context(db, settings, run_id)
+    if context is None:
+        return _not_found(request, f"There is no run {run_id}.")
+    return _page(request, "_run_panels.html", context)

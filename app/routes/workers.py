@@ -48,8 +48,10 @@ def heartbeat(run_id: int, body: p.HeartbeatRequest, db: Database = Depends(get_
 @router.post("/runs/{run_id}/metrics")
 def post_metrics(run_id: int, body: p.MetricsRequest, db: Database = Depends(get_db)) -> p.MetricsResponse:
     with db.write() as session:
-        claims.fenced_run(session, run_id, body.attempt)
+        run = claims.fenced_run(session, run_id, body.attempt)
         n = metrics.upsert_points(session, run_id, (pt.model_dump() for pt in body.points))
+        if body.points:
+            progress.note_logged_step(session, run, max(pt.step for pt in body.points))
         return p.MetricsResponse(accepted=n)
 
 

@@ -43,9 +43,11 @@ def log_event(session: Session, run_id: int | None, level: str, message: str) ->
     return event
 
 
-def list_events(session: Session, run_id: int, since_id: int = 0, limit: int = 1000) -> list[Event]:
+def list_events(session: Session, run_id: int, since_id: int = 0, limit: int = 1000,
+                newest_first: bool = False) -> list[Event]:
+    order = col(Event.id).desc() if newest_first else col(Event.id)
     stmt = (select(Event).where(Event.run_id == run_id, col(Event.id) > since_id)
-            .order_by(col(Event.id)).limit(limit))
+            .order_by(order).limit(limit))
     return list(session.exec(stmt))
 
 

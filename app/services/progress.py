@@ -13,7 +13,14 @@ from sqlmodel import Session, select
 from app.models import Checkpoint, ChecklistItem, Evaluation, Run
 from app.protocol import checklist_label
 from app.services.events import log_event, now, record_change
-from app.services.runs import checkpoint_dict, evaluation_dict
+from app.services.runs import checkpoint_dict, evaluation_dict, touch
+
+
+def note_logged_step(session: Session, run: Run, step: int) -> None:
+    """Logged metrics are the freshest progress: heartbeats come only every lease/3 s."""
+    if step > run.step:
+        run.step = step
+        touch(session, run)
 
 
 def verify_checklist(session: Session, run: Run, key: str, detail: str | None) -> ChecklistItem:

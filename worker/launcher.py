@@ -19,6 +19,10 @@ from app.settings import settings_from_env
 from app.tunnel import open_tunnel
 
 
+HF_TOKEN_VARS = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
+"""The Hugging Face token belongs to the worker alone: the server process never gets it."""
+
+
 def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -56,8 +60,9 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
        tunnel: str | None = None) -> int:
     settings = settings_from_env(data_dir)
     env = {**os.environ, "DLITE_TOKEN": settings.token, "DLITE_DATA_DIR": str(settings.data_dir)}
+    server_env = {k: v for k, v in env.items() if k not in HF_TOKEN_VARS}
     server = subprocess.Popen([sys.executable, "-m", "app.server", "--host", host, "--port", str(port),
-                               "--data-dir", str(settings.data_dir)], env=env)
+                               "--data-dir", str(settings.data_dir)], env=server_env)
     local = f"http://127.0.0.1:{port}"
     procs = [server]
     try:
