@@ -22,6 +22,8 @@ SESSION_COOKIE = "session"
 CSRF_COOKIE = "csrf"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+GLOBAL_FAILURE_FACTOR = 6
+"""Failed logins per minute from all clients together, as a multiple of the per-client limit."""
 
 
 class LoginRequired(Exception):
@@ -44,6 +46,10 @@ class Auth:
         self._session_seconds = session_days * 86400
         self._limit = failures_per_minute
         self._failures: dict[str, deque[float]] = defaultdict(deque)
+        # Behind a tunnel every client may share an address, and forwarded addresses can be
+        # forged: a global cap bounds guessing (and this table) whatever the address says.
+        self._global_limit = GLOBAL_FAILURE_FACTOR * failures_per_minute
+        self._all_failures: deque[float] = deque()
 
     def token_ok(self, candidate: str) -> bool:
         return hmac.compare_digest(candidate.encode(), self._token.encode())
@@ -58,7 +64,7 @@ class Auth:
         issued, _, signature = rest.partition(".")
         if not (sid and issued.isdigit() and signature):
             return None
-        if not hmac.compare_digest(signature, _sign(self._key, f"{sid}.{issued}")):
+        if not hmac.compare_digest(signature.encode(), _sign(self._key, f"{sid}.{issued}").encode()):
             return None
         return sid if time.time() - int(issued) < self._session_seconds else None
 
@@ -72,8 +78,8 @@ class Auth:
                 ("application/x-www-form-urlencoded", "multipart/form-data")):
             sent = (await request.form()).get("csrf")
         cookie = request.cookies.get(CSRF_COOKIE, "")
-        return isinstance(sent, str) and hmac.compare_digest(sent, cookie) \
-            and hmac.compare_digest(cookie, expected)
+        return isinstance(sent, str) and hmac.compare_digest(sent.encode(), cookie.encode()) \
+            and hmac.compare_digest(cookie.encode(), expected.encode())
 
     async def authenticate(self, request: Request) -> bool:
         """True for a bearer request, or a session whose unsafe requests carry CSRF.
@@ -102,14 +108,22 @@ class Auth:
         response.delete_cookie(CSRF_COOKIE, path="/")
 
     def login_blocked(self, client: str) -> bool:
-        """True when `client` failed too often in the last minute."""
-        window = self._failures[client]
-        while window and window[0] < time.monotonic() - 60:
-            window.popleft()
-        return len(window) >= self._limit
+        """True when `client`, or all clients together, failed too often in the last minute."""
+        cutoff = time.monotonic() - 60
+        for key in list(self._failures):
+            window = self._failures[key]
+            while window and window[0] < cutoff:
+                window.popleft()
+            if not window:
+                del self._failures[key]
+        while self._all_failures and self._all_failures[0] < cutoff:
+            self._all_failures.popleft()
+        return (len(self._failures.get(client, ())) >= self._limit
+                or len(self._all_failures) >= self._global_limit)
 
     def login_failed(self, client: str) -> None:
         self._failures[client].append(time.monotonic())
+        self._all_failures.append(time.monotonic())
 
     def login_succeeded(self, client: str) -> None:
         self._failures.pop(client, None)

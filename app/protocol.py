@@ -124,7 +124,7 @@ class CheckpointRequest(_Fenced):
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     backup_state: BackupState = "local"
-    hub_url: Optional[str] = None
+    hub_url: Optional[str] = Field(default=None, pattern=r"^https://huggingface\.co/")
     error: Optional[str] = None
 
 

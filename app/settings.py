@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 TOKEN_FILE = "token"
+MIN_TOKEN_LENGTH = 24
 
 
 @dataclass(frozen=True)
@@ -55,5 +56,8 @@ def settings_from_env(data_dir: str | Path | None = None) -> Settings:
     root.mkdir(parents=True, exist_ok=True)
     url = env.get("DATABASE_URL") or f"sqlite:///{root / 'dlite.db'}"
     token = env.get("DLITE_TOKEN") or load_or_create_token(root)
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise SystemExit(f"DLITE_TOKEN is too short ({len(token)} characters): the dashboard may be public, "
+                         f"use at least {MIN_TOKEN_LENGTH} random characters, or unset it to get a generated one")
     lease = float(env.get("DLITE_LEASE_SECONDS") or Settings.lease_seconds)
     return Settings(data_dir=root, database_url=url, token=token, lease_seconds=lease)

@@ -14,6 +14,10 @@ import torch
 from dlite.config import Config
 from dlite.d4rl import DatasetError, RawDataset
 
+D4RL_EPISODE_STEPS = 1000
+"""Episodes are padded to at least this length, as in the reference: a window may start
+at any step up to min(len - 1, pad - span) and run into the zero padding."""
+
 
 @dataclass
 class Normalizer:
@@ -75,7 +79,7 @@ class WindowDataset:
         self.normalizer = Normalizer.fit(raw.observations)
         (episode, position), rewards = split_episodes(raw, cfg.terminal_penalty)
         lengths = np.bincount(episode)
-        self.pad = max(int(lengths.max()), cfg.spans[0])
+        self.pad = max(int(lengths.max()), D4RL_EPISODE_STEPS, cfg.spans[0])
         n_ep = len(lengths)
         obs = np.zeros((n_ep, self.pad, self.obs_dim), np.float32)
         act = np.zeros((n_ep, self.pad, self.act_dim), np.float32)

@@ -43,6 +43,8 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
 
     An environment that is done stops adding reward; Gymnasium 1.x autoresets it on
     the next step, which we ignore, so each round is exactly one episode per env.
+    Planning noise comes from a forked, seeded RNG: an evaluation in the middle of
+    training leaves the training run exactly as it would have been without it.
     """
     task = get_task(planner.cfg.task)
     domain = task.domain
@@ -50,10 +52,22 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
     if domain.obs_dim != planner.model.obs_dim or domain.act_dim != planner.model.act_dim:
         raise ValueError(f"the checkpoint plans for obs/act sizes {planner.model.obs_dim}/{planner.model.act_dim}, "
                          f"but {domain.gym_id} has {domain.obs_dim}/{domain.act_dim}")
+    start = time.perf_counter()
     envs = make_envs(domain, n_envs, max_steps)
+    devices = [planner.device] if planner.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        returns, latency_ms = _rollouts(planner, envs, n_envs, n_episodes, seed, max_steps)
+    scores = [task.normalized_score(r) for r in returns]
+    return EvalResult(task.name, returns, scores, float(np.mean(scores)), float(np.std(scores)),
+                      n_envs, n_episodes, latency_ms, time.perf_counter() - start)
+
+
+def _rollouts(planner: Planner, envs: gym.vector.VectorEnv, n_envs: int, n_episodes: int, seed: int,
+              max_steps: int) -> tuple[list[float], float]:
+    """Per-episode returns and mean planning latency (ms) of n_episodes lock-step rounds."""
     returns: list[float] = []
     plan_time, plan_calls = 0.0, 0
-    start = time.perf_counter()
     try:
         for episode in range(n_episodes):
             obs, _ = envs.reset(seed=seed + episode * n_envs)
@@ -74,6 +88,4 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
             returns.extend(total.tolist())
     finally:
         envs.close()
-    scores = [task.normalized_score(r) for r in returns]
-    return EvalResult(task.name, returns, scores, float(np.mean(scores)), float(np.std(scores)),
-                      n_envs, n_episodes, 1000 * plan_time / max(plan_calls, 1), time.perf_counter() - start)
+    return returns, 1000 * plan_time / max(plan_calls, 1)

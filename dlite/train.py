@@ -54,11 +54,12 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """RNG states must be CPU byte tensors, wherever the checkpoint was mapped to."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -177,6 +178,7 @@ class Trainer:
             "sched": self.sched.state_dict(),
             "invdyn_optim": self.invdyn_optim.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "amp": str(self.amp) if self.amp else None,
             "loss_sum": self.loss_sum.cpu(),
             "loss_count": self.loss_count,
             "rng": rng_state(),
@@ -191,6 +193,11 @@ class Trainer:
     def load_state(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint, refusing one from other data or other settings."""
         checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path)
+        amp = str(self.amp) if self.amp else None
+        if state.get("amp") != amp:
+            raise checkpoint.CheckpointError(
+                f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
+                f"resume with the same --amp setting")
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.sched.load_state_dict(state["sched"])
@@ -203,7 +210,7 @@ class Trainer:
 
     def resume_latest(self) -> Path | None:
         """Load the newest readable checkpoint of out_dir, if any; returns its path."""
-        found = checkpoint.newest_readable(self.out_dir, self.device) if self.out_dir else None
+        found = checkpoint.newest_readable(self.out_dir) if self.out_dir else None
         if found is None:
             return None
         self.load_state(*reversed(found))

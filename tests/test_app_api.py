@@ -112,10 +112,13 @@ def test_token_file_is_private_and_reused(tmp_path, monkeypatch) -> None:
     s = settings_from_env(tmp_path)
     assert s.token == token and s.database_url == f"sqlite:///{tmp_path.resolve() / 'dlite.db'}"
     assert s.lease_seconds == 60
-    monkeypatch.setenv("DLITE_TOKEN", "from-env")
+    monkeypatch.setenv("DLITE_TOKEN", "from-env-" + "x" * 20)
     monkeypatch.setenv("DLITE_LEASE_SECONDS", "7")
     s = settings_from_env(tmp_path)
-    assert s.token == "from-env" and s.lease_seconds == 7
+    assert s.token == "from-env-" + "x" * 20 and s.lease_seconds == 7
+    monkeypatch.setenv("DLITE_TOKEN", "hunter2")
+    with pytest.raises(SystemExit, match="DLITE_TOKEN is too short"):
+        settings_from_env(tmp_path)
 
 
 def test_nothing_in_app_mentions_the_hub_token() -> None:

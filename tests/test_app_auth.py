@@ -121,6 +121,24 @@ def test_failed_logins_are_rate_limited_per_client(anon, settings) -> None:
     assert anon.post("/login", data={"token": settings.token}).status_code == 429
 
 
+def test_failed_logins_are_capped_across_forged_client_addresses(settings) -> None:
+    """Forwarded-for headers can be forged behind a tunnel: all clients together are capped too."""
+    with TestClient(create_app(settings), follow_redirects=False) as c:
+        auth = c.app.state.auth
+        for i in range(6 * settings.login_failures_per_minute):
+            assert not auth.login_blocked(f"10.0.0.{i}")
+            auth.login_failed(f"10.0.0.{i}")
+        assert auth.login_blocked("10.9.9.9"), "a fresh address is refused once the global cap is hit"
+
+
+def test_non_ascii_cookies_are_refused_not_crashed(anon, settings) -> None:
+    forged = "session=abc.123.\u00e9t\u00e9".encode("latin-1")
+    assert anon.get("/api/runs", headers={"Cookie": forged}).status_code == 401
+    _login(anon, settings.token)
+    r = anon.post("/api/runs", json={"task": "hopper-medium-v2"}, headers={"X-CSRF-Token": "\u00e9".encode("latin-1")})
+    assert r.status_code == 403
+
+
 def test_login_next_stays_on_site(anon, settings) -> None:
     r = anon.post("/login", data={"token": settings.token, "next": "//evil.example/"})
     assert r.headers["location"] == "/"

@@ -155,7 +155,9 @@ def _finished_run(client, score: float = 97.0) -> int:
     assert client.post(f"/api/runs/{rid}/checklist", json={**a, "key": "bogus"}).status_code == 422
     ckpt = {**a, "step": 500, "size": 1234, "sha256": SHA, "backup_state": "uploading"}
     assert client.post(f"/api/runs/{rid}/checkpoints", json=ckpt).status_code == 200
-    ckpt.update(backup_state="hub", hub_url="https://hub/x")
+    bad = client.post(f"/api/runs/{rid}/checkpoints", json={**ckpt, "hub_url": "javascript:alert(1)"})
+    assert bad.status_code == 422, "only Hub links may reach the page's href"
+    ckpt.update(backup_state="hub", hub_url="https://huggingface.co/x")
     assert client.post(f"/api/runs/{rid}/checkpoints", json=ckpt).status_code == 200
     client.post(f"/api/runs/{rid}/metrics", json={**a, "points": _points(10)})
     ev = {**a, "step": 1000, "kind": "final", "score_mean": score, "score_std": 2.0, "returns": [3000.0],
@@ -171,7 +173,7 @@ def test_export_and_results_markdown(client) -> None:
     detail = client.get(f"/api/runs/{rid}").json()
     assert detail["status"] == "succeeded" and detail["stage"] == "smoke"
     [ckpt] = detail["checkpoints"]
-    assert ckpt["backup_state"] == "hub" and ckpt["backed_up_at"] and ckpt["hub_url"] == "https://hub/x"
+    assert ckpt["backup_state"] == "hub" and ckpt["backed_up_at"] and ckpt["hub_url"] == "https://huggingface.co/x"
     start = next(i for i in detail["checklist"] if i["key"] == "train.start")
     assert start["detail"] == "started fresh" and start["verified_at"]
     assert detail["metrics"]["loss"]["step"] == 9

@@ -49,7 +49,7 @@ def test_windows_strides_starts_and_padding(tiny_hdf5: Path) -> None:
     assert cfg.spans == (17, 9, 5) and cfg.strides == (8, 4, 1)
     raw = d4rl.load(tiny_hdf5)
     data = WindowDataset(raw, cfg)
-    assert list(data.lengths) == [160, 160, 80, 160] and data.pad == 160
+    assert list(data.lengths) == [160, 160, 80, 160] and data.pad == 1000, "padded to D4RL length"
     for span, starts in zip(cfg.spans, data.starts):
         ep, t = starts // data.pad, starts % data.pad
         assert (t <= torch.minimum(data.episode_lengths[ep] - 1, torch.tensor(data.pad - span))).all()

@@ -200,3 +200,29 @@ def test_evaluate_refuses_a_mismatched_environment(tiny: tuple, tmp_path: Path) 
     planner = Planner.from_checkpoint(tmp_path / "hopper.pt")
     with pytest.raises(ValueError, match="obs/act sizes 17/6, but Hopper-v4 has 11/3"):
         evaluate(planner, 1, 1)
+
+
+def test_evaluation_mid_training_leaves_training_unchanged(tiny: tuple, tmp_path: Path) -> None:
+    """Quick evaluations draw planning noise from a forked RNG: the run stays exact."""
+    cfg, data = tiny
+    straight = Trainer(cfg, data)
+    straight.fit(until=40)
+    interrupted = Trainer(cfg, data)
+    interrupted.fit(until=20)
+    first = evaluate(Planner(interrupted.model, cfg), n_envs=2, n_episodes=1, max_steps=5, seed=3)
+    interrupted.model.train()
+    interrupted.fit(until=40)
+    for (key, a), b in zip(straight.model.state_dict().items(), interrupted.model.state_dict().values()):
+        assert torch.equal(a, b), key
+    again = evaluate(Planner(interrupted.model, cfg), n_envs=2, n_episodes=1, max_steps=5, seed=3)
+    assert len(first.returns) == len(again.returns) == 2
+
+
+def test_resume_refuses_another_precision(tiny: tuple, tmp_path: Path) -> None:
+    cfg, data = tiny
+    Trainer(cfg, data, tmp_path).fit(until=20)
+    state = checkpoint.read(tmp_path / "ckpt_00000020.pt")
+    state["amp"] = "torch.bfloat16"
+    checkpoint.write_atomic(state, tmp_path / "ckpt_00000020.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="mixed precision torch.bfloat16, now off"):
+        Trainer(cfg, data, tmp_path).resume_latest()

@@ -27,7 +27,7 @@ from dlite.planner import Planner
 from dlite.train import LogRecord, Trainer
 from worker.client import ServerClient
 from worker.heartbeat import Heartbeat
-from worker.hub import METRICS_FILE, BackupQueue, HubBackup
+from worker.hub import METRICS_FILE, BackupQueue, HubBackup, redact
 from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class RunExecutor:
 
     # -- reporting -------------------------------------------------------
     def event(self, message: str, level: str = "info") -> None:
+        message = redact(message)  # tracebacks of Hub calls may quote a token
         log.log(logging.ERROR if level == "error" else logging.INFO, "run %s: %s", self.claim.run_id, message)
         self.outbox.post("events", {"level": level, "message": message})
 
@@ -155,7 +156,7 @@ class RunExecutor:
     def finish(self, status: str, error: str | None = None) -> str:
         """The run's last write: pending backups report first, as the run is closed after it."""
         self._drain_backups()
-        self.outbox.post("finish", {"status": status, "error": error})
+        self.outbox.post("finish", {"status": status, "error": error and redact(error)})
         return status
 
     def stage_data(self) -> WindowDataset:

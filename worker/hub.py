@@ -61,7 +61,7 @@ class BackupError(RuntimeError):
     missing repo or file apart, which readers treat as "nothing backed up yet"."""
 
     def __init__(self, message: str, status: int | None = None, not_found: bool = False) -> None:
-        super().__init__(_redact(message))
+        super().__init__(redact(message))
         self.status = status
         self.not_found = not_found
 
@@ -87,7 +87,7 @@ class RemoteCheckpoint:
     size: int
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """Masks anything shaped like a Hub token: messages built from server replies end up
     in the dashboard and in logs, and a token must never reach either."""
     return _TOKEN.sub("hf_***", text)
@@ -369,7 +369,7 @@ class BackupQueue:
             try:
                 result = self.hub.backup(request.checkpoint, request.step, request.extra())
             except Exception as e:  # reported to the dashboard; training must go on
-                message = _redact(str(e) if isinstance(e, BackupError) else f"{type(e).__name__}: {e}")
+                message = redact(str(e) if isinstance(e, BackupError) else f"{type(e).__name__}: {e}")
                 log.warning("backup of step %d failed: %s", request.step, message)
                 self._notify(request, request.step, "error", message)
             else:

@@ -60,6 +60,8 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
        tunnel: str | None = None) -> int:
     settings = settings_from_env(data_dir)
     env = {**os.environ, "DLITE_TOKEN": settings.token, "DLITE_DATA_DIR": str(settings.data_dir)}
+    for name in HF_TOKEN_VARS:  # from here on only the worker's env has it: not the server, not tunnels
+        os.environ.pop(name, None)
     server_env = {k: v for k, v in env.items() if k not in HF_TOKEN_VARS}
     server = subprocess.Popen([sys.executable, "-m", "app.server", "--host", host, "--port", str(port),
                                "--data-dir", str(settings.data_dir)], env=server_env)

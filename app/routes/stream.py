@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Optional
 
 import anyio
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
 
 from app.auth import require_api
@@ -28,8 +28,12 @@ from app.services.events import changes_since, latest_change_id
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["stream"])
 
 
+MAX_ID = 2**63 - 1
+
+
 def _start_id(db: Database, last_event_id: Optional[str], since: Optional[int]) -> int:
-    if last_event_id and last_event_id.strip().isdigit():
+    """Where a stream starts; ids out of the database's integer range start from now."""
+    if last_event_id and last_event_id.strip().isdigit() and int(last_event_id) <= MAX_ID:
         return int(last_event_id)
     if since is not None:
         return since
@@ -67,7 +71,7 @@ def _stream(body: AsyncIterator[str]) -> StreamingResponse:
 
 
 @router.get("/runs/stream")
-async def all_runs(request: Request, since: Optional[int] = None,
+async def all_runs(request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_ID),
                    last_event_id: Optional[str] = Header(None),
                    db: Database = Depends(get_db)) -> StreamingResponse:
     """Status, stage and step of every run, plus all events: what the run list needs."""
@@ -76,7 +80,7 @@ async def all_runs(request: Request, since: Optional[int] = None,
 
 
 @router.get("/runs/{run_id}/events/stream")
-async def one_run(run_id: int, request: Request, since: Optional[int] = None,
+async def one_run(run_id: int, request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_ID),
                   last_event_id: Optional[str] = Header(None),
                   db: Database = Depends(get_db)) -> StreamingResponse:
     """Everything that happens to one run, metric points included."""

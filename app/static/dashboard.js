@@ -53,6 +53,10 @@ const Dashboard = (() => {
       timer = setTimeout(async () => {
         try {
           const r = await fetch(el.dataset.refresh, {credentials: "same-origin"});
+          if (r.redirected && new URL(r.url).pathname === "/login") {
+            window.location.reload();  // the session expired: let the server send us to the login page
+            return;
+          }
           if (!r.ok) throw new Error(`HTTP ${r.status}`);
           el.innerHTML = await r.text();
         } catch (e) {
