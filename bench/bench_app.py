@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from app.db import Database  # noqa: E402
 from app.services import metrics, runs  # noqa: E402
 
-SERIES = ("loss/diffusion_0", "loss/diffusion_1", "loss/diffusion_2", "loss/invdyn", "lr")
+SERIES = ("loss0", "loss1", "loss2", "invdyn_loss", "score")  # the run page's chart series
 
 
 def _free_port() -> int:
@@ -104,10 +104,17 @@ def bench_downsample(c: httpx.Client, db: Database, steps: int, reads: int) -> d
         assert body["total"] == steps and len(body["steps"]) <= 2000
         per_series[key] = {"median_ms": round(1000 * statistics.median(times), 1),
                            "points_returned": len(body["steps"])}
+    page = []
+    for _ in range(reads):  # what a browser opening the run page asks for: the HTML, then all chart data
+        t = time.perf_counter()
+        c.get(f"/runs/{rid}").raise_for_status()
+        c.get(f"/api/runs/{rid}/charts").raise_for_status()
+        page.append(time.perf_counter() - t)
     return {"steps_per_series": steps, "series": len(SERIES), "reads_per_series": reads,
             "service_insert_points_per_s": round(len(SERIES) * steps / insert_s),
             "get_metrics_max_points_2000": per_series,
-            "median_ms_over_series": statistics.median(v["median_ms"] for v in per_series.values())}
+            "median_ms_over_series": statistics.median(v["median_ms"] for v in per_series.values()),
+            "run_page_html_plus_charts_median_ms": round(1000 * statistics.median(page), 1)}
 
 
 def main() -> None:

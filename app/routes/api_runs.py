@@ -59,7 +59,7 @@ def get_metrics(run_id: int, key: Optional[str] = None,
         runs.get_run(session, run_id)
         if key is None:
             return {"keys": metrics.metric_keys(session, run_id)}
-        out = metrics.series(session, run_id, key, max_points)
+        out = metrics.chart_series(session, run_id, key, max_points)
         if not out["total"]:
             raise NotFound(f"run {run_id} has no metric {key!r}")
         return out
