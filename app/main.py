@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from app.auth import Auth, LoginRequired
 from app.db import Database
-from app.routes import api_runs, auth, health, pages, stream, workers
+from app.routes import api_runs, auth, docs, health, pages, stream, workers
 from app.services import Conflict, NotFound
 from app.services.claims import sweep_leases
 from app.settings import Settings
@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await sweeper
             db.dispose()
 
-    # No public OpenAPI/docs routes: every route but the login page needs the token.
+    # FastAPI's public docs are off; app/routes/docs.py serves them behind the token.
     app = FastAPI(title="DiffuserLite Lab", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
@@ -71,7 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(LoginRequired, _login_required)
     app.add_exception_handler(NotFound, lambda _r, e: JSONResponse({"detail": str(e)}, 404))
     app.add_exception_handler(Conflict, lambda _r, e: JSONResponse({"detail": str(e)}, 409))
-    for module in (health, auth, pages, stream, workers, api_runs):  # stream before /runs/{id}
+    for module in (health, auth, docs, pages, stream, workers, api_runs):  # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -125,3 +125,11 @@ def test_nothing_in_app_mentions_the_hub_token() -> None:
     for path in (ROOT / "app").rglob("*"):
         if path.is_file() and path.suffix in {".py", ".html", ".css", ".js", ".mako"}:
             assert "HF_TOKEN" not in path.read_text(), path
+
+
+def test_openapi_and_docs_need_the_token(client) -> None:
+    schema = client.get("/api/openapi.json").json()
+    assert "/api/runs" in schema["paths"] and "/api/workers/{worker_id}/claim" in schema["paths"]
+    assert client.get("/docs").status_code == 200
+    anonymous = client.get("/api/openapi.json", headers={"Authorization": ""})
+    assert anonymous.status_code == 401

@@ -93,6 +93,9 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
         assert len(final) == 1 and len(final[0]["returns"]) == 2
         assert any(e["kind"] == "quick" and e["step"] == 100 for e in run["evaluations"])
         assert loss_steps(api, run_id) == list(range(10, 201, 10))
+        figure = f"/api/runs/{run_id}/figures/normalized_score.png"
+        wait_for(lambda: api.get(figure).status_code == 200, 30, "the figures written after evaluation")
+        assert api.get(figure).headers["content-type"] == "image/png"
     finally:
         stop(worker)
         stop_server(server)

@@ -54,6 +54,9 @@ def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(tmp_path: Path, dat
         assert status == "stopped"
         files = api_hub.repos[REPO]
         assert "runs/hc-seed0/checkpoints/ckpt_00000100.pt" in files and "runs/hc-seed0/metrics.json" in files
+        assert {"runs/hc-seed0/figures/loss_curve.png", "runs/hc-seed0/figures/invdyn_loss_curve.png",
+                "runs/hc-seed0/figures/normalized_score.png"} <= set(files)
+        assert files["runs/hc-seed0/figures/loss_curve.png"].startswith(b"\x89PNG")
         assert api_hub.private[REPO] is True
         shutil.rmtree(tmp_path / "machine1")
 

@@ -58,5 +58,10 @@ class ServerClient:
     def export(self, run_id: int) -> bytes:
         return self.request("GET", f"/api/runs/{run_id}/export").content
 
+    def figures(self, run_id: int) -> dict[str, bytes]:
+        """Has the server draw the run's figures now, and fetches them."""
+        made = self.request("POST", f"/api/runs/{run_id}/figures").json()["files"]
+        return {f["name"]: self.request("GET", f["url"]).content for f in made}
+
     def close(self) -> None:
         self.http.close()

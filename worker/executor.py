@@ -108,11 +108,15 @@ class RunExecutor:
         self.backups.request(path, checkpoint.step_of(path), self._extras, self._on_backup_state, command_id)
 
     def _extras(self) -> dict[str, bytes]:
+        """The metrics export and the figures; the weights matter more, so a failure here
+        only leaves them out of this backup."""
+        extras: dict[str, bytes] = {}
         try:
-            return {METRICS_FILE: self.client.export(self.claim.run_id)}
-        except Exception as e:  # the backup of the weights matters more than the export
-            log.warning("metrics export for the backup failed: %s", e)
-            return {}
+            extras[METRICS_FILE] = self.client.export(self.claim.run_id)
+            extras.update({f"figures/{name}": png for name, png in self.client.figures(self.claim.run_id).items()})
+        except Exception as e:
+            log.warning("metrics export or figures for the backup failed: %s", e)
+        return extras
 
     def _on_backup_state(self, step: int, state: str, detail: str | None, command_ids: list[int]) -> None:
         path = self.ckpt_dir / checkpoint.checkpoint_name(step)

@@ -78,12 +78,7 @@ def get_charts(run_id: int, max_points: int = Query(1000, ge=4, le=20_000),
 @router.post("/runs/{run_id}/figures")
 def make_figures(run_id: int, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Write the run's PNG figures under <data_dir>/results/<run_id>/."""
-    with db.read() as session:
-        run = runs.get_run(session, run_id)
-        series = dashboard.chart_data(session, run_id, figures.FIGURE_POINTS)
-        evaluations = [runs.evaluation_dict(e) for e in runs.evaluations(session, run_id)]
-    out_dir = figures.results_dir(request.app.state.settings.data_dir, run_id)
-    names = figures.write_figures(out_dir, run, series, evaluations, runs.paper_numbers(run.task)["r1"])
+    names = figures.write_run_figures(db, request.app.state.settings.data_dir, run_id)
     return {"files": [{"name": n, "url": f"/api/runs/{run_id}/figures/{n}"} for n in names]}
 
 

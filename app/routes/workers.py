@@ -3,13 +3,13 @@ the attempt it belongs to and is checked by `claims.fenced_run` (409 when stale)
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, BackgroundTasks, Depends, Response
 
 from app import protocol as p
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db, get_settings
-from app.services import claims, metrics, progress
+from app.services import claims, figures, metrics, progress
 from app.services.events import log_event
 from app.settings import Settings
 
@@ -79,11 +79,14 @@ def checkpoint(run_id: int, body: p.CheckpointRequest, db: Database = Depends(ge
 
 
 @router.post("/runs/{run_id}/evaluations")
-def evaluation(run_id: int, body: p.EvaluationRequest, db: Database = Depends(get_db)) -> p.Ok:
+def evaluation(run_id: int, body: p.EvaluationRequest, background: BackgroundTasks,
+               db: Database = Depends(get_db), settings: Settings = Depends(get_settings)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
         progress.record_evaluation(session, run, body.model_dump(exclude={"attempt"}))
-        return p.Ok()
+    if body.kind == "final":  # the README figures are ready once the score is in
+        background.add_task(figures.write_run_figures, db, settings.data_dir, run_id)
+    return p.Ok()
 
 
 @router.post("/runs/{run_id}/events")

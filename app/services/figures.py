@@ -9,8 +9,10 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from app.db import Database
 from app.models import Run
-from app.services.dashboard import CHARTS
+from app.services import runs
+from app.services.dashboard import CHARTS, chart_data
 
 FIGURE_POINTS = 4000  # per series; a PNG a few inches wide cannot show more
 
@@ -49,3 +51,13 @@ def write_figures(out_dir: Path, run: Run, series: dict[str, dict[str, Any]],
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center")
         fig.savefig(out_dir / chart["file"])
     return [c["file"] for c in CHARTS]
+
+
+def write_run_figures(db: Database, data_dir: Path, run_id: int) -> list[str]:
+    """Read the run's curves and evaluations, then write its PNGs (outside the transaction)."""
+    with db.read() as session:
+        run = runs.get_run(session, run_id)
+        series = chart_data(session, run_id, FIGURE_POINTS)
+        evaluations = [runs.evaluation_dict(e) for e in runs.evaluations(session, run_id)]
+    return write_figures(results_dir(data_dir, run_id), run, series, evaluations,
+                         runs.paper_numbers(run.task)["r1"])
