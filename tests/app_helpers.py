@@ -1,5 +1,5 @@
-"""Shared fixtures and helpers of the app tests (imported by the test_app_* modules,
-so the repo-wide conftest stays free for the other packages)."""
+"""Server fixtures (settings, client, live_server; registered as a pytest plugin by
+conftest.py) and helpers for tests that talk to a real server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +127,15 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(tmp_path)
     yield server
     stop_server(server)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            if predicate():
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

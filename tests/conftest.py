@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "disable")
+
+pytest_plugins = ["tests.app_helpers"]  # the server fixtures: settings, client, live_server
 
 TINY = {"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 1, "batch_size": 16, "invdyn_hidden": 32,
         "diffusion_gradient_steps": 40, "invdyn_gradient_steps": 40, "log_interval": 10,
@@ -26,3 +29,12 @@ def tiny_hdf5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_overrides() -> dict:
     return dict(TINY)
+
+
+@pytest.fixture
+def dataset_cache(tmp_path: Path, tiny_hdf5: Path) -> Path:
+    """The tiny file under the task's D4RL name: the worker's data stage finds it in the cache."""
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    shutil.copy(tiny_hdf5, cache / "halfcheetah_medium_expert-v2.hdf5")
+    return cache

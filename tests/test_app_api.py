@@ -15,7 +15,7 @@ from sqlalchemy import inspect
 from app.db import Database
 from app.models import SQLModel
 from app.settings import load_or_create_token, settings_from_env
-from app_helpers import ROOT, client, create_run, settings, small_config, subprocess_env  # noqa: F401
+from tests.app_helpers import ROOT, create_run, small_config, subprocess_env
 from dlite.config import Config, from_dict, schema
 
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from starlette.routing import Mount
 
 from app.main import create_app
-from app_helpers import settings  # noqa: F401  (fixture used by `anon`)
+
 
 # The only routes reachable without credentials. Adding a route without auth fails
 # test_every_route_needs_credentials unless it is listed here on purpose.

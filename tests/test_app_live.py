@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from app_helpers import ROOT, LiveServer, live_server, start_server, stop_server, subprocess_env  # noqa: F401
+from tests.app_helpers import ROOT, LiveServer, start_server, stop_server, subprocess_env
 
 CLAIMER = """
 import sys, httpx

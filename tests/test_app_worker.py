@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services import metrics
-from app_helpers import claim, client, create_run, make_settings, register, settings  # noqa: F401
+from tests.app_helpers import claim, create_run, make_settings, register
 
 SHA = "ab" * 32
 

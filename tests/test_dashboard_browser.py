@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app_helpers import ROOT, LiveServer, claim, create_run, live_server, register  # noqa: F401
+from tests.app_helpers import ROOT, LiveServer, claim, create_run, register
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services import metrics
 from app.services.dashboard import CHART_KEYS, CHARTS
-from app_helpers import claim, client, create_run, register, settings  # noqa: F401
+from tests.app_helpers import claim, create_run, register
 from dlite.config import schema
 from dlite.tasks import TASKS
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.services import metrics
 from app.services.dashboard import CHART_KEYS
-from app_helpers import client, create_run, settings  # noqa: F401
+from tests.app_helpers import create_run
 
 STEPS = 1_000_000
 

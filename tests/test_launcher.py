@@ -11,8 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app_helpers import ROOT, free_port, subprocess_env
-from tests.test_worker_e2e import wait_for
+from tests.app_helpers import ROOT, free_port, subprocess_env, wait_for
 
 
 def children(pid: int) -> list[int]:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import httpx
-import pytest
 
-from tests.app_helpers import ROOT, LiveServer, start_server, stop_server, subprocess_env
+from tests.app_helpers import ROOT, LiveServer, start_server, stop_server, subprocess_env, wait_for
 from tests.conftest import TINY
 
 TASK = "halfcheetah-medium-expert-v2"
@@ -25,33 +22,12 @@ def tiny_run_config(steps: int) -> dict:
             "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
 
 
-@pytest.fixture
-def dataset_cache(tmp_path: Path, tiny_hdf5: Path) -> Path:
-    """The tiny file under the task's D4RL name: the worker's data stage finds it in the cache."""
-    cache = tmp_path / "datasets"
-    cache.mkdir()
-    shutil.copy(tiny_hdf5, cache / "halfcheetah_medium_expert-v2.hdf5")
-    return cache
-
-
 def start_worker(server: LiveServer, work_dir: Path, cache: Path) -> subprocess.Popen:
     env = subprocess_env(DLITE_DATASETS=str(cache), DLITE_TOKEN=server.token)
     env.pop("HF_TOKEN", None)
     return subprocess.Popen([sys.executable, "-m", "dlite.cli", "worker", "--server", server.url,
                              "--work-dir", str(work_dir), "--device", "cpu", "--name", work_dir.name],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            if predicate():
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def create(api: httpx.Client, steps: int) -> int:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import start_server, stop_server
+from tests.app_helpers import start_server, stop_server, wait_for
 from tests.fake_hub import FakeHubApi
-from tests.test_worker_e2e import TASK, dataset_cache, loss_steps, tiny_run_config, wait_for  # noqa: F401
+from tests.test_worker_e2e import TASK, loss_steps, tiny_run_config
 from worker.client import ServerClient
 from worker.executor import RunExecutor
 from worker.hub import HubBackup

@@ -3,7 +3,6 @@ evaluation, reporting every verified checklist item to the server."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import logging
@@ -27,21 +26,13 @@ from dlite.planner import Planner
 from dlite.train import LogRecord, Trainer
 from worker.client import ServerClient
 from worker.heartbeat import Heartbeat
-from worker.hub import METRICS_FILE, BackupQueue, HubBackup, redact
+from worker.hub import METRICS_FILE, BackupQueue, HubBackup, file_sha256, redact
 from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 HubFactory = Callable[..., HubBackup]
 """Builds the run's HubBackup from (repo_id, run_key, keep_every=...); tests pass a fake Hub."""
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def run_key(claim: ClaimResponse) -> str:
@@ -122,7 +113,7 @@ class RunExecutor:
         path = self.ckpt_dir / checkpoint.checkpoint_name(step)
         if path.exists():  # pruned meanwhile: the server keeps the hash it already has
             self.outbox.post("checkpoints", {
-                "step": step, "size": path.stat().st_size, "sha256": sha256_of(path), "backup_state": state,
+                "step": step, "size": path.stat().st_size, "sha256": file_sha256(path)[0], "backup_state": state,
                 "hub_url": detail if state == "hub" else None, "error": detail if state == "error" else None})
         command_state = {"uploading": "uploading", "hub": "done", "error": "error"}[state]
         for command_id in command_ids:
@@ -274,7 +265,7 @@ class RunExecutor:
 
         def on_checkpoint(self, step: int, path: Path) -> None:
             ex = self.ex
-            ex.outbox.post("checkpoints", {"step": step, "size": path.stat().st_size, "sha256": sha256_of(path),
+            ex.outbox.post("checkpoints", {"step": step, "size": path.stat().st_size, "sha256": file_sha256(path)[0],
                                            "backup_state": "local"})
             if ex.backups and ex.cfg.backup_every and step % ex.cfg.backup_every == 0:
                 ex._backup_now(None)

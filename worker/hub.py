@@ -93,7 +93,8 @@ def redact(text: str) -> str:
     return _TOKEN.sub("hf_***", text)
 
 
-def _sha256(path: Path) -> tuple[str, int]:
+def file_sha256(path: Path) -> tuple[str, int]:
+    """sha256 hex digest and size of a file, read in 1 MiB chunks."""
     h, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -186,7 +187,7 @@ class HubBackup:
         reserved = [p for p in extra_paths if p == self.manifest_path or p.startswith(f"{self.prefix}/checkpoints/")]
         if reserved:
             raise ValueError(f"extras may not overwrite the manifest or checkpoints: {reserved}")
-        sha256, size = _sha256(checkpoint)
+        sha256, size = file_sha256(checkpoint)
         if not self._repo_ready:
             self.ensure_repo()
         self.wait_for_commit_slot()
@@ -238,7 +239,7 @@ class HubBackup:
                 if downloaded is None:
                     log.warning("step %d is in the manifest but not in the repo; trying the previous one", entry.step)
                     continue
-                if _sha256(downloaded) != (entry.sha256, entry.size):
+                if file_sha256(downloaded) != (entry.sha256, entry.size):
                     log.warning("step %d downloaded from the Hub is corrupt (sha256 mismatch); "
                                 "trying the previous one", entry.step)
                     downloaded.unlink()
