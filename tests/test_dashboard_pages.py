@@ -73,6 +73,18 @@ def test_run_list_and_run_page_show_the_run(client, browser_client, settings) ->
     assert "/vendor/plotly.min.js" in page and "cdn" not in page.lower()
 
 
+def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:
+    rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}, "is_demo": True}).json()["id"]
+    attempt = claim(client, register(client))["attempt"]
+    client.post(f"/api/runs/{rid}/evaluations", json={
+        "attempt": attempt, "step": 19, "kind": "final", "score_mean": 12.0, "score_std": 1.0,
+        "returns": [1.0], "scores": [12.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+    page = browser_client.get(f"/runs/{rid}").text
+    assert "12.0 ± 1.0" in page and "none: demo data" in page and "-87.5" not in page
+    assert "-87.5" not in browser_client.get("/").text
+    assert "hopper-medium-v2" not in client.get("/api/results.md").text
+
+
 def test_no_page_or_script_contains_the_token(client, browser_client, settings) -> None:
     rid, _ = _running_run(client)
     for path in ("/", "/runs/new", "/runs/table", f"/runs/{rid}", f"/runs/{rid}/panels",

@@ -61,13 +61,15 @@ def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
         shown = s["final"]["mean"] if s["final"] else s["latest"]
         rows.append({**run_summary(run), **s, "paper": paper, "eta_s": eta,
                      "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
-                     "difference": None if shown is None else shown - paper})
+                     "difference": None if shown is None or run.is_demo else shown - paper})
     return rows
 
 
 def results(session: Session, run: Run) -> dict[str, Any]:
-    """The run page's results table: the paper's numbers, the final evaluation, the gap."""
+    """The run page's results table: the paper's numbers, the final evaluation, the gap.
+    A demo run trains on locally made data, so it gets no gap to the paper."""
     final = _scores(session, [run.id]).get(run.id, {}).get("final")
     paper = paper_numbers(run.task)
-    return {"task": run.task, "paper": paper["r1"], "seed_readme": paper["seed_readme_r1"],
-            "mine": final, "difference": None if final is None else final["mean"] - paper["r1"]["mean"]}
+    comparable = final is not None and not run.is_demo
+    return {"task": run.task, "paper": paper["r1"], "seed_readme": paper["seed_readme_r1"], "demo": run.is_demo,
+            "mine": final, "difference": final["mean"] - paper["r1"]["mean"] if comparable else None}

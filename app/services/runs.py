@@ -179,10 +179,11 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
 
 
 def results_markdown(session: Session) -> str:
-    """Paper vs. reproduction for every run with a final evaluation (its latest one)."""
+    """Paper vs. reproduction for every run with a final evaluation (its latest one);
+    demo runs are left out, as they train on locally made data."""
     lines = ["| task | paper | mine | difference |", "| --- | --- | --- | --- |"]
     finals = session.exec(select(Evaluation, Run).join(Run, col(Run.id) == Evaluation.run_id)
-                          .where(Evaluation.kind == "final")
+                          .where(Evaluation.kind == "final", col(Run.is_demo).is_(False))
                           .order_by(col(Run.task), col(Run.id), col(Evaluation.id)))
     latest: dict[int, tuple[Evaluation, Run]] = {}
     for evaluation, run in finals:
