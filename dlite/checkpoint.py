@@ -3,6 +3,7 @@ continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprin
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 import torch
 
 from dlite.config import FIELDS, Config, from_dict
+
+log = logging.getLogger(__name__)
 
 FORMAT = "dlite-checkpoint-v1"
 NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
@@ -77,8 +80,8 @@ def newest_readable(folder: Path, map_location: str | torch.device = "cpu") -> t
     for path in reversed(list_checkpoints(folder)):
         try:
             return path, read(path, map_location)
-        except CheckpointError:
-            continue
+        except CheckpointError as e:
+            log.warning("skipping a broken checkpoint: %s", e)
     return None
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from dlite.config import ConfigError, from_dict, parse_overrides
@@ -49,16 +51,20 @@ def _train(args: argparse.Namespace) -> int:
             self.bar.write(f"step {step}: saved {path}")
 
         def should_stop(self) -> bool:
-            return False
+            return interrupted.is_set()
 
+    # Ctrl-C only raises a flag: the step in flight completes, so the checkpoint that
+    # fit() saves on stopping resumes bit-exactly.
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     progress_cb = Progress()
     try:
         trainer.fit(callbacks=(progress_cb,))
-    except KeyboardInterrupt:
-        progress_cb.bar.write(f"interrupted at step {trainer.step}; saved {trainer.save()}")
-        return 130
     finally:
         progress_cb.bar.close()
+    if interrupted.is_set():
+        print(f"interrupted at step {trainer.step}; checkpoint saved in {out}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from dlite.tasks import TASKS, get_task
+from dlite.tasks import UnknownTaskError, get_task
 
 
 class ConfigError(ValueError):
@@ -61,7 +61,7 @@ class Config:
     invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1)
     invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", 0, 1)
     log_interval: int = _f(1000, "steps between loss read-backs and reports", 1)
-    save_interval: int = _f(100_000, "steps between checkpoints", 1)
+    save_interval: int = _f(10_000, "steps between local checkpoints", 1)
 
     sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", 1, group="planning")
     temperature: float = _f(0.5, "scale of the initial noise when planning", 0, group="planning")
@@ -84,11 +84,20 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
-        get_task_or_error(self.task)
+        try:
+            get_task(self.task)
+        except UnknownTaskError as e:
+            raise ConfigError("task", str(e)) from None
         if self.d_model % self.n_heads:
             raise ConfigError("n_heads", f"must divide d_model ({self.d_model})")
         if self.emb_dim % 8:
             raise ConfigError("emb_dim", "must be a multiple of 8 (Fourier features use emb_dim/8)")
+        # backups go out at checkpoints and quick evaluations at log steps, so other
+        # intervals would silently happen less often than asked
+        if self.backup_every % self.save_interval:
+            raise ConfigError("backup_every", f"must be a multiple of save_interval ({self.save_interval})")
+        if self.eval_every % self.log_interval:
+            raise ConfigError("eval_every", f"must be a multiple of log_interval ({self.log_interval})")
 
     @property
     def total_steps(self) -> int:
@@ -128,11 +137,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
-
-
-def get_task_or_error(name: str) -> None:
-    if name not in TASKS:
-        raise ConfigError("task", f"unknown task {name!r}; expected one of: {', '.join(TASKS)}")
 
 
 _HINTS = typing.get_type_hints(Config)

@@ -63,7 +63,6 @@ def resolve(task_or_path: str, progress: ProgressFn | None = None) -> Path:
             if not path.is_file():
                 raise DatasetError(f"dataset file {path} does not exist")
             return path
-        get_task(task_or_path)
     task = get_task(task_or_path)
     for folder in (cache_dir(), Path.home() / ".d4rl" / "datasets"):
         if (folder / task.file_name).is_file():

@@ -31,7 +31,3 @@ class DiffuserLite(nn.Module):
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
-
-    def n_params(self) -> dict[str, int]:
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        return {"levels": count(self.levels), "invdyn": count(self.invdyn)}

@@ -13,6 +13,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
+from dlite.d4rl import KEYS
 from dlite.tasks import domain_of
 
 
@@ -37,7 +38,7 @@ def rollouts(task: str, n_episodes: int, length: int, policy: str = "random", se
     domain = domain_of(task)
     env = gym.make(domain.gym_id)
     rng = np.random.default_rng(seed)
-    out: dict[str, list] = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    out: dict[str, list] = {k: [] for k in KEYS}
     for ep in range(n_episodes):
         obs, _ = env.reset(seed=seed + ep)
         steps = length // 2 if ep == terminal_episode else length

@@ -65,6 +65,7 @@ class RunExecutor:
             self.smoke_hub = hub_factory(self.cfg.hub_repo, f"{run_key(claim)}-smoke-test", keep_every=1)
         self.backups = BackupQueue(self.hub) if self.hub else None
         self.trainer: Trainer | None = None
+        self.hashes: dict[int, tuple[str, int]] = {}
 
     # -- reporting -------------------------------------------------------
     def event(self, message: str, level: str = "info") -> None:
@@ -96,12 +97,16 @@ class RunExecutor:
                 self.outbox.post(f"commands/{command_id}", {"state": "error", "detail": reason})
             return
         path = newest[-1]
-        self.backups.request(path, checkpoint.step_of(path), self._extras, self._on_backup_state, command_id)
+        step = checkpoint.step_of(path)
+        if step not in self.hashes:  # saved by an earlier attempt
+            self.hashes[step] = file_sha256(path)
+        self.backups.request(path, step, self._extras, self._on_backup_state, command_id)
 
     def _extras(self) -> dict[str, bytes]:
         """The metrics export and the figures; the weights matter more, so a failure here
         only leaves them out of this backup."""
         extras: dict[str, bytes] = {}
+        self.outbox.flush(timeout=60)  # the export should hold what training has logged so far
         try:
             extras[METRICS_FILE] = self.client.export(self.claim.run_id)
             extras.update({f"figures/{name}": png for name, png in self.client.figures(self.claim.run_id).items()})
@@ -109,11 +114,17 @@ class RunExecutor:
             log.warning("metrics export or figures for the backup failed: %s", e)
         return extras
 
+    def checkpoint_saved(self, step: int, path: Path) -> None:
+        """Hash a new checkpoint once; backup state updates reuse it."""
+        sha256, size = file_sha256(path)
+        self.hashes[step] = (sha256, size)
+        self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "backup_state": "local"})
+
     def _on_backup_state(self, step: int, state: str, detail: str | None, command_ids: list[int]) -> None:
-        path = self.ckpt_dir / checkpoint.checkpoint_name(step)
-        if path.exists():  # pruned meanwhile: the server keeps the hash it already has
+        if step in self.hashes:
+            sha256, size = self.hashes[step]
             self.outbox.post("checkpoints", {
-                "step": step, "size": path.stat().st_size, "sha256": file_sha256(path)[0], "backup_state": state,
+                "step": step, "size": size, "sha256": sha256, "backup_state": state,
                 "hub_url": detail if state == "hub" else None, "error": detail if state == "error" else None})
         command_state = {"uploading": "uploading", "hub": "done", "error": "error"}[state]
         for command_id in command_ids:
@@ -265,8 +276,7 @@ class RunExecutor:
 
         def on_checkpoint(self, step: int, path: Path) -> None:
             ex = self.ex
-            ex.outbox.post("checkpoints", {"step": step, "size": path.stat().st_size, "sha256": file_sha256(path)[0],
-                                           "backup_state": "local"})
+            ex.checkpoint_saved(step, path)
             if ex.backups and ex.cfg.backup_every and step % ex.cfg.backup_every == 0:
                 ex._backup_now(None)
 

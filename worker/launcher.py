@@ -32,7 +32,8 @@ def _wait_healthy(url: str, server: subprocess.Popen, timeout: float = 60) -> No
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     raise SystemExit(f"dlite up: the server did not answer on {url} within {timeout:.0f} s")
 
 

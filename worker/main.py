@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from dlite.pipeline import default_device
 from worker.client import ServerClient, ServerUnavailable
 from worker.executor import RunExecutor
 from worker.hub import HubBackup
@@ -29,7 +30,7 @@ def describe_device(device: str) -> str | None:
 def serve(server: str, token: str, work_dir: Path, device: str | None = None, name: str | None = None,
           poll_s: float = 2.0, max_runs: int | None = None) -> int:
     """Work until SIGTERM/SIGINT (or after max_runs runs). Returns the number of runs done."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     terminate = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: terminate.set())

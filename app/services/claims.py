@@ -20,7 +20,7 @@ from app.db import Database
 from app.models import Command, Run, Worker
 from app.services import Conflict, NotFound
 from app.services.events import log_event, now
-from app.services.runs import PENDING_COMMAND_STATES, touch
+from app.services.runs import get_run, pending_commands, touch
 
 CLAIM_TRIES = 5
 
@@ -55,8 +55,7 @@ def requeue_expired(session: Session) -> list[int]:
         touch(session, run)
         log_event(session, run.id, "warning",
                   f"lease of attempt {run.attempt} expired (worker {run.worker_id} silent)")
-        pending = list(session.exec(select(Command).where(
-            Command.run_id == run.id, col(Command.state).in_(PENDING_COMMAND_STATES))))
+        pending = pending_commands(session, run.id)
         cancel = any(c.kind == "cancel" for c in pending)
         for command in pending:
             command.state, command.updated_at = ("done" if cancel else "queued"), now()
@@ -126,9 +125,7 @@ def claim_next(db: Database, worker_id: str, lease_seconds: float) -> Run | None
 
 def fenced_run(session: Session, run_id: int, attempt: int) -> Run:
     """The run, if `attempt` is its current attempt and it is running; 409 otherwise."""
-    run = session.get(Run, run_id)
-    if run is None:
-        raise NotFound(f"run {run_id} not found")
+    run = get_run(session, run_id)
     if run.status != "running" or run.attempt != attempt:
         raise Conflict(f"run {run_id} is {run.status} at attempt {run.attempt}; "
                        f"writes of attempt {attempt} are refused")
@@ -175,8 +172,7 @@ def finish(session: Session, run: Run, status: str, error: str | None) -> Run:
     """End the attempt; any still-pending cancel is thereby done."""
     run.status, run.error = status, error
     run.finished_at, run.lease_expires_at = now(), None
-    for command in session.exec(select(Command).where(
-            Command.run_id == run.id, col(Command.state).in_(PENDING_COMMAND_STATES))):
+    for command in pending_commands(session, run.id):
         command.state, command.updated_at = ("done" if command.kind == "cancel" else "error"), now()
         if command.kind != "cancel":
             command.detail = f"run ended ({status}) before the command ran"

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,10 @@ def write_figures(out_dir: Path, run: Run, series: dict[str, dict[str, Any]],
             ax.legend()
         else:
             ax.text(0.5, 0.5, "no data yet", transform=ax.transAxes, ha="center")
-        fig.savefig(out_dir / chart["file"])
+        # a temporary file renamed over: a reader never gets a half-written PNG
+        tmp = out_dir / f".{chart['file']}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out_dir / chart["file"])
     return [c["file"] for c in CHARTS]
 
 

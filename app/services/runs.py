@@ -120,17 +120,20 @@ def run_detail(session: Session, run: Run) -> dict[str, Any]:
             "change_id": latest_change_id(session)}
 
 
-def _pending_command(session: Session, run_id: int, kind: str) -> Command | None:
-    return session.exec(select(Command).where(
-        Command.run_id == run_id, Command.kind == kind,
-        col(Command.state).in_(PENDING_COMMAND_STATES))).first()
+def pending_commands(session: Session, run_id: int, kind: str | None = None) -> list[Command]:
+    """Commands of a run not yet done or failed, oldest first."""
+    query = select(Command).where(Command.run_id == run_id, col(Command.state).in_(PENDING_COMMAND_STATES))
+    if kind is not None:
+        query = query.where(Command.kind == kind)
+    return list(session.exec(query.order_by(col(Command.id))))
 
 
 def queue_command(session: Session, run: Run, kind: str) -> Command:
     """Commands reach the worker in its next heartbeat; a pending one is not duplicated."""
     if run.status != "running":
         raise Conflict(f"run {run.id} is {run.status}; only a running run takes a {kind} command")
-    command = _pending_command(session, run.id, kind)
+    pending = pending_commands(session, run.id, kind)
+    command = pending[0] if pending else None
     if command is None:
         t = now()
         command = Command(run_id=run.id, kind=kind, created_at=t, updated_at=t)
