@@ -15,15 +15,16 @@ from dlite.config import ConfigError, from_dict, parse_overrides
 def _train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from dlite.pipeline import build_trainer, default_device, load_dataset, saved_config, task_for
+    from dlite.checkpoint import newest_readable
+    from dlite.pipeline import build_trainer, default_device, load_dataset, task_for
     from dlite.train import LogRecord
 
     overrides = parse_overrides(args.set)
     if args.steps is not None:
         overrides.update(diffusion_gradient_steps=args.steps, invdyn_gradient_steps=args.steps)
     out = Path(args.out)
-    saved = saved_config(out) if args.resume else None
-    cfg = from_dict({**saved, **overrides}) if saved else from_dict(task_for(args.dataset, overrides))
+    found = newest_readable(out) if args.resume else None
+    cfg = from_dict({**found[1]["config"], **overrides}) if found else from_dict(task_for(args.dataset, overrides))
     device = args.device or default_device()
     bars: list[tqdm] = []
 
@@ -35,7 +36,8 @@ def _train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, cfg, device, progress)
     for bar in bars:
         bar.close()
-    trainer, resumed = build_trainer(data, cfg, out, args.resume, args.compile, args.amp)
+    trainer = build_trainer(data, cfg, out, args.resume, found, args.compile, args.amp)
+    resumed = found[0] if found else None
     print(f"{cfg.task}: {data.n_episodes} episodes on {device}; "
           + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"), file=sys.stderr)
 

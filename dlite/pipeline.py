@@ -44,19 +44,18 @@ class ExistingRunError(RuntimeError):
     """The output folder already holds checkpoints and resuming was not asked for."""
 
 
-def build_trainer(data: WindowDataset, cfg: Config, out_dir: Path, resume: bool,
-                  compile: bool = False, amp: bool = False) -> tuple[Trainer, Path | None]:
-    """A trainer for out_dir, resumed from its newest readable checkpoint when asked."""
+Found = tuple[Path, dict[str, Any]]
+"""A checkpoint's path and its loaded state, as `checkpoint.newest_readable` returns them."""
+
+
+def build_trainer(data: WindowDataset, cfg: Config, out_dir: Path, resume: bool, found: Found | None,
+                  compile: bool = False, amp: bool = False) -> Trainer:
+    """A trainer for out_dir; with `resume`, continued from `found` (the newest readable
+    checkpoint, already loaded by the caller to read its settings), if there is one."""
     trainer = Trainer(cfg, data, out_dir, compile=compile, amp=amp)
-    if not resume:
-        if checkpoint.list_checkpoints(out_dir):
-            raise ExistingRunError(f"{out_dir} already holds checkpoints; pass --resume to continue "
-                                   f"that run or choose another --out folder")
-        return trainer, None
-    return trainer, trainer.resume_latest()
-
-
-def saved_config(out_dir: Path) -> dict[str, Any] | None:
-    """The settings of the newest readable checkpoint in out_dir, to resume with."""
-    found = checkpoint.newest_readable(out_dir)
-    return found[1]["config"] if found else None
+    if not resume and checkpoint.list_checkpoints(out_dir):
+        raise ExistingRunError(f"{out_dir} already holds checkpoints; pass --resume to continue "
+                               f"that run or choose another --out folder")
+    if resume and found:
+        trainer.load_state(found[1], found[0])
+    return trainer

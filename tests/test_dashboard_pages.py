@@ -138,6 +138,11 @@ def test_figures_are_written_and_served(client, settings) -> None:
     assert client.get(f"/runs/{rid}/panels").text.count(f"/api/runs/{rid}/figures/") == 3
 
 
+def test_figures_take_any_run_name_as_plain_text(client) -> None:
+    rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "name": r"$\foo$ 50% {x}"}).json()["id"]
+    assert client.post(f"/api/runs/{rid}/figures").status_code == 200, "a name is not matplotlib math"
+
+
 def test_chart_series_from_blocks_keeps_spikes_ends_and_bound(client) -> None:
     rid = create_run(client)["id"]
     n = 150_000  # spans more blocks than buckets, so the block path is taken

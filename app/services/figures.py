@@ -27,7 +27,7 @@ def write_figures(out_dir: Path, run: Run, series: dict[str, dict[str, Any]],
                   evaluations: list[dict[str, Any]], paper: dict[str, Any]) -> list[str]:
     """One PNG per chart of the run page (CHARTS), named by the chart's `file`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    label = run.task if not run.name else f"{run.task} ({run.name})"
+    label = runs.run_label(run).replace("$", r"\$")  # a user's name is text, not matplotlib math
     for chart in CHARTS:
         fig = Figure(figsize=(7, 4), dpi=120, layout="constrained")
         FigureCanvasAgg(fig)

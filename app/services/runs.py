@@ -55,6 +55,11 @@ def create_run(session: Session, task: str, name: str | None, overrides: dict[st
     return run
 
 
+def run_label(run: Run) -> str:
+    """How tables and figure titles name a run: its task, and its name when it has one."""
+    return run.task if not run.name else f"{run.task} ({run.name})"
+
+
 def get_run(session: Session, run_id: int) -> Run:
     run = session.get(Run, run_id)
     if run is None:
@@ -193,7 +198,7 @@ def results_markdown(session: Session) -> str:
         latest[run.id] = (evaluation, run)
     for evaluation, run in latest.values():
         paper = TASKS[run.task].paper_r1
-        label = run.task if not run.name else f"{run.task} ({run.name})"
+        label = run_label(run)
         diff = evaluation.score_mean - paper.mean
         lines.append(f"| {label} | {paper.mean:.1f} ± {paper.sem:.1f} | "
                      f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f} | {diff:+.1f} |")
