@@ -107,6 +107,7 @@ class Evaluation(SQLModel, table=True):
     run_id: int = Field(sa_column=_run_fk())
     step: int = Field(sa_type=BigInteger)
     kind: str
+    variant: str = "R1"
     score_mean: float
     score_std: float
     returns: list[float] = Field(sa_column=Column(JSON, nullable=False))
@@ -114,6 +115,8 @@ class Evaluation(SQLModel, table=True):
     n_envs: int
     n_episodes: int
     latency_ms: Optional[float] = None
+    latency_ms_1env: Optional[float] = None
+    device: Optional[str] = None
     created_at: float
 
 

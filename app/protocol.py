@@ -21,15 +21,26 @@ CHECKLIST: tuple[tuple[str, str], ...] = (
     ("smoke.backup", "backup to the Hub done"),
     ("train.start", "training started (resumed from step N / started fresh)"),
     ("train.done", "training done"),
+    ("reflow.pairs", "{reflow_pairs_cond} + {reflow_pairs_uncond} reflow pairs generated"),
+    ("reflow.done", "{reflow_gradient_steps} reflow steps done"),
     ("eval.done", "{num_envs} envs × {num_episodes} episodes done"),
     ("eval.score", "normalised score recorded"),
 )
 CHECKLIST_KEYS: tuple[str, ...] = tuple(key for key, _ in CHECKLIST)
+R2_ONLY_KEYS = frozenset({"reflow.pairs", "reflow.done"})
+"""Checklist items that only runs with variant R2 pass."""
 
-Stage = Literal["data", "smoke", "train", "eval"]
+Stage = Literal["data", "smoke", "train", "reflow_pairs", "reflow_train", "eval"]
+Variant = Literal["R1", "R2"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 BackupState = Literal["local", "uploading", "hub", "error"]
 EventLevel = Literal["debug", "info", "warning", "error"]
+
+
+def checklist_keys(config: dict[str, Any]) -> tuple[str, ...]:
+    """The checklist of a run with this config: R1 runs skip the reflow items."""
+    r2 = config.get("variant") == "R2"
+    return tuple(k for k in CHECKLIST_KEYS if r2 or k not in R2_ONLY_KEYS)
 
 
 def checklist_label(key: str, config: dict[str, Any]) -> str:
@@ -131,13 +142,16 @@ class CheckpointRequest(_Fenced):
 class EvaluationRequest(_Fenced):
     step: int = Field(ge=0)
     kind: Literal["quick", "final"]
+    variant: Variant = "R1"
     score_mean: float = Field(allow_inf_nan=False)
     score_std: float = Field(ge=0, allow_inf_nan=False)
     returns: list[float]
     scores: list[float]
     n_envs: int = Field(ge=1)
     n_episodes: int = Field(ge=1)
-    latency_ms: Optional[float] = Field(default=None, ge=0)
+    latency_ms: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
+    latency_ms_1env: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
+    device: Optional[str] = Field(default=None, max_length=200)
 
 
 class EventRequest(_Fenced):

@@ -28,9 +28,9 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None,
-       lo_open: bool = False, group: str = "training") -> Any:
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi,
-                                            "lo_open": lo_open, "group": group})
+       lo_open: bool = False, group: str = "training", choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open,
+                                            "group": group, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class Config:
     terminal_penalty: float = _f(-100.0, "reward substituted at a true terminal", group="data")
     horizons: tuple[int, ...] = _f((5, 5, 9), "points per plan level, coarse to fine", 2, group="model")
 
+    block: str = _f("reference", "DiT block: 'reference' (the paper's code: the residual stream is replaced "
+                    "by the modulated norm before attention) or 'dit' (textbook adaLN-Zero)", group="model",
+                    choices=("reference", "dit"))
     emb_dim: int = _f(256, "width of the time/condition embedding", 8, group="model")
     d_model: int = _f(256, "transformer width of each DiT-1d", 8, group="model")
     n_heads: int = _f(8, "attention heads of each DiT-1d", 1, group="model")
@@ -74,6 +77,20 @@ class Config:
     eval_every: int = _f(10_000, "steps between quick evaluations while training (0: none)", 0, group="evaluation")
     eval_envs: int = _f(10, "environments of a quick evaluation", 1, group="evaluation")
     eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", 1, group="evaluation")
+
+    variant: str = _f("R1", "R1: train and plan with 3 steps; R2: then reflow and also plan with 1 step",
+                      group="reflow", choices=("R1", "R2"))
+    reflow_pairs_cond: int = _f(1_600_000, "conditional (noise, plan) pairs drawn from the R1 model", 1, group="reflow")
+    reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", 0, group="reflow")
+    reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", 1, group="reflow")
+    reflow_pair_batch: int = _f(5000, "pairs generated per batch", 1, group="reflow")
+    reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the three level models", 1, group="reflow")
+    reflow_lr: float = _f(2e-4, "constant AdamW learning rate of reflow (the reference's effective 2e-4)", 0,
+                          lo_open=True, group="reflow")
+    reflow_uncond_every: int = _f(5, "every n-th reflow step trains on an unconditional batch", 1, group="reflow")
+    r2_sampling_steps: int = _f(1, "Euler steps per level when planning with R2", 1, group="reflow")
+    r2_target_return: float | None = _f(None, "R2 value condition (task table if empty)", group="reflow")
+    r2_w_cfg: float | None = _f(None, "R2 guidance weight (task table if empty)", group="reflow")
 
     smoke_steps: int = _f(500, "training steps of the stage-0 smoke test", 1, group="backup")
     hub_repo: str | None = _f(None, "Hugging Face repo for backups, e.g. user/diffuserlite-results", group="backup")
@@ -124,6 +141,14 @@ class Config:
         return get_task(self.task).guidance_r1 if self.w_cfg is None else self.w_cfg
 
     @property
+    def r2_planning_target_return(self) -> float:
+        return get_task(self.task).target_return_r2 if self.r2_target_return is None else self.r2_target_return
+
+    @property
+    def r2_planning_w_cfg(self) -> float:
+        return get_task(self.task).guidance_r2 if self.r2_w_cfg is None else self.r2_w_cfg
+
+    @property
     def return_scale(self) -> float:
         return get_task(self.task).return_scale
 
@@ -168,6 +193,9 @@ def _check(f: dataclasses.Field, value: Any) -> None:
     else:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f.name, f"must be a non-empty string, got {value!r}")
+        choices = f.metadata["choices"]
+        if choices and value not in choices:
+            raise ConfigError(f.name, f"must be one of {', '.join(choices)}, got {value!r}")
         return
     lo, hi, lo_open = f.metadata["lo"], f.metadata["hi"], f.metadata["lo_open"]
     for v in items:
@@ -241,5 +269,5 @@ def schema() -> list[dict[str, Any]]:
                     "default": list(value) if isinstance(value, tuple) else value,
                     "help": f.metadata["help"], "group": f.metadata["group"],
                     "min": f.metadata["lo"], "max": f.metadata["hi"],
-                    "exclusive_min": f.metadata["lo_open"]})
+                    "exclusive_min": f.metadata["lo_open"], "choices": list(f.metadata["choices"] or []) or None})
     return out

@@ -28,8 +28,8 @@ router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"])
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 STAGES = (("data", "Data"), ("smoke", "Stage 0: smoke test"), ("train", "Stage 1: training"),
-          ("eval", "Stage 2: evaluation"))
-GROUP_ORDER = ("task", "data", "model", "training", "planning", "evaluation", "backup")
+          ("reflow", "R2: reflow"), ("eval", "Stage 2: evaluation"))
+GROUP_ORDER = ("task", "data", "model", "training", "planning", "reflow", "evaluation", "backup")
 
 
 def _page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -85,7 +85,9 @@ def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, 
         results = dashboard.results(session, run)
         log = events.list_events(session, run_id, limit=500, newest_first=True)
     items = {i["key"]: i for i in detail["checklist"]}
-    stages = [(title, [items[k] for k, _ in CHECKLIST if k.split(".")[0] == stage]) for stage, title in STAGES]
+    stages = [(title, [items[k] for k, _ in CHECKLIST if k in items and k.split(".")[0] == stage])
+              for stage, title in STAGES]
+    stages = [(title, keys) for title, keys in stages if keys]
     help_text = {f["name"]: f["help"] for f in schema()}
     backups = [c for c in detail["commands"] if c["kind"] == "backup"]
     figure_dir = figures.results_dir(settings.data_dir, run_id)

@@ -11,7 +11,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricPoint, Run
-from app.protocol import CHECKLIST, checklist_label
+from app.protocol import checklist_keys, checklist_label
 from app.services import Conflict, NotFound
 from app.services.events import event_dict, latest_change_id, log_event, now, record_change
 from app.services.metrics import latest_points
@@ -80,7 +80,7 @@ def checklist(session: Session, run: Run) -> list[dict[str, Any]]:
     return [{"key": key, "label": checklist_label(key, run.config),
              "detail": done[key].detail if key in done else None,
              "verified_at": done[key].verified_at if key in done else None}
-            for key, _ in CHECKLIST]
+            for key in checklist_keys(run.config)]
 
 
 def checkpoint_dict(c: Checkpoint) -> dict[str, Any]:
