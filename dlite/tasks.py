@@ -44,6 +44,11 @@ NEURIPS = "DiffuserLite, NeurIPS 2024 (project page), mean ± s.e. over 5 seeds"
 SEED_README = "seed README (earlier arXiv version of the paper)"
 
 
+PAPER_PLANNING_HZ = {"R1": 79.7, "R2": 200.7}
+"""Decisions per second the paper reports on MuJoCo (R1 0.013 s, R2 0.005 s per action)."""
+PAPER_PLANNING_SOURCE = "DiffuserLite, NeurIPS 2024, runtime table (MuJoCo; the paper does not state its hardware)"
+
+
 @dataclass(frozen=True)
 class Task:
     """Per-task settings: value scale, and R1/R2 target return and guidance weight."""
