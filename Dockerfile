@@ -9,11 +9,12 @@ ENV MUJOCO_GL=egl \
     DLITE_DATA_DIR=/data \
     DLITE_DATASETS=/data/datasets
 
-# EGL/GL libraries for MuJoCo's headless rendering backend; curl for the health check.
+# EGL/GL libraries for MuJoCo's headless rendering backend; curl for the health check;
+# tini as PID 1, so `docker stop` reaches `dlite up` and the worker checkpoints before exiting.
 # Versions follow the base image's Ubuntu release, so they are not pinned here.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libegl1 libgl1 libglib2.0-0 curl \
+    && apt-get install -y --no-install-recommends libegl1 libgl1 libglib2.0-0 curl tini \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/dlite
@@ -31,4 +32,8 @@ EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["curl", "-fsS", "http://127.0.0.1:8000/healthz"]
 
+# `dlite up` stops on SIGTERM like on Ctrl-C: the worker saves a checkpoint, then both exit.
+# Saving can outlast docker's 10 s default: stop with `docker stop -t 120`.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["dlite", "up", "--host", "0.0.0.0", "--port", "8000", "--data-dir", "/data"]

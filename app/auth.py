@@ -1,11 +1,17 @@
 """One shared token, and browser sessions derived from it.
 
 Programs (workers, scripts) send `Authorization: Bearer <token>`. Browsers log in once
-with the token and then hold a session cookie whose value is a random session id
-signed with a key derived from the token (so the cookie never contains the token, and
-changing the token logs every browser out). Cookie-authenticated requests that change
-state must echo the `csrf` cookie in an `X-CSRF-Token` header or a `csrf` form field
-(double submit; the value is itself bound to the session by an HMAC).
+with the token and then hold a session cookie whose value is a random secret; the server
+keeps the session (its sha256) in the database, so logging out revokes it on the server,
+and a new token ends every session opened with the old one. Cookie-authenticated requests
+that change state must echo the `csrf` cookie in an `X-CSRF-Token` header or a `csrf`
+form field (double submit; the value is itself bound to the session by an HMAC).
+
+Failed logins are limited per client and for all clients together, but a correct token
+always gets in: anyone who can reach the login form could otherwise lock the owner out.
+The token (at least 24 random characters) is what keeps guessers out; the limiter only
+slows them down. The client address is the TCP peer's, unless the server was told to
+trust forwarded headers from its proxies (app.settings, DLITE_TRUSTED_PROXIES).
 """
 
 from __future__ import annotations
@@ -17,6 +23,10 @@ import time
 from collections import defaultdict, deque
 
 from fastapi import HTTPException, Request, Response
+from sqlmodel import col, delete
+
+from app.db import Database
+from app.models import BrowserSession
 
 SESSION_COOKIE = "session"
 CSRF_COOKIE = "csrf"
@@ -37,12 +47,18 @@ def _sign(key: bytes, message: str) -> str:
     return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 class Auth:
     """Token and session checks plus the failed-login limiter; one per app."""
 
-    def __init__(self, token: str, failures_per_minute: int, session_days: float) -> None:
+    def __init__(self, db: Database, token: str, failures_per_minute: int, session_days: float) -> None:
+        self._db = db
         self._token = token
         self._key = hmac.new(token.encode(), b"dlite-session-v1", hashlib.sha256).digest()
+        self._token_id = _sign(self._key, "token-id")
         self._session_seconds = session_days * 86400
         self._limit = failures_per_minute
         self._failures: dict[str, deque[float]] = defaultdict(deque)
@@ -59,14 +75,20 @@ class Auth:
         return scheme.lower() == "bearer" and self.token_ok(credential.strip())
 
     def session_id(self, request: Request) -> str | None:
-        """The session id of a valid, unexpired session cookie."""
-        sid, _, rest = request.cookies.get(SESSION_COOKIE, "").partition(".")
-        issued, _, signature = rest.partition(".")
-        if not (sid and issued.isdigit() and signature):
+        """The cookie's secret when the server holds an unexpired session for it."""
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        if not sid or len(sid) > 100:
             return None
-        if not hmac.compare_digest(signature.encode(), _sign(self._key, f"{sid}.{issued}").encode()):
-            return None
-        return sid if time.time() - int(issued) < self._session_seconds else None
+        with self._db.read() as session:
+            row = session.get(BrowserSession, _digest(sid))
+        ok = row is not None and row.token_id == self._token_id and row.expires_at > time.time()
+        return sid if ok else None
+
+    def drop_stale_sessions(self) -> None:
+        """Sessions of an earlier token or past their time; run at start-up."""
+        with self._db.write() as session:
+            session.exec(delete(BrowserSession).where(
+                (col(BrowserSession.token_id) != self._token_id) | (col(BrowserSession.expires_at) <= time.time())))
 
     def csrf_for(self, sid: str) -> str:
         return _sign(self._key, f"csrf:{sid}")
@@ -94,16 +116,21 @@ class Auth:
         return True
 
     def start_session(self, request: Request, response: Response) -> None:
-        sid = secrets.token_urlsafe(24)
-        issued = str(int(time.time()))
+        sid = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._db.write() as session:
+            session.add(BrowserSession(id=_digest(sid), token_id=self._token_id, created_at=now,
+                                       expires_at=now + self._session_seconds))
         secure = request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
         common = dict(max_age=int(self._session_seconds), path="/", samesite="strict", secure=secure)
-        response.set_cookie(SESSION_COOKIE, f"{sid}.{issued}.{_sign(self._key, f'{sid}.{issued}')}",
-                            httponly=True, **common)
+        response.set_cookie(SESSION_COOKIE, sid, httponly=True, **common)
         response.set_cookie(CSRF_COOKIE, self.csrf_for(sid), httponly=False, **common)
 
-    @staticmethod
-    def end_session(response: Response) -> None:
+    def end_session(self, request: Request, response: Response) -> None:
+        """Revokes the session on the server too: a copy of the cookie stops working."""
+        sid = request.cookies.get(SESSION_COOKIE, "")
+        with self._db.write() as session:
+            session.exec(delete(BrowserSession).where(col(BrowserSession.id) == _digest(sid)))
         response.delete_cookie(SESSION_COOKIE, path="/")
         response.delete_cookie(CSRF_COOKIE, path="/")
 

@@ -32,7 +32,14 @@ def _score(value: float | None, signed: bool = False) -> str:
     return "–" if value is None else (f"{value:+.1f}" if signed else f"{value:.1f}")
 
 
-TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score)
+def _form_value(value: object, kind: str) -> str:
+    """A config value as the new-run form's text field shows it (lists comma-separated)."""
+    if value is None:
+        return ""
+    return ",".join(str(v) for v in value) if kind == "int_list" else str(value)
+
+
+TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value)
 
 
 def get_db(request: Request) -> Database:

@@ -6,6 +6,7 @@ Keep in step with migrations/versions: tests compare the two.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Optional
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
@@ -15,11 +16,29 @@ def _run_fk() -> Column:
     return Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
 
 
+class Sweep(SQLModel, table=True):
+    """A named group of ordinary runs: tasks × seeds × variants with one set of config
+    overrides. The runs carry `sweep_id`; the sweep keeps what was asked for."""
+
+    __tablename__ = "sweeps"
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str = Field(unique=True)
+    tasks: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    seeds: list[int] = Field(sa_column=Column(JSON, nullable=False))
+    variants: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: float
+    cancelled_at: Optional[float] = None
+
+
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
     __table_args__ = (Index("ix_runs_status_created", "status", "created_at", "id"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
+    uuid: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=32, unique=True, index=True)
+    """Unique across servers: run ids start at 1 again on a fresh database, so worker state is keyed by this."""
     task: str
     name: Optional[str] = None
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -37,6 +56,12 @@ class Run(SQLModel, table=True):
     error: Optional[str] = Field(default=None, sa_type=Text)
     is_demo: bool = False
     steps_per_s: Optional[float] = None
+    sweep_id: Optional[int] = Field(default=None, sa_column=Column(
+        Integer, ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True))
+    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    note: Optional[str] = Field(default=None, sa_type=Text)
+    archived: bool = False
+    """Hidden from the runs list unless asked for; still counted in results."""
 
 
 class ChecklistItem(SQLModel, table=True):
@@ -48,6 +73,8 @@ class ChecklistItem(SQLModel, table=True):
     key: str
     detail: Optional[str] = Field(default=None, sa_type=Text)
     verified_at: float
+    failed: bool = False
+    """The check ran and failed (✗); `detail` says what failed and what to do next."""
 
 
 class MetricPoint(SQLModel, table=True):
@@ -62,6 +89,22 @@ class MetricPoint(SQLModel, table=True):
     key: str = Field(primary_key=True)
     step: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     value: float
+    wall_time: float
+
+
+class MetricNonFinite(SQLModel, table=True):
+    """Points whose value was NaN or infinite ('nan', 'inf', '-inf'): JSON cannot carry them
+    and min/max charts must not see them, yet a diverging run has to show where it diverged.
+    A (run, key, step) is in this table or in metric_points, never both."""
+
+    __tablename__ = "metric_nonfinite"
+    __table_args__ = {"sqlite_with_rowid": False}
+
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"),
+                                         primary_key=True))
+    key: str = Field(primary_key=True)
+    step: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    value: str
     wall_time: float
 
 
@@ -98,10 +141,14 @@ class Checkpoint(SQLModel, table=True):
     hub_url: Optional[str] = None
     backed_up_at: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_type=Text)
+    pruned: bool = False
+    """The worker deleted its local copy (keep_local); a Hub copy, if any, remains."""
 
 
 class Evaluation(SQLModel, table=True):
     __tablename__ = "evaluations"
+    __table_args__ = (UniqueConstraint("run_id", "step", "kind", "variant",
+                                       name="uq_evaluation_run_step_kind_variant"),)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
@@ -166,3 +213,17 @@ class Change(SQLModel, table=True):
     kind: str
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     ts: float
+
+
+class BrowserSession(SQLModel, table=True):
+    """A logged-in browser. Its cookie holds a random secret of which only the sha256 is
+    stored (a copy of the database gives no usable cookie); deleting the row logs that
+    browser out. `token_id` names the server token it was opened with, so a new token
+    ends every older session."""
+
+    __tablename__ = "browser_sessions"
+
+    id: str = Field(primary_key=True, max_length=64)
+    token_id: str = Field(max_length=64)
+    created_at: float
+    expires_at: float

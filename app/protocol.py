@@ -7,23 +7,26 @@ endpoints that carry these bodies.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+import math
+import string
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # (key, label) in the order a run passes them. Labels may name config fields in braces;
 # `checklist_label` fills them from the run's resolved config, so no default is copied here.
+# A noun after the colon ("{num_envs:env}") is counted: "1 env", "50 envs".
 CHECKLIST: tuple[tuple[str, str], ...] = (
     ("data.ready", "dataset downloaded and checked"),
-    ("smoke.steps", "{smoke_steps} training steps done"),
+    ("smoke.steps", "{smoke_steps:training step} done"),
     ("smoke.checkpoint", "checkpoint written"),
     ("smoke.reload", "checkpoint reloads"),
-    ("smoke.backup", "backup to the Hub done"),
-    ("train.start", "training started (resumed from step N / started fresh)"),
+    ("smoke.backup", "backup to the Hub or backup folder done"),
+    ("train.start", "training started"),
     ("train.done", "training done"),
-    ("reflow.pairs", "{reflow_pairs_cond} + {reflow_pairs_uncond} reflow pairs generated"),
-    ("reflow.done", "{reflow_gradient_steps} reflow steps done"),
-    ("eval.done", "{num_envs} envs × {num_episodes} episodes done"),
+    ("reflow.pairs", "{reflow_pairs_cond:,} + {reflow_pairs_uncond:reflow pair} generated"),
+    ("reflow.done", "{reflow_gradient_steps:reflow step} done"),
+    ("eval.done", "{num_envs:env} × {num_episodes:episode} done"),
     ("eval.score", "normalised score recorded"),
 )
 CHECKLIST_KEYS: tuple[str, ...] = tuple(key for key, _ in CHECKLIST)
@@ -35,6 +38,16 @@ Variant = Literal["R1", "R2"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 BackupState = Literal["local", "uploading", "hub", "error"]
 EventLevel = Literal["debug", "info", "warning", "error"]
+NonFinite = Literal["nan", "inf", "-inf"]
+
+
+def metric_point(key: str, step: int, value: float, wall_time: float) -> dict[str, Any]:
+    """A metric point as the metrics endpoint takes it: JSON has no NaN or infinity, so a
+    non-finite value travels as `value: null` with `nonfinite` naming it."""
+    if math.isfinite(value):
+        return {"key": key, "step": step, "value": value, "wall_time": wall_time}
+    label = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return {"key": key, "step": step, "value": None, "nonfinite": label, "wall_time": wall_time}
 
 
 def checklist_keys(config: dict[str, Any]) -> tuple[str, ...]:
@@ -43,30 +56,67 @@ def checklist_keys(config: dict[str, Any]) -> tuple[str, ...]:
     return tuple(k for k in CHECKLIST_KEYS if r2 or k not in R2_ONLY_KEYS)
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 env', '50 envs', '1,000,000 steps': counts as people write them."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+class _CountFormatter(string.Formatter):
+    """str.format, except that a format spec of letters is a noun to count (see `plural`)."""
+
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if format_spec.replace(" ", "").isalpha() and isinstance(value, int):
+            return plural(value, format_spec)
+        return super().format_field(value, format_spec)
+
+
 def checklist_label(key: str, config: dict[str, Any]) -> str:
     """The human label of a checklist key, with config values filled in."""
     label = dict(CHECKLIST)[key]
     try:
-        return label.format(**config)
-    except (KeyError, IndexError):
+        return _CountFormatter().format(label, **config)
+    except (KeyError, IndexError, ValueError):
         return label
 
 
+MAX_INT = 10**18
+"""Largest integer (id, step, size) the API takes: bigger ones are refused at the edge with a
+422 naming the field, before a query fails on them (the database holds up to 2**63 - 1).
+Exact as a float, so JSON Schema readers that parse `maximum` as a double see it right."""
+SHORT_TEXT = 200
+"""Longest name, host, device or key: one line on a page."""
+LONG_TEXT = 20_000
+"""Longest free text (an error with its traceback, an event message)."""
+MAX_SCORES = 100_000
+"""Most episodes one evaluation may report (dlite.config bounds envs x episodes below it)."""
+MAX_SCORE = 1e6
+"""Largest normalised score (real ones lie within about ±200): a bigger one is a bug, and
+drawing it would only break the score figure."""
+MAX_RETURN = 1e9
+"""Largest episode return (MuJoCo returns stay below 1e5)."""
+MAX_LATENCY_MS = 3_600_000.0
+"""Slowest planning decision taken (an hour)."""
+Score = Annotated[float, Field(ge=-MAX_SCORE, le=MAX_SCORE)]
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Unknown fields, NaN and infinity are refused (422): JSON readers accept `NaN`, but
+    nothing downstream can store or send it back."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Fenced(_Body):
     """Every write names the attempt it belongs to; the server refuses stale attempts (409)."""
 
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=MAX_INT)
 
 
 class RegisterRequest(_Body):
-    name: str
-    host: Optional[str] = None
-    device: Optional[str] = None
-    gpu_name: Optional[str] = None
+    name: str = Field(min_length=1, max_length=SHORT_TEXT)
+    host: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    gpu_name: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
 
 
 class RegisterResponse(BaseModel):
@@ -75,6 +125,7 @@ class RegisterResponse(BaseModel):
 
 class ClaimResponse(BaseModel):
     run_id: int
+    run_uuid: str
     attempt: int
     task: str
     name: Optional[str]
@@ -85,7 +136,7 @@ class ClaimResponse(BaseModel):
 
 
 class HeartbeatRequest(_Fenced):
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_INT)
     steps_per_s: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
 
 
@@ -100,10 +151,18 @@ class HeartbeatResponse(BaseModel):
 
 
 class MetricPointIn(_Body):
-    key: str = Field(min_length=1, max_length=200)
-    step: int = Field(ge=0)
-    value: float = Field(allow_inf_nan=False)
+    key: str = Field(min_length=1, max_length=SHORT_TEXT)
+    step: int = Field(ge=0, le=MAX_INT)
+    value: Optional[float] = Field(default=None, allow_inf_nan=False)
+    nonfinite: Optional[NonFinite] = None
     wall_time: float = Field(allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _value_or_nonfinite(self) -> "MetricPointIn":
+        if (self.value is None) == (self.nonfinite is None):
+            raise ValueError("give either a finite `value` or `nonfinite` ('nan', 'inf' or '-inf') "
+                             "with `value` null")
+        return self
 
 
 class MetricsRequest(_Fenced):
@@ -112,6 +171,9 @@ class MetricsRequest(_Fenced):
 
 class MetricsResponse(BaseModel):
     accepted: int
+    stale: bool = False
+    """The attempt was fenced off: its points were kept only where the run had none (see
+    docs/worker-protocol.md); the worker should stop working on the run."""
 
 
 class StageRequest(_Fenced):
@@ -119,8 +181,10 @@ class StageRequest(_Fenced):
 
 
 class ChecklistRequest(_Fenced):
-    key: str
-    detail: Optional[str] = None
+    key: str = Field(json_schema_extra={"enum": list(CHECKLIST_KEYS)})
+    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    failed: bool = False
+    """The check ran and failed: the item shows ✗, with `detail` saying what to do next."""
 
     @field_validator("key")
     @classmethod
@@ -131,42 +195,45 @@ class ChecklistRequest(_Fenced):
 
 
 class CheckpointRequest(_Fenced):
-    step: int = Field(ge=0)
-    size: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_INT)
+    size: int = Field(ge=0, le=MAX_INT)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     backup_state: BackupState = "local"
-    hub_url: Optional[str] = Field(default=None, pattern=r"^https://huggingface\.co/")
-    error: Optional[str] = None
+    hub_url: Optional[str] = Field(default=None, max_length=LONG_TEXT,
+                                   pattern=r"^(https://huggingface\.co/|file:///)")
+    """Where the backed-up checkpoint is: a Hub URL, or a file:// URL in the run's backup_dir."""
+    error: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    pruned: bool = False
 
 
 class EvaluationRequest(_Fenced):
-    step: int = Field(ge=0)
+    step: int = Field(ge=0, le=MAX_INT)
     kind: Literal["quick", "final"]
     variant: Variant = "R1"
-    score_mean: float = Field(allow_inf_nan=False)
-    score_std: float = Field(ge=0, allow_inf_nan=False)
-    returns: list[float]
-    scores: list[float]
-    n_envs: int = Field(ge=1)
-    n_episodes: int = Field(ge=1)
-    latency_ms: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
-    latency_ms_1env: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
-    device: Optional[str] = Field(default=None, max_length=200)
+    score_mean: Score
+    score_std: float = Field(ge=0, le=MAX_SCORE)
+    returns: list[Annotated[float, Field(ge=-MAX_RETURN, le=MAX_RETURN)]] = Field(max_length=MAX_SCORES)
+    scores: list[Score] = Field(max_length=MAX_SCORES)
+    n_envs: int = Field(ge=1, le=MAX_INT)
+    n_episodes: int = Field(ge=1, le=MAX_INT)
+    latency_ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    latency_ms_1env: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
 
 
 class EventRequest(_Fenced):
     level: EventLevel = "info"
-    message: str = Field(min_length=1, max_length=20_000)
+    message: str = Field(min_length=1, max_length=LONG_TEXT)
 
 
 class CommandUpdateRequest(_Fenced):
     state: Literal["uploading", "done", "error"]
-    detail: Optional[str] = None
+    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
 
 
 class FinishRequest(_Fenced):
     status: FinalStatus
-    error: Optional[str] = None
+    error: Optional[str] = Field(default=None, max_length=LONG_TEXT)
 
 
 class Ok(BaseModel):

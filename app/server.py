@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import uvicorn
 
 from app.main import create_app
-from app.settings import TOKEN_FILE, settings_from_env
+from app.settings import settings_from_env, token_source
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None = None) -> None:
@@ -18,10 +17,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None
     settings = settings_from_env(data_dir)
     app = create_app(settings)
     print(f"DiffuserLite Lab: http://{host}:{port}/", flush=True)
-    source = "from DLITE_TOKEN" if os.environ.get("DLITE_TOKEN") else f"also in {settings.data_dir / TOKEN_FILE}"
-    print(f"Log in with this token ({source}):", flush=True)
+    print(f"Log in with this token (from {token_source(settings)}):", flush=True)
     print(settings.token, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Forwarded headers only from the proxies named in DLITE_TRUSTED_PROXIES: uvicorn's default
+    # trusts 127.0.0.1, where a local tunnel hands every visitor's forged header on.
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=settings.trusted_proxies or None)
 
 
 def main(argv: list[str] | None = None) -> None:

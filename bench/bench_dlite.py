@@ -1,7 +1,10 @@
-"""dlite speed: training step, batch sampling, planning, evaluation. Prints JSON.
+"""dlite speed: training and reflow steps, batch sampling, planning, evaluation. Prints JSON.
 
-Usage: python bench/bench_dlite.py [--device cuda] [--repeats 5] [--compile] [--amp]
-Every figure is the median of --repeats timed runs after a warm-up.
+Usage: python bench/bench_dlite.py [--device cuda] [--repeats 5] [--compile] [--amp] [--check]
+Every figure is the median of --repeats timed runs after a warm-up; ratios are measured in
+the same run. Planning is timed for R1 (3 sampling steps) and R2 (1 step) with the fast
+planner, and with the plain textbook loop (flow.sample per level) it is tested against.
+`--check` compares with bench/targets.json and exits 1 when a target is missed.
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dlite import d4rl
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset
 from dlite.evaluate import evaluate
 from dlite.planner import Planner
+from dlite.reflow import PairSpec, PairStore, ReflowTrainer
 from dlite.synthetic import write_hdf5
 from dlite.train import Trainer
+
+TARGETS = Path(__file__).with_name("targets.json")
 
 
 def synthetic_raw(folder: Path, episodes: int) -> d4rl.RawDataset:
@@ -56,17 +63,49 @@ def timed(fn: Callable[[], None], repeats: int, inner: int, device: torch.device
     return statistics.median(runs)
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the ATen operations a piece of code dispatches (views included): on a GPU
+    each non-view one is a kernel launch, so this is what launch-bound time scales with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn: Callable[[], object]) -> int:
+    with _OpCounter() as counter:
+        fn()
+    return counter.count
+
+
+def check(result: dict, device: str) -> list[str]:
+    """Targets missed, by name (empty when all are met)."""
+    targets = json.loads(TARGETS.read_text()).get(device, {})
+    missed = []
+    for name, bound in targets.items():
+        value = result.get(name)
+        if value is None or ("min" in bound and value < bound["min"]) or ("max" in bound and value > bound["max"]):
+            missed.append(f"{name} = {value} (target {bound})")
+    return missed
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     p.add_argument("--episodes", type=int, default=200, help="1000-step episodes of synthetic data")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile training and planning")
     p.add_argument("--amp", action="store_true")
+    p.add_argument("--check", action="store_true", help="exit 1 if a target of bench/targets.json is missed")
     args = p.parse_args()
     device = torch.device(args.device)
-    cfg = from_dict({"batch_size": 256})
+    cfg = from_dict({"batch_size": 256, "reflow_pairs_cond": 2048, "reflow_pairs_uncond": 512,
+                     "reflow_pair_batch": 512, "variant": "R2"})
     with tempfile.TemporaryDirectory() as tmp:
         raw = synthetic_raw(Path(tmp), args.episodes)
         t0 = time.perf_counter()
@@ -76,6 +115,7 @@ def main() -> None:
 
         step_s = timed(trainer.train_step, args.repeats, args.steps, device)
         sample_s = timed(lambda: data.sample(cfg.batch_size), args.repeats, 20, device)
+        step_ops = count_ops(trainer.train_step)
 
         fixed = data.sample(cfg.batch_size)
         params = list(trainer.model.levels.parameters())
@@ -91,30 +131,59 @@ def main() -> None:
 
         model_s = timed(fixed_step, args.repeats, args.steps, device)
 
-        planner = Planner(trainer.model, cfg)
-        obs1 = raw.observations[:1]
-        obs50 = raw.observations[:50]
-        plan1 = timed(lambda: planner.act(obs1), args.repeats, 5, device)
-        plan50 = timed(lambda: planner.act(obs50), args.repeats, 5, device)
-        eval_runs = [evaluate(planner, n_envs=10, n_episodes=1, max_steps=50).wall_s for _ in range(3)]
+        t0 = time.perf_counter()
+        store = PairStore(Path(tmp) / "pairs", PairSpec.of(cfg, trainer.model, data))
+        store.generate(trainer.model, data)
+        pairs_per_s = store.spec.total * len(cfg.horizons) / (time.perf_counter() - t0)
+        reflow = ReflowTrainer(cfg, data, store, trainer.model, 0, compile=args.compile, amp=args.amp)
+        reflow_s = timed(reflow.train_step, args.repeats, args.steps, device)
 
-    print(json.dumps({
+        obs1, obs50 = raw.observations[:1], raw.observations[:50]
+        planning: dict[str, float | int] = {}
+        for variant in ("R1", "R2"):
+            fast = Planner(trainer.model, cfg, variant=variant, compile=args.compile, cuda_graph=True)
+            plain = Planner(trainer.model, cfg, variant=variant)
+            fast1 = timed(lambda: fast.act(obs1), args.repeats, 20, device)
+            fast50 = timed(lambda: fast.act(obs50), args.repeats, 5, device)
+            plain1 = timed(lambda: plain.act_plain(obs1), args.repeats, 20, device)
+            plain50 = timed(lambda: plain.act_plain(obs50), args.repeats, 5, device)
+            planning.update({
+                f"plan_hz_1env_{variant}": round(1 / fast1, 1),
+                f"plan_latency_ms_1env_{variant}": round(1000 * fast1, 3),
+                f"plan_latency_ms_50env_{variant}": round(1000 * fast50, 2),
+                f"plan_decisions_per_s_50env_{variant}": round(50 / fast50, 1),
+                f"plan_plain_latency_ms_1env_{variant}": round(1000 * plain1, 3),
+                f"plan_plain_latency_ms_50env_{variant}": round(1000 * plain50, 2),
+                f"plan_speedup_1env_{variant}_vs_plain": round(plain1 / fast1, 2),
+                f"plan_speedup_50env_{variant}_vs_plain": round(plain50 / fast50, 2),
+                f"ops_per_decision_{variant}": count_ops(lambda: Planner(trainer.model, cfg, variant=variant).act(obs1)),
+                f"ops_per_decision_plain_{variant}": count_ops(lambda: plain.act_plain(obs1)),
+            })
+        eval_planner = Planner(trainer.model, cfg, compile=args.compile, cuda_graph=True)
+        eval_runs = [evaluate(eval_planner, n_envs=10, n_episodes=1, max_steps=50).wall_s for _ in range(3)]
+
+    result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "batch_size": cfg.batch_size,
         "dataset_build_s": round(build_s, 3),
         "train_steps_per_s": round(1 / step_s, 2),
         "train_step_ms": round(1000 * step_s, 3),
+        "ops_per_train_step": step_ops,
         "models_only_step_ms": round(1000 * model_s, 3),
         "step_over_models_only": round(step_s / model_s, 3),
         "sample_batch_ms": round(1000 * sample_s, 3),
         "sample_share_of_step": round(sample_s / step_s, 4),
-        "plan_decisions_per_s_1env": round(1 / plan1, 1),
-        "plan_decisions_per_s_50env": round(50 / plan50, 1),
-        "plan_latency_ms_1env": round(1000 * plan1, 2),
-        "plan_latency_ms_50env": round(1000 * plan50, 2),
+        "reflow_step_ms": round(1000 * reflow_s, 3),
+        "reflow_pairs_per_s": round(pairs_per_s, 1),
+        **planning,
         "eval_wall_s_10envs_1ep_50steps": round(statistics.median(eval_runs), 2),
         "projected_hours_1M_steps": round(step_s * 1_000_000 / 3600, 1),
-    }, indent=1))
+    }
+    missed = check(result, device.type) if args.check else []
+    result["targets_missed"] = missed
+    print(json.dumps(result, indent=1))
+    if missed:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -18,10 +18,13 @@ log = logging.getLogger(__name__)
 FORMAT = "dlite-checkpoint-v1"
 NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
-RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup"}
-RESUME_SAFE_FIELDS = {"log_interval", "save_interval"} | {
+RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup", "reflow"}
+RESUME_SAFE_FIELDS = {"log_interval", "save_interval", "on_nonfinite"} | {
     name for name, f in FIELDS.items() if f.metadata["group"] in RESUME_SAFE_GROUPS}
 """Settings that may change on resume: none of them alters a gradient step."""
+REFLOW_TRAINING_FIELDS = {"reflow_pairs_cond", "reflow_pairs_uncond", "reflow_pair_steps", "reflow_pair_batch",
+                          "reflow_gradient_steps", "reflow_lr", "reflow_uncond_every"}
+"""Reflow settings that shape its pairs or gradient steps: fixed once a reflow run started."""
 
 
 class CheckpointError(RuntimeError):
@@ -63,8 +66,19 @@ def read(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     return state
 
 
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's settings. Files written before the `block` setting existed were
+    trained with the textbook DiT block, so they load as block 'dit'."""
+    return {"block": "dit", **state["config"]}
+
+
+def variant_of(state: dict[str, Any]) -> str:
+    """R1 for trained weights, R2 for reflowed ones."""
+    return state.get("variant", "R1")
+
+
 def config_of(state: dict[str, Any]) -> Config:
-    return from_dict(state["config"])
+    return from_dict(saved_config(state))
 
 
 def list_checkpoints(folder: Path) -> list[Path]:
@@ -75,25 +89,31 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
 
 
-def newest_readable(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict[str, Any]] | None:
-    """The newest checkpoint that loads, skipping (and naming) broken newer ones."""
+def newest_readable(folder: Path, map_location: str | torch.device = "cpu",
+                    on_skip: Callable[[Path, CheckpointError], None] | None = None
+                    ) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint that loads, skipping (and naming) broken newer ones; `on_skip`
+    lets a caller report each skipped file where its user looks (a run's events)."""
     for path in reversed(list_checkpoints(folder)):
         try:
             return path, read(path, map_location)
         except CheckpointError as e:
             log.warning("skipping a broken checkpoint: %s", e)
+            if on_skip:
+                on_skip(path, e)
     return None
 
 
-def check_compatible(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path) -> None:
-    """Refuse to resume on other data or with settings that change training."""
+def check_compatible(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path,
+                     safe: set[str] = RESUME_SAFE_FIELDS) -> None:
+    """Refuse to resume on other data or with settings that change training (all but `safe`)."""
     if state["dataset"]["fingerprint"] != fingerprint:
         raise CheckpointError(
             f"{path} was trained on another dataset (fingerprint {state['dataset']['fingerprint'][:12]}…, "
             f"this dataset {fingerprint[:12]}…); resume with the same file or start in a new folder")
-    saved = state["config"]
+    saved = saved_config(state)
     wanted = cfg.to_dict()
-    differ = [k for k in wanted if k not in RESUME_SAFE_FIELDS and saved.get(k) != wanted[k]]
+    differ = [k for k in wanted if k not in safe and saved.get(k) != wanted[k]]
     if differ:
         detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {wanted[k]!r})" for k in differ)
         raise CheckpointError(f"{path} was trained with other settings: {detail}; "

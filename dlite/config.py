@@ -26,9 +26,37 @@ class ConfigError(ValueError):
         self.field = field_name
         self.message = message
 
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        """Every (field, message) found; one here, all of them in `ConfigErrors`."""
+        return [(self.field, self.message)]
+
+
+class ConfigErrors(ConfigError):
+    """All bad values of one config at once, so a form can mark every bad field in one
+    round trip; `field` and `message` are the first, for callers that show only one."""
+
+    def __init__(self, errors: list[tuple[str, str]]) -> None:
+        super().__init__(*errors[0])
+        self._errors = list(errors)
+        self.args = ("; ".join(f"{f}: {m}" for f, m in errors),)
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return list(self._errors)
+
+
+MAX_STEPS = 100_000_000
+"""Upper bound of every step count and interval: 100x the paper's million steps."""
+MAX_REPO_ID = 96 * 2 + 1
+"""Longest Hugging Face repo id: a namespace and a name of at most 96 characters each."""
+MAX_LEVELS = 8
+"""Most plan levels `horizons` may list (the paper uses 3)."""
+
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None,
        lo_open: bool = False, group: str = "training", choices: tuple[str, ...] | None = None) -> Any:
+    """`lo`/`hi` bound a number (each item of a list); `hi` of a text is its longest length."""
     return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open,
                                             "group": group, "choices": choices})
 
@@ -37,88 +65,125 @@ def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None
 class Config:
     """Every hyper-parameter of a run. Field metadata carries the dashboard's help text."""
 
-    task: str = _f("halfcheetah-medium-expert-v2", "D4RL MuJoCo task", group="task")
-    seed: int = _f(0, "random seed for data sampling, initialisation and evaluation", 0, group="task")
+    task: str = _f("halfcheetah-medium-expert-v2", "D4RL MuJoCo task", hi=100, group="task")
+    seed: int = _f(0, "random seed for data sampling, initialisation and evaluation", 0, 2**32 - 1, group="task")
 
     discount: float = _f(0.997, "discount of the segment value used as condition", 0, 1, True, "data")
-    terminal_penalty: float = _f(-100.0, "reward substituted at a true terminal", group="data")
-    horizons: tuple[int, ...] = _f((5, 5, 9), "points per plan level, coarse to fine", 2, group="model")
+    terminal_penalty: float = _f(-100.0, "reward substituted at a true terminal", -1e6, 1e6, group="data")
+    horizons: tuple[int, ...] = _f((5, 5, 9), "points per plan level, coarse to fine", 2, 129, group="model")
 
     block: str = _f("reference", "DiT block: 'reference' (the paper's code: the residual stream is replaced "
                     "by the modulated norm before attention) or 'dit' (textbook adaLN-Zero)", group="model",
                     choices=("reference", "dit"))
-    emb_dim: int = _f(256, "width of the time/condition embedding", 8, group="model")
-    d_model: int = _f(256, "transformer width of each DiT-1d", 8, group="model")
-    n_heads: int = _f(8, "attention heads of each DiT-1d", 1, group="model")
-    depth: int = _f(2, "transformer blocks of each DiT-1d", 1, group="model")
-    label_dropout: float = _f(0.25, "probability of dropping the condition (classifier-free guidance)", 0, 1, group="model")
-    next_obs_loss_weight: float = _f(10.0, "loss weight of the point after the current state", 0, group="model")
+    emb_dim: int = _f(256, "width of the time/condition embedding", 8, 4096, group="model")
+    d_model: int = _f(256, "transformer width of each DiT-1d", 8, 4096, group="model")
+    n_heads: int = _f(8, "attention heads of each DiT-1d", 1, 64, group="model")
+    depth: int = _f(2, "transformer blocks of each DiT-1d", 1, 64, group="model")
+    label_dropout: float = _f(0.25, "probability of dropping the condition (classifier-free guidance)",
+                              0, 1, group="model")
+    next_obs_loss_weight: float = _f(10.0, "loss weight of the point after the current state", 0, 1e6, group="model")
 
-    batch_size: int = _f(256, "windows per gradient step and level", 1)
-    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the three level models", 1)
-    invdyn_gradient_steps: int = _f(1_000_000, "gradient steps of the inverse-dynamics model", 0)
-    diffusion_lr: float = _f(2e-4, "AdamW learning rate of the level models (cosine annealed)", 0, lo_open=True)
-    weight_decay: float = _f(1e-5, "AdamW weight decay of the level models", 0)
+    batch_size: int = _f(256, "windows per gradient step and level", 1, 65_536)
+    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the three level models", 1, MAX_STEPS)
+    invdyn_gradient_steps: int = _f(1_000_000, "gradient steps of the inverse-dynamics model", 0, MAX_STEPS)
+    diffusion_lr: float = _f(2e-4, "AdamW learning rate of the level models (cosine annealed)", 0, 1, True)
+    weight_decay: float = _f(1e-5, "AdamW weight decay of the level models", 0, 10)
     ema_rate: float = _f(0.9999, "EMA rate of the level models' weights used for planning", 0, 1)
-    invdyn_lr: float = _f(1e-3, "Adam learning rate of inverse dynamics (the reference's effective 1e-3)", 0, lo_open=True)
-    invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1)
+    invdyn_lr: float = _f(1e-3, "Adam learning rate of inverse dynamics (the reference's effective 1e-3)", 0, 1, True)
+    invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1, 16_384)
     invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", 0, 1)
-    log_interval: int = _f(1000, "steps between loss read-backs and reports", 1)
-    save_interval: int = _f(10_000, "steps between local checkpoints", 1)
+    log_interval: int = _f(1000, "steps between loss read-backs and reports", 1, MAX_STEPS)
+    save_interval: int = _f(10_000, "steps between local checkpoints", 1, MAX_STEPS)
+    on_nonfinite: str = _f("stop", "when a logged loss is NaN or infinite: 'stop' (the run fails, naming the step "
+                           "and loss) or 'continue' (a warning event, training goes on)",
+                           choices=("stop", "continue"))
 
-    sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", 1, group="planning")
-    temperature: float = _f(0.5, "scale of the initial noise when planning", 0, group="planning")
-    target_return: float | None = _f(None, "value condition when planning (task table if empty)", group="planning")
-    w_cfg: float | None = _f(None, "classifier-free guidance weight (task table if empty)", group="planning")
+    sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", 1, 1000, group="planning")
+    temperature: float = _f(0.5, "scale of the initial noise when planning", 0, 100, group="planning")
+    target_return: float | None = _f(None, "value condition when planning (task table if empty)",
+                                     -10, 10, group="planning")
+    w_cfg: float | None = _f(None, "classifier-free guidance weight (task table if empty)", 0, 100, group="planning")
 
-    num_envs: int = _f(50, "parallel environments in the final evaluation", 1, group="evaluation")
-    num_episodes: int = _f(3, "episodes per environment in the final evaluation", 1, group="evaluation")
-    max_episode_steps: int = _f(1000, "step limit of an evaluation episode", 1, group="evaluation")
-    eval_every: int = _f(10_000, "steps between quick evaluations while training (0: none)", 0, group="evaluation")
-    eval_envs: int = _f(10, "environments of a quick evaluation", 1, group="evaluation")
-    eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", 1, group="evaluation")
+    num_envs: int = _f(50, "parallel environments in the final evaluation", 1, 1000, group="evaluation")
+    num_episodes: int = _f(3, "episodes per environment in the final evaluation", 1, 100, group="evaluation")
+    max_episode_steps: int = _f(1000, "step limit of an evaluation episode", 1, 100_000, group="evaluation")
+    eval_every: int = _f(10_000, "steps between quick evaluations while training (0: none)",
+                         0, MAX_STEPS, group="evaluation")
+    eval_envs: int = _f(10, "environments of a quick evaluation", 1, 1000, group="evaluation")
+    eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", 1, 100, group="evaluation")
 
     variant: str = _f("R1", "R1: train and plan with 3 steps; R2: then reflow and also plan with 1 step",
                       group="reflow", choices=("R1", "R2"))
-    reflow_pairs_cond: int = _f(1_600_000, "conditional (noise, plan) pairs drawn from the R1 model", 1, group="reflow")
-    reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", 0, group="reflow")
-    reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", 1, group="reflow")
-    reflow_pair_batch: int = _f(5000, "pairs generated per batch", 1, group="reflow")
-    reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the three level models", 1, group="reflow")
+    reflow_pairs_cond: int = _f(1_600_000, "conditional (noise, plan) pairs drawn from the R1 model",
+                                1, MAX_STEPS, group="reflow")
+    reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", 0, MAX_STEPS, group="reflow")
+    reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", 1, 1000, group="reflow")
+    reflow_pair_batch: int = _f(5000, "pairs generated per batch", 1, 1_000_000, group="reflow")
+    reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the three level models",
+                                    1, MAX_STEPS, group="reflow")
     reflow_lr: float = _f(2e-4, "constant AdamW learning rate of reflow (the reference's effective 2e-4)", 0,
-                          lo_open=True, group="reflow")
-    reflow_uncond_every: int = _f(5, "every n-th reflow step trains on an unconditional batch", 1, group="reflow")
-    r2_sampling_steps: int = _f(1, "Euler steps per level when planning with R2", 1, group="reflow")
-    r2_target_return: float | None = _f(None, "R2 value condition (task table if empty)", group="reflow")
-    r2_w_cfg: float | None = _f(None, "R2 guidance weight (task table if empty)", group="reflow")
+                          1, True, group="reflow")
+    reflow_uncond_every: int = _f(5, "every n-th reflow step trains on an unconditional batch",
+                                  1, 1_000_000, group="reflow")
+    r2_sampling_steps: int = _f(1, "Euler steps per level when planning with R2", 1, 1000, group="reflow")
+    r2_target_return: float | None = _f(None, "R2 value condition (task table if empty)", -10, 10, group="reflow")
+    r2_w_cfg: float | None = _f(None, "R2 guidance weight (task table if empty)", 0, 100, group="reflow")
 
-    smoke_steps: int = _f(500, "training steps of the stage-0 smoke test", 1, group="backup")
-    hub_repo: str | None = _f(None, "Hugging Face repo for backups, e.g. user/diffuserlite-results", group="backup")
-    backup_every: int = _f(50_000, "steps between automatic Hub backups (0: none)", 0, group="backup")
-    keep_every: int = _f(5_000, "on the Hub, also keep checkpoints at multiples of this step", 1, group="backup")
-    keep_local: int = _f(3, "newest checkpoints kept on local disk", 1, group="backup")
+    smoke_steps: int = _f(500, "training steps of the stage-0 smoke test", 1, 1_000_000, group="backup")
+    hub_repo: str | None = _f(None, "Hugging Face repo for backups, e.g. user/diffuserlite-results",
+                              hi=MAX_REPO_ID, group="backup")
+    backup_dir: str | None = _f(None, "folder on the worker's machine for backups instead of the Hub, e.g. Google "
+                                "Drive in Colab: /content/drive/MyDrive/diffuserlite", hi=4096, group="backup")
+    backup_every: int = _f(50_000, "steps between automatic backups (0: none)", 0, MAX_STEPS, group="backup")
+    backup_every_minutes: int = _f(15, "minutes of training between automatic backups, whichever of this and "
+                                   "backup_every comes first (0: none)", 0, 7 * 24 * 60, group="backup")
+    keep_every: int = _f(5_000, "in the backup, also keep checkpoints at multiples of this step",
+                         1, MAX_STEPS, group="backup")
+    keep_local: int = _f(3, "newest checkpoints kept on local disk", 1, 1000, group="backup")
+    on_backup_failure: str = _f("fail", "when the smoke test cannot back up: 'fail' stops the run there, 'warn' "
+                                "trains on without working backups", group="backup", choices=("fail", "warn"))
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check(f, getattr(self, f.name))
-        try:
-            get_task(self.task)
-        except UnknownTaskError as e:
-            raise ConfigError("task", str(e)) from None
-        if self.d_model % self.n_heads:
-            raise ConfigError("n_heads", f"must divide d_model ({self.d_model})")
-        if self.emb_dim % 8:
-            raise ConfigError("emb_dim", "must be a multiple of 8 (Fourier features use emb_dim/8)")
-        # backups go out at checkpoints and quick evaluations at log steps, so other
-        # intervals would silently happen less often than asked
-        if self.backup_every % self.save_interval:
-            raise ConfigError("backup_every", f"must be a multiple of save_interval ({self.save_interval})")
-        if self.eval_every % self.log_interval:
-            raise ConfigError("eval_every", f"must be a multiple of log_interval ({self.log_interval})")
+        errors = [(f.name, message) for f in dataclasses.fields(self)
+                  if (message := _check(f, getattr(self, f.name))) is not None]
+        bad = {name for name, _ in errors}
+        if "task" not in bad:
+            try:
+                get_task(self.task)
+            except UnknownTaskError as e:
+                errors.append(("task", str(e)))
+        # cross-field rules, each only between fields that are valid on their own
+        rules = (
+            ("n_heads", ("d_model",), lambda: self.d_model % self.n_heads,
+             lambda: f"must divide d_model ({self.d_model})"),
+            ("emb_dim", (), lambda: self.emb_dim % 8,
+             lambda: "must be a multiple of 8 (Fourier features use emb_dim/8)"),
+            # backups go out at checkpoints and quick evaluations at log steps, so other
+            # intervals would silently happen less often than asked
+            ("backup_every", ("save_interval",), lambda: self.backup_every % self.save_interval,
+             lambda: f"must be a multiple of save_interval ({self.save_interval})"),
+            ("eval_every", ("log_interval",), lambda: self.eval_every % self.log_interval,
+             lambda: f"must be a multiple of log_interval ({self.log_interval})"),
+            ("backup_dir", ("hub_repo",), lambda: self.backup_dir and self.hub_repo,
+             lambda: "set either hub_repo or backup_dir, not both: a run backs up to one place"),
+            # a relative folder would depend on the worker's working directory
+            ("backup_dir", (), lambda: self.backup_dir and not self.backup_dir.startswith(("/", "~")),
+             lambda: "must be an absolute path (starting with / or ~)"),
+        )
+        for name, others, broken, message in rules:
+            if not bad & {name, *others} and broken():
+                errors.append((name, message()))
+        if errors:
+            raise ConfigErrors(errors)
 
     @property
     def total_steps(self) -> int:
         return max(self.diffusion_gradient_steps, self.invdyn_gradient_steps)
+
+    @property
+    def run_steps(self) -> int:
+        """Gradient steps of the whole run: R1's, then reflow's for R2 (its steps continue R1's)."""
+        return self.total_steps + (self.reflow_gradient_steps if self.variant == "R2" else 0)
 
     @property
     def spans(self) -> tuple[int, ...]:
@@ -167,42 +232,54 @@ class Config:
 _HINTS = typing.get_type_hints(Config)
 
 
-def _check(f: dataclasses.Field, value: Any) -> None:
-    """Type and range check of one field, with a message fit for a form."""
+def _show(value: Any, limit: int = 60) -> str:
+    """A value quoted in a message, cut short so a huge input does not come back whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"… ({len(text)} characters)"
+
+
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+def _check(f: dataclasses.Field, value: Any) -> str | None:
+    """Type and range check of one field: None when fine, else a message fit for a form."""
     hint = _HINTS[f.name]
     args = typing.get_args(hint)
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
     if value is None:
-        if optional:
-            return
-        raise ConfigError(f.name, "must not be empty")
+        return None if optional else "must not be empty"
     base = next(a for a in args if a is not type(None)) if optional else hint
+    lo, hi, lo_open = f.metadata["lo"], f.metadata["hi"], f.metadata["lo_open"]
     if typing.get_origin(base) is tuple:
-        if not isinstance(value, tuple) or len(value) < 2 or not all(
+        if not isinstance(value, tuple) or not 2 <= len(value) <= MAX_LEVELS or not all(
                 isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ConfigError(f.name, "must be a list of at least two integers")
+            return f"must be a list of 2 to {MAX_LEVELS} integers"
         items = value
     elif base is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f.name, f"must be an integer, got {value!r}")
+            return f"must be an integer, got {_show(value)}"
         items = (value,)
     elif base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f.name, f"must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and not math.isfinite(value)):
+            return f"must be a finite number, got {_show(value)}"
         items = (value,)
     else:
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f.name, f"must be a non-empty string, got {value!r}")
+            return f"must be a non-empty string, got {_show(value)}"
         choices = f.metadata["choices"]
         if choices and value not in choices:
-            raise ConfigError(f.name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return
-    lo, hi, lo_open = f.metadata["lo"], f.metadata["hi"], f.metadata["lo_open"]
+            return f"must be one of {', '.join(choices)}, got {_show(value)}"
+        if hi is not None and len(value) > hi:
+            return f"must be at most {_num(hi)} characters long, got {len(value):,}"
+        return None
     for v in items:
         if lo is not None and (v <= lo if lo_open else v < lo):
-            raise ConfigError(f.name, f"must be {'>' if lo_open else '>='} {lo:g}, got {v!r}")
+            return f"must be {'>' if lo_open else '>='} {_num(lo)}, got {_show(v)}"
         if hi is not None and v > hi:
-            raise ConfigError(f.name, f"must be <= {hi:g}, got {v!r}")
+            return f"must be <= {_num(hi)}, got {_show(v)}"
+    return None
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Config)}
@@ -210,16 +287,21 @@ FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(Co
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a config from JSON-like overrides; unknown keys and bad values raise ConfigError."""
-    unknown = sorted(set(values) - set(FIELDS))
-    if unknown:
-        raise ConfigError(unknown[0], f"unknown setting; known settings: {', '.join(FIELDS)}")
-    clean = dict(values)
+    errors = [(name, f"unknown setting; known settings: {', '.join(FIELDS)}")
+              for name in sorted(set(values) - set(FIELDS), key=str)]
+    clean = {k: v for k, v in values.items() if k in FIELDS}
     if isinstance(clean.get("horizons"), list):
         clean["horizons"] = tuple(clean["horizons"])
     for name, value in clean.items():
         if _base_type(name) is float and isinstance(value, int) and not isinstance(value, bool):
-            clean[name] = float(value)
-    return Config(**clean)
+            clean[name] = float(value) if abs(value) < 2**1023 else value  # too big for a float: `hi` refuses it
+    try:
+        config = Config(**clean)
+    except ConfigError as e:
+        errors += e.errors
+    if errors:
+        raise ConfigErrors(errors)
+    return config
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -255,6 +337,26 @@ def _parse_value(key: str, raw: str) -> Any:
     except ValueError:
         raise ConfigError(key, f"cannot read {raw!r} as {getattr(base, '__name__', 'a list of integers')}") from None
     return raw
+
+
+def json_schema() -> dict[str, Any]:
+    """The overrides `from_dict` takes, as JSON Schema (for the API's OpenAPI document). Rules
+    between fields (n_heads divides d_model, ...) are beyond it: the server still checks them."""
+    kinds = {"int": {"type": "integer"}, "float": {"type": "number"}, "str": {"type": "string", "minLength": 1},
+             "int_list": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": MAX_LEVELS}}
+    props = {}
+    for f in schema():
+        value = dict(kinds[f["type"]])
+        bounds = value.setdefault("items", {}) if f["type"] == "int_list" else value
+        if f["min"] is not None:
+            bounds["exclusiveMinimum" if f["exclusive_min"] else "minimum"] = f["min"]
+        if f["max"] is not None:
+            bounds["maxLength" if f["type"] == "str" else "maximum"] = f["max"]
+        if f["choices"]:
+            value["enum"] = f["choices"]
+        props[f["name"]] = {"anyOf": [value, {"type": "null"}]} if f["optional"] else value
+        props[f["name"]]["description"] = f["help"]
+    return {"type": "object", "properties": props, "additionalProperties": False}
 
 
 def schema() -> list[dict[str, Any]]:

@@ -110,13 +110,19 @@ class WindowDataset:
             raise DatasetError(f"no window of {span} steps fits in the dataset")
         return torch.from_numpy(starts).to(self.device)
 
+    def sample_level(self, level: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Windows of one level: points (B, horizon, obs_dim), values (B, 1) and flat starts."""
+        starts = self.starts[level]
+        start = starts[torch.randint(len(starts), (batch_size,), device=self.device)]
+        return self.obs[start[:, None] + self.offsets[level]], self.values[start][:, None], start
+
     def sample(self, batch_size: int) -> Batch:
         """Independent windows per level from the global torch RNG (kept for exact resume)."""
         points, values = [], []
-        for starts, offsets in zip(self.starts, self.offsets):
-            start = starts[torch.randint(len(starts), (batch_size,), device=self.device)]
-            points.append(self.obs[start[:, None] + offsets])
-            values.append(self.values[start][:, None])
+        for level in range(len(self.starts)):
+            level_points, level_values, start = self.sample_level(level, batch_size)
+            points.append(level_points)
+            values.append(level_values)
         window = start[:, None] + self.last_offsets
         pairs = window[:, :-1]
         valid = pairs % self.pad + 1 < self.episode_lengths[pairs // self.pad]

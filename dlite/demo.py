@@ -1,5 +1,5 @@
 """The no-download demo: a small HalfCheetah dataset made locally and tiny settings,
-so the whole stage checklist runs on a laptop CPU in minutes."""
+so the whole stage checklist, R2's reflow included, runs on a laptop CPU in minutes."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ DEMO_OVERRIDES: dict[str, object] = {
     "log_interval": 100, "save_interval": 500, "smoke_steps": 100, "eval_every": 1000,
     "eval_envs": 4, "eval_episodes": 1, "num_envs": 10, "num_episodes": 1, "max_episode_steps": 250,
     "backup_every": 1000, "keep_every": 1000,
+    "variant": "R2", "reflow_pairs_cond": 8000, "reflow_pairs_uncond": 2000, "reflow_pair_batch": 2000,
+    "reflow_gradient_steps": 1000,
 }
 
 

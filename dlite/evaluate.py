@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,9 +17,12 @@ from dlite.tasks import Domain, get_task
 
 @dataclass
 class EvalResult:
-    """Per-episode returns and scores; std is over episodes (population std)."""
+    """Per-episode returns and scores (std over episodes, population std) and planning
+    speed: ms per decision for the whole batch of environments and for one environment,
+    the figure the paper reports in Hz."""
 
     task: str
+    variant: str
     returns: list[float]
     scores: list[float]
     score_mean: float
@@ -25,10 +30,51 @@ class EvalResult:
     n_envs: int
     n_episodes: int
     latency_ms: float
+    latency_ms_1env: float
+    device: str
     wall_s: float
+
+    @property
+    def decisions_per_s(self) -> float:
+        """Environment decisions per second with the whole batch planned at once."""
+        return 1000.0 * self.n_envs / self.latency_ms
+
+    @property
+    def hz_1env(self) -> float:
+        return 1000.0 / self.latency_ms_1env
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def device_name(device: torch.device) -> str:
+    """What a speed was measured on: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def one_env_latency_ms(planner: Planner, obs: np.ndarray, repeats: int = 30) -> float:
+    """Median ms of one decision for a single environment (after a warm-up)."""
+    times = []
+    for i in range(repeats + 3):
+        t0 = time.perf_counter()
+        planner.act(obs[:1])
+        if planner.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(times))
 
 
 def make_envs(domain: Domain, n_envs: int, max_steps: int) -> gym.vector.VectorEnv:
@@ -57,15 +103,18 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
     devices = [planner.device] if planner.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        returns, latency_ms = _rollouts(planner, envs, n_envs, n_episodes, seed, max_steps)
+        returns, latency_ms, obs = _rollouts(planner, envs, n_envs, n_episodes, seed, max_steps)
+        latency_1env = one_env_latency_ms(planner, obs)
     scores = [task.normalized_score(r) for r in returns]
-    return EvalResult(task.name, returns, scores, float(np.mean(scores)), float(np.std(scores)),
-                      n_envs, n_episodes, latency_ms, time.perf_counter() - start)
+    return EvalResult(task.name, planner.variant, returns, scores, float(np.mean(scores)), float(np.std(scores)),
+                      n_envs, n_episodes, latency_ms, latency_1env, device_name(planner.device),
+                      time.perf_counter() - start)
 
 
 def _rollouts(planner: Planner, envs: gym.vector.VectorEnv, n_envs: int, n_episodes: int, seed: int,
-              max_steps: int) -> tuple[list[float], float]:
-    """Per-episode returns and mean planning latency (ms) of n_episodes lock-step rounds."""
+              max_steps: int) -> tuple[list[float], float, np.ndarray]:
+    """Per-episode returns, mean planning latency (ms) of n_episodes lock-step rounds, and
+    the last observations (real states to time one-environment planning on)."""
     returns: list[float] = []
     plan_time, plan_calls = 0.0, 0
     try:
@@ -88,4 +137,4 @@ def _rollouts(planner: Planner, envs: gym.vector.VectorEnv, n_envs: int, n_episo
             returns.extend(total.tolist())
     finally:
         envs.close()
-    return returns, 1000 * plan_time / max(plan_calls, 1)
+    return returns, 1000 * plan_time / max(plan_calls, 1), obs

@@ -27,14 +27,21 @@ def loss_weight(points: int, obs_dim: int, next_obs_weight: float, device: torch
 
 
 def flow_loss(net: DiT1d, x0: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-              weight: torch.Tensor, label_dropout: float) -> torch.Tensor:
-    """Squared velocity error on the free points, averaged over every element."""
+              weight: torch.Tensor, label_dropout: float, x1: torch.Tensor | None = None,
+              conditional: bool = True) -> torch.Tensor:
+    """Squared velocity error on the free points, averaged over every element.
+
+    R1 draws fresh noise; reflow passes the stored noise `x1` the plan was integrated
+    from, and `conditional=False` for its unconditional batches (condition always dropped).
+    """
     b = x0.shape[0]
-    x1 = torch.randn_like(x0)
+    x1 = torch.randn_like(x0) if x1 is None else x1
     t = torch.rand(b, device=x0.device)
     xt = x0 + t[:, None, None] * (x1 - x0)
     xt = xt * (1 - mask) + x0 * mask
     keep = (torch.rand(b, 1, device=x0.device) >= label_dropout).to(x0.dtype)
+    if not conditional:
+        keep = torch.zeros_like(keep)
     pred = net(xt, t, value, keep)
     return ((pred.float() - (x0 - x1)) ** 2 * weight * (1 - mask)).mean()
 
@@ -46,17 +53,19 @@ def time_grid(steps: int) -> list[float]:
 
 @torch.no_grad()
 def sample(net: DiT1d, prior: torch.Tensor, mask: torch.Tensor, value: torch.Tensor,
-           steps: int, temperature: float, w_cfg: float) -> torch.Tensor:
+           steps: int, temperature: float, w_cfg: float, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Euler integration from temperature-scaled noise; fixed points re-imposed each step.
 
     prior holds the fixed points (zeros elsewhere). With w_cfg != 1 the conditional and
-    unconditional velocities come from one batched forward.
+    unconditional velocities come from one batched forward; w_cfg = 0 runs only the
+    unconditional branch. `noise` (default: drawn here) is the standard normal start.
     """
     b = prior.shape[0]
-    x = temperature * torch.randn_like(prior)
+    noise = torch.randn_like(prior) if noise is None else noise
+    x = temperature * noise
     x = x * (1 - mask) + prior * mask
-    guided = w_cfg != 1.0
-    keep = torch.ones(b, 1, device=prior.device, dtype=prior.dtype)
+    guided = w_cfg not in (0.0, 1.0)
+    keep = torch.full((b, 1), float(w_cfg != 0.0), device=prior.device, dtype=prior.dtype)
     if guided:
         keep = torch.cat([keep, torch.zeros_like(keep)])
         value = torch.cat([value, value])

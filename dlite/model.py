@@ -17,7 +17,8 @@ class DiffuserLite(nn.Module):
         super().__init__()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.levels = nn.ModuleList(
-            DiT1d(obs_dim, points, cfg.emb_dim, cfg.d_model, cfg.n_heads, cfg.depth) for points in cfg.horizons)
+            DiT1d(obs_dim, points, cfg.emb_dim, cfg.d_model, cfg.n_heads, cfg.depth, cfg.block)
+            for points in cfg.horizons)
         self.ema_levels = copy.deepcopy(self.levels).requires_grad_(False)
         self.invdyn = InverseDynamics(obs_dim, act_dim, cfg.invdyn_hidden, cfg.invdyn_dropout)
         self.register_buffer("obs_mean", torch.zeros(obs_dim))

@@ -1,45 +1,188 @@
 """Planning one decision for a batch of environments: three levels coarse to fine,
-then inverse dynamics on the first two points of the finest plan."""
+then inverse dynamics on the first two points of the finest plan.
+
+With a fixed target return, everything that depends only on (time, condition) — the
+time and value embeddings and every block's modulation — is the same at every decision,
+so the planner computes it once per sampling step and a decision runs only the plan's
+own forward passes. The last Euler step of a level only needs point 1 (the next level's
+end point, or the action's next state), so its last block computes that point alone.
+`plan_plain` keeps the textbook loop over `flow.sample`; a test holds the two equal.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Literal
 
 import numpy as np
 import torch
 
 from dlite import checkpoint
 from dlite.config import Config
-from dlite.flow import fix_mask, sample
+from dlite.dit import DiT1d, Modulation
+from dlite.flow import fix_mask, sample, time_grid
 from dlite.model import DiffuserLite
+
+Variant = Literal["R1", "R2"]
+Mods = tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Step:
+    """One Euler step of one level: the network's modulations and dt on the free points."""
+
+    mods: Mods
+    dt_free: torch.Tensor  # (points, obs_dim): t_now - t_next where free, 0 where fixed
+
+
+@dataclass
+class _Level:
+    net: DiT1d
+    points: int
+    steps: list[_Step]
+    noise_scale: torch.Tensor  # temperature where free, 0 where fixed
+    fixes_end: bool
 
 
 class Planner:
-    """Turns raw observations (N, obs_dim) into actions (N, act_dim) with the EMA weights."""
+    """Turns raw observations (N, obs_dim) into actions (N, act_dim) with the EMA weights.
+
+    `variant` picks the defaults: R1 plans with the config's sampling steps, target return
+    and guidance; R2 (reflowed weights) with its one step and the task's R2 values.
+    `compile` wraps a decision in torch.compile; on CUDA, `cuda_graph` captures a whole
+    decision per batch size and replays it (the standard torch.cuda.graphs mechanism).
+    """
 
     def __init__(self, model: DiffuserLite, cfg: Config, w_cfg: float | None = None,
                  target_return: float | None = None, temperature: float | None = None,
-                 sampling_steps: int | None = None) -> None:
+                 sampling_steps: int | None = None, variant: Variant = "R1",
+                 compile: bool = False, cuda_graph: bool = False) -> None:
         self.model = model.eval()
         self.cfg = cfg
+        self.variant = variant
         self.device = next(model.parameters()).device
-        self.w_cfg = cfg.planning_w_cfg if w_cfg is None else w_cfg
-        self.target_return = cfg.planning_target_return if target_return is None else target_return
+        r2 = variant == "R2"
+        self.w_cfg = (cfg.r2_planning_w_cfg if r2 else cfg.planning_w_cfg) if w_cfg is None else w_cfg
+        self.target_return = ((cfg.r2_planning_target_return if r2 else cfg.planning_target_return)
+                              if target_return is None else target_return)
         self.temperature = cfg.temperature if temperature is None else temperature
-        self.sampling_steps = cfg.sampling_steps if sampling_steps is None else sampling_steps
+        self.sampling_steps = ((cfg.r2_sampling_steps if r2 else cfg.sampling_steps)
+                               if sampling_steps is None else sampling_steps)
         self.masks = [fix_mask(h, model.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
+        self.levels = self._precompute()
+        self._expanded: dict[int, list[list[Mods]]] = {}
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._decide: Callable[[torch.Tensor], torch.Tensor] = self._decide_eager
+        if compile:
+            # on CUDA, graphs come from our own capture or from compile's reduce-overhead mode
+            cuda_mode = "max-autotune-no-cudagraphs" if self.cuda_graph else "reduce-overhead"
+            self._decide = torch.compile(self._decide_eager, dynamic=False,
+                                         mode=cuda_mode if self.device.type == "cuda" else None)
+        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu", **overrides: float | None) -> "Planner":
+    def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu", **overrides: object) -> "Planner":
+        """A planner for an R1 or R2 checkpoint; the file says which it is."""
         state = checkpoint.read(path, device)
         cfg = checkpoint.config_of(state)
         model = DiffuserLite(cfg, state["dataset"]["obs_dim"], state["dataset"]["act_dim"]).to(device)
         model.load_state_dict(state["model"])
-        return cls(model, cfg, **overrides)
+        return cls(model, cfg, variant=checkpoint.variant_of(state), **overrides)  # type: ignore[arg-type]
+
+    @property
+    def guided(self) -> bool:
+        return self.w_cfg not in (0.0, 1.0)
+
+    @torch.inference_mode()
+    def _precompute(self) -> list[_Level]:
+        """Per level and Euler step, the modulations of the (conditional[, unconditional])
+        branch for the fixed target return: the part of a forward pass that is the same
+        at every decision."""
+        grid = time_grid(self.sampling_steps)
+        keep = [[float(self.w_cfg != 0.0)]] + ([[0.0]] if self.guided else [])
+        keep_t = torch.tensor(keep, device=self.device)
+        value = torch.full_like(keep_t, self.target_return)
+        levels = []
+        for level, (net, mask, points) in enumerate(zip(self.model.ema_levels, self.masks, self.cfg.horizons)):
+            steps = []
+            for t_now, t_next in zip(grid[:-1], grid[1:]):
+                t = torch.full((len(keep),), t_now, device=self.device)
+                steps.append(_Step(net.modulations(net.embed(t, value, keep_t)), (t_now - t_next) * (1 - mask)))
+            levels.append(_Level(net, points, steps, self.temperature * (1 - mask), level > 0))
+        return levels
+
+    def _mods_for(self, n: int) -> list[list[Mods]]:
+        """Guided planning runs both branches in one batch of 2n: the modulations are
+        repeated to that batch once per batch size, not at every decision."""
+        if not self.guided:
+            return [[s.mods for s in lv.steps] for lv in self.levels]
+        if n not in self._expanded:
+            def rep(t: torch.Tensor) -> torch.Tensor:
+                return t.repeat_interleave(n, 0)
+            self._expanded[n] = [[([tuple(rep(m) for m in block) for block in s.mods[0]],
+                                   (rep(s.mods[1][0]), rep(s.mods[1][1]))) for s in lv.steps]
+                                 for lv in self.levels]
+        return self._expanded[n]
+
+    def _velocity(self, net: DiT1d, x: torch.Tensor, mods: Mods, queries: slice | None = None) -> torch.Tensor:
+        if not self.guided:
+            return net.forward_modulated(x, mods, queries)
+        n = x.shape[0]
+        v = net.forward_modulated(torch.cat([x, x]), mods, queries)
+        return self.w_cfg * v[:n] + (1 - self.w_cfg) * v[n:]
+
+    def _decide_eager(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions for normalised observations (N, obs_dim). Draws the same noise, in the
+        same order, as `plan_plain`, so both give the same actions for one RNG state."""
+        n, o = obs.shape
+        mods = self._mods_for(n)
+        end = None
+        for lv, level_mods in zip(self.levels, mods):
+            noise = torch.randn(n, lv.points, o, device=obs.device, dtype=obs.dtype)
+            x = noise * lv.noise_scale
+            x[:, 0] = obs
+            if lv.fixes_end:
+                x[:, -1] = end
+            for step, m in zip(lv.steps[:-1], level_mods[:-1]):
+                x = torch.addcmul(x, self._velocity(lv.net, x, m), step.dt_free)
+            # only point 1 of the last step is used: the next level's end, or the next state
+            v1 = self._velocity(lv.net, x, level_mods[-1], slice(1, 2))
+            end = torch.addcmul(x[:, 1], v1[:, 0], lv.steps[-1].dt_free[1])
+        return self.model.invdyn(obs, end)
+
+    @torch.inference_mode()
+    def plan(self, obs: torch.Tensor) -> torch.Tensor:
+        """Actions (N, act_dim) for normalised observations (N, obs_dim)."""
+        if self.cuda_graph:
+            return self._replay(obs)
+        return self._decide(obs)
+
+    def _replay(self, obs: torch.Tensor) -> torch.Tensor:
+        """Capture a whole decision once per batch size, then replay it: one launch
+        instead of hundreds of small kernels."""
+        n = obs.shape[0]
+        if n not in self._graphs:
+            static_obs = obs.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):  # warm-up outside the graph (allocator, compile, cuBLAS)
+                    self._decide(static_obs)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._decide(static_obs)
+            self._graphs[n] = (graph, static_obs, static_out)
+        graph, static_obs, static_out = self._graphs[n]
+        static_obs.copy_(obs)
+        graph.replay()
+        return static_out.clone()
 
     @torch.no_grad()
-    def plan(self, obs: torch.Tensor) -> list[torch.Tensor]:
-        """The plans of every level for normalised observations (N, obs_dim)."""
+    def plan_plain(self, obs: torch.Tensor) -> list[torch.Tensor]:
+        """The plans of every level for normalised observations (N, obs_dim), by the
+        textbook loop (flow.sample per level); the reference the fast path is tested against."""
         n = obs.shape[0]
         value = torch.full((n, 1), self.target_return, device=self.device)
         start, end = obs, None
@@ -55,9 +198,15 @@ class Planner:
         return plans
 
     @torch.no_grad()
+    def act_plain(self, obs: np.ndarray) -> np.ndarray:
+        finest = self.plan_plain(self._normalized(obs))[-1]
+        return self.model.invdyn(finest[:, 0], finest[:, 1]).cpu().numpy()
+
     def act(self, obs: np.ndarray) -> np.ndarray:
+        return self.plan(self._normalized(obs)).cpu().numpy()
+
+    def _normalized(self, obs: np.ndarray) -> torch.Tensor:
         raw = torch.as_tensor(np.asarray(obs, dtype=np.float32), device=self.device)
         if raw.ndim != 2 or raw.shape[1] != self.model.obs_dim:
             raise ValueError(f"expected observations of shape (N, {self.model.obs_dim}), got {tuple(raw.shape)}")
-        finest = self.plan(self.model.normalize(raw))[-1]
-        return self.model.invdyn(finest[:, 0], finest[:, 1]).cpu().numpy()
+        return self.model.normalize(raw)

@@ -50,6 +50,25 @@ PAPER_PLANNING_SOURCE = "DiffuserLite, NeurIPS 2024, runtime table (MuJoCo; the 
 
 
 @dataclass(frozen=True)
+class ReferenceCurve:
+    """A published learning curve (normalised score by training step) to overlay on a run's chart."""
+
+    variant: str
+    steps: tuple[int, ...]
+    scores: tuple[float, ...]
+    source: str
+
+
+REFERENCE_CURVES: dict[str, ReferenceCurve] = {
+    "halfcheetah-medium-expert-v2": ReferenceCurve(
+        "R1", (1_000, 11_000, 21_000, 26_000, 31_000, 41_000, 51_000, 61_000, 71_000, 81_000, 86_000),
+        (-1.6, -0.5, 1.5, 15.9, 76.8, 78.0, 89.5, 91.9, 93.5, 91.6, 92.8),
+        "public Colab reproduction (R1, batch 256, seed hyper-parameters, 100k steps; one seed, quick evaluations)"),
+}
+"""Learning curves of other reproductions, by task; only one is public so far."""
+
+
+@dataclass(frozen=True)
 class Task:
     """Per-task settings: value scale, and R1/R2 target return and guidance weight."""
 

@@ -8,7 +8,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -90,12 +90,26 @@ class Trainer:
         self.masks = [fix_mask(h, data.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
         self.weights = [loss_weight(h, data.obs_dim, cfg.next_obs_loss_weight, self.device) for h in cfg.horizons]
         self.step = 0
-        self.loss_sum = torch.zeros(len(LOSS_KEYS), device=self.device)
+        self.loss_sum = torch.zeros(len(self.loss_keys), device=self.device)
         self.loss_count = 0
+        self.save_requested = False
+        """Set by `request_save`: `fit` writes a checkpoint after the current step."""
         self._losses = self._compute_losses
+        self.compiled = compile and self.device.type == "cuda"
         if compile:
-            mode = "max-autotune-no-cudagraphs" if self.device.type == "cuda" else "default"
+            # a step is ~2,500 small kernels: on CUDA only graphs (max-autotune) end launch-bound
+            mode = "max-autotune" if self.device.type == "cuda" else "default"
             self._losses = torch.compile(self._compute_losses, mode=mode)
+
+    loss_keys: tuple[str, ...] = LOSS_KEYS
+    variant = "R1"
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.total_steps
+
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
 
     def _compute_losses(self, batch: Batch) -> torch.Tensor:
         cfg = self.cfg
@@ -113,9 +127,7 @@ class Trainer:
         train_invdyn = self.step < cfg.invdyn_gradient_steps
         self.model.train()
         batch = self.data.sample(cfg.batch_size)
-        autocast = (torch.autocast(self.device.type, dtype=self.amp) if self.amp
-                    else contextlib.nullcontext())
-        with autocast:
+        with self.autocast():
             losses = self._losses(batch)
         total = losses[:3].sum() * train_levels + losses[3] * train_invdyn
         self.optim.zero_grad(set_to_none=True)
@@ -133,18 +145,25 @@ class Trainer:
         self.loss_count += 1
         self.step += 1
 
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision if asked; with CUDA graphs, marks a new step so the graph's
+        outputs from the last one may be overwritten."""
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        return torch.autocast(self.device.type, dtype=self.amp) if self.amp else contextlib.nullcontext()
+
     def read_losses(self) -> dict[str, float]:
         """Mean losses since the last read: the one device sync of a log interval."""
         means = (self.loss_sum / max(self.loss_count, 1)).tolist()
         self.loss_sum.zero_()
         self.loss_count = 0
-        return dict(zip(LOSS_KEYS, means))
+        return dict(zip(self.loss_keys, means))
 
     def fit(self, until: int | None = None, callbacks: tuple[Callback, ...] = ()) -> int:
-        """Train to `until` (default: the config's total), saving every save interval and
-        at the end or on a stop request. Returns the step reached."""
+        """Train to `until` (default: the config's total), saving every save interval,
+        at the end, on a stop request and when asked (`request_save`). Returns the step reached."""
         cfg = self.cfg
-        until = cfg.total_steps if until is None else until
+        until = self.total_steps if until is None else until
         tick, tick_step = time.perf_counter(), self.step
         while self.step < until:
             self.train_step()
@@ -152,13 +171,14 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 now = time.perf_counter()
-                record = LogRecord(self.step, self.read_losses(), self.sched.get_last_lr()[0],
+                record = LogRecord(self.step, self.read_losses(), self.lr(),
                                    (self.step - tick_step) / max(now - tick, 1e-9))
                 tick, tick_step = now, self.step
                 for cb in callbacks:
                     cb.on_log(record)
             stop = any(cb.should_stop() for cb in callbacks)
-            if self.out_dir and (self.step % cfg.save_interval == 0 or self.step == until or stop):
+            if self.out_dir and (self.step % cfg.save_interval == 0 or self.step == until or stop
+                                 or self.save_requested):
                 path = self.save()
                 for cb in callbacks:
                     cb.on_checkpoint(self.step, path)
@@ -184,8 +204,14 @@ class Trainer:
             "rng": rng_state(),
         }
 
+    def request_save(self) -> None:
+        """Asks `fit` for a checkpoint after the current step, between save intervals: a
+        caller backing up on a wall-clock schedule needs one now, not at the next interval."""
+        self.save_requested = True
+
     def save(self) -> Path:
         assert self.out_dir is not None
+        self.save_requested = False
         path = checkpoint.write_atomic(self.state_dict(), self.out_dir / checkpoint.checkpoint_name(self.step))
         checkpoint.prune(self.out_dir, self.cfg.keep_local)
         return path
@@ -193,11 +219,7 @@ class Trainer:
     def load_state(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint, refusing one from other data or other settings."""
         checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path)
-        amp = str(self.amp) if self.amp else None
-        if state.get("amp") != amp:
-            raise checkpoint.CheckpointError(
-                f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
-                f"resume with the same --amp setting")
+        self._check_precision(state, path)
         self.model.load_state_dict(state["model"])
         self.optim.load_state_dict(state["optim"])
         self.sched.load_state_dict(state["sched"])
@@ -208,9 +230,18 @@ class Trainer:
         self.step = state["step"]
         set_rng_state(state["rng"])
 
-    def resume_latest(self) -> Path | None:
-        """Load the newest readable checkpoint of out_dir, if any; returns its path."""
-        found = checkpoint.newest_readable(self.out_dir) if self.out_dir else None
+    def _check_precision(self, state: dict[str, Any], path: Path) -> None:
+        amp = str(self.amp) if self.amp else None
+        if state.get("amp") != amp:
+            raise checkpoint.CheckpointError(
+                f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
+                f"resume with the same --amp setting")
+
+    def resume_latest(self, on_skip: Callable[[Path, checkpoint.CheckpointError], None] | None = None
+                      ) -> Path | None:
+        """Load the newest readable checkpoint of out_dir, if any; returns its path. Broken
+        newer files are skipped and passed to `on_skip`."""
+        found = checkpoint.newest_readable(self.out_dir, on_skip=on_skip) if self.out_dir else None
         if found is None:
             return None
         self.load_state(*reversed(found))

@@ -29,6 +29,8 @@ def _raise(status: int, method: str, url: str, headers: dict[str, str] | None = 
 class FakeHubApi:
     """An in-memory Hub holding model repos; `fail[method]` queues (status, headers) failures."""
 
+    endpoint = "https://huggingface.co"
+
     def __init__(self, clock: FakeTime | None = None) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
         self.private: dict[str, bool] = {}

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from tests.app_helpers import ROOT, LiveServer, start_server, stop_server, subprocess_env
 
@@ -28,22 +24,6 @@ while True:
     r.raise_for_status()
     print(r.json()["run_id"], flush=True)
 """
-
-
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A throw-away database on the server DLITE_TEST_POSTGRES_URL points at."""
-    base = os.environ.get("DLITE_TEST_POSTGRES_URL")
-    if not base:
-        pytest.skip("DLITE_TEST_POSTGRES_URL is not set")
-    name = f"dlite_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    yield admin.url.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def _claim_race(server: LiveServer) -> None:

@@ -51,9 +51,9 @@ def test_lost_lease_interrupts_then_requeues_with_next_attempt(short_lease) -> N
     messages = [e["message"] for e in c.get(f"/api/runs/{run['id']}/events").json()]
     assert any("lease of attempt 1 expired" in m for m in messages)
     assert any("queued again for attempt 2" in m for m in messages)
-    # The stale attempt can no longer write anything.
+    # The stale attempt can no longer write anything but late metric points (fill-only).
     rid = run["id"]
-    for path, body in [("metrics", {"points": _points(1)}), ("heartbeat", {"step": 9}),
+    for path, body in [("heartbeat", {"step": 9}),
                        ("finish", {"status": "succeeded"}), ("stage", {"stage": "train"}),
                        ("checklist", {"key": "data.ready"}), ("events", {"message": "x"})]:
         r = c.post(f"/api/runs/{rid}/{path}", json={"attempt": 1, **body})
@@ -75,7 +75,7 @@ def test_background_sweeper_requeues_without_any_claim(tmp_path) -> None:
 
 
 def test_heartbeat_extends_lease_and_delivers_commands_once(client) -> None:
-    run = create_run(client)
+    run = create_run(client, hub_repo="user/results")
     claim(client, register(client))
     rid = run["id"]
     cmd = client.post(f"/api/runs/{rid}/backup")
@@ -99,8 +99,8 @@ def test_metrics_are_idempotent_and_overwrite(client) -> None:
     claim(client, register(client))
     url = f"/api/runs/{run['id']}/metrics"
     batch = {"attempt": 1, "points": _points(100)}
-    assert client.post(url, json=batch).json() == {"accepted": 100}
-    assert client.post(url, json=batch).json() == {"accepted": 100}
+    assert client.post(url, json=batch).json() == {"accepted": 100, "stale": False}
+    assert client.post(url, json=batch).json() == {"accepted": 100, "stale": False}
     assert client.get(url, params={"key": "loss"}).json()["total"] == 100
     changed = {"attempt": 1, "points": [{"key": "loss", "step": 5, "value": -7.0, "wall_time": 1.0}]}
     client.post(url, json=changed)
@@ -185,8 +185,9 @@ def test_export_and_results_markdown(client) -> None:
     md = client.get("/api/results.md")
     assert md.headers["content-type"].startswith("text/markdown")
     lines = md.text.strip().splitlines()
-    assert lines[0] == "| task | paper | mine | difference |"
-    assert lines[2] == "| hopper-medium-v2 | 99.5 ± 0.7 | 97.0 ± 2.0 | -2.5 |"
+    assert lines[0].startswith("| task | variant | seeds (n) | mine | paper | difference | agreement |")
+    assert lines[2].startswith("| hopper-medium-v2 | R1 | 0 (1) | 97.0 ± 2.0 (std over 1 episodes, one run) "
+                               "| 99.5 ± 0.7 (s.e. over 5 seeds) | -2.5 | one seed:")
 
 
 def test_downsampling_keeps_extremes_ends_and_bound(client) -> None:

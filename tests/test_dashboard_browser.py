@@ -1,6 +1,8 @@
 """The dashboard in a real browser (Debian's chromium through Playwright) against a real
 uvicorn server: login, live charts, the backup button reaching the worker protocol,
-and layouts at 1280 and 390 px. Also writes docs/run-page.png for the README."""
+charts a researcher can read (log ticks, markers, one x range, smoothing, empty charts),
+clone and edit, folded tracebacks, and layouts at 1280 and 390 px. The README's
+screenshots come from a real demo run instead: scripts/screenshots.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app_helpers import ROOT, LiveServer, claim, create_run, register
+from tests.app_helpers import LiveServer, claim, create_run, register
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -44,7 +46,7 @@ def _points(start: int, stop: int) -> list[dict]:
 
 def _seed(c: httpx.Client) -> tuple[int, int]:
     """A running run with metrics, a checklist item and a checkpoint; a queued demo run."""
-    rid = create_run(c)["id"]
+    rid = create_run(c, hub_repo="user/results")["id"]
     attempt = claim(c, register(c))["attempt"]
     a = {"attempt": attempt}
     assert c.post(f"/api/runs/{rid}/stage", json={**a, "stage": "train"}).status_code == 200
@@ -76,9 +78,16 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
         page.wait_for_function("""() => ['loss', 'invdyn', 'score'].every(id => {
             const d = document.getElementById('chart-' + id).data;
             return d && d.length && d.every(t => t.x.length === 50); })""")
-        names = page.evaluate("['loss','invdyn','score'].map(id => "
-                              "document.getElementById('chart-' + id).data.map(t => t.name))")
+        names = page.evaluate("['loss','invdyn','score'].map(id => document.getElementById('chart-' + id)"
+                              ".data.map(t => t.name).filter(n => !n.endsWith('(raw)')))")
         assert names == [["loss0", "loss1", "loss2"], ["invdyn_loss"], ["score"]]
+        # no chart can send the run's data to Plotly's cloud, nor link to Plotly
+        contexts = page.evaluate("[...document.querySelectorAll('.plot')].map(d => "
+                                 "({cloud: d._context.showSendToCloud, logo: d._context.displaylogo}))")
+        assert contexts and all(c == {"cloud": False, "logo": False} for c in contexts)
+        page.hover("#chart-loss")
+        assert page.locator(".modebar-btn").count() > 0
+        assert page.locator("[data-title*='Share'], [data-title*='Cloud'], .modebar-btn--logo").count() == 0
 
         page.evaluate("window.__notReloaded = true")
         api.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": _points(50, 60)}).raise_for_status()
@@ -96,7 +105,6 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
                      json={"attempt": attempt, "state": state, "detail": None}).raise_for_status()
             page.wait_for_function(f"document.getElementById('backup-state').textContent.includes('{state}')")
 
-        page.screenshot(path=str(ROOT / "docs" / "run-page.png"))
         assert live_server.token not in page.content()
 
         page.set_viewport_size({"width": 390, "height": 844})
@@ -107,3 +115,165 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 391, (path, width)
         assert errors == []
+
+
+def _login(browser, server: LiveServer, width: int = 1280):
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(f"{server.url}/login")
+    page.fill("input[name=token]", server.token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#runs-table")
+    return page
+
+
+def _open_run(page, server: LiveServer, rid: int) -> None:
+    page.goto(f"{server.url}/runs/{rid}")
+    page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout)")
+
+
+def _tensorboard_smoothing(values: list[float], weight: float) -> list[float]:
+    last, out = 0.0, []
+    for n, v in enumerate(values, 1):
+        last = last * weight + (1 - weight) * v
+        out.append(last / (1 - weight ** n))
+    return out
+
+
+LOSS = [0.5 * 0.93 ** s * (1 + 0.05 * math.sin(s)) for s in range(60)]  # 0.5 … 0.007: two decades
+
+
+def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
+    with live_server.client() as api:
+        rid = create_run(api, hub_repo="user/results")["id"]
+        a = {"attempt": claim(api, register(api))["attempt"]}
+        points = [{"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s} for s in range(60) for k, v in (
+            ("loss0", LOSS[s]), ("loss1", LOSS[s] * 0.9), ("loss2", LOSS[s] * 0.8), ("invdyn_loss", LOSS[s]),
+            ("lr", 2e-4 * (1 - s / 120)), ("steps_per_s", 2.0 + math.sin(s)))]
+        points.append({"key": "score", "step": 50, "value": 40.0, "wall_time": 1.7e9 + 50})  # one evaluation
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
+        page = _login(browser, live_server)
+        _open_run(page, live_server, rid)
+
+        ticks = page.eval_on_selector_all("#chart-loss .ytick text", "ts => ts.map(t => t.textContent)")
+        # full numbers, not the first digit only ("0.01, 2, 5, 0.1, 2, 5")
+        assert len(ticks) >= 4 and all(0.001 <= float(t) <= 1 for t in ticks), ticks
+        assert min(map(float, ticks)) < 0.05 < max(map(float, ticks)), ticks
+
+        assert "markers" in page.evaluate("document.getElementById('chart-score').data[0].mode")
+        assert page.locator("#chart-score .scatterlayer .point").count() == 1, "a one-point series shows"
+
+        ranges = page.evaluate("[...document.querySelectorAll('.plot')].map(d => d._fullLayout.xaxis.range)")
+        assert len(ranges) == 5 and all(r == ranges[0] for r in ranges) and ranges[0][0] < 0 < 59 < ranges[0][1]
+        assert page.evaluate("document.getElementById('chart-lr').data[0].y.length") == 60
+        assert page.evaluate("document.getElementById('chart-speed').data.length") == 2  # raw + smoothed
+
+        traces = page.evaluate("document.getElementById('chart-invdyn').data"
+                               ".map(t => ({name: t.name, y: t.y, opacity: t.opacity}))")
+        assert [t["name"] for t in traces] == ["invdyn_loss (raw)", "invdyn_loss"] and traces[0]["opacity"] < 0.5
+        assert traces[0]["y"] == LOSS
+        assert traces[1]["y"] == pytest.approx(_tensorboard_smoothing(LOSS, 0.6), rel=1e-12)
+        assert traces[1]["y"][0] == pytest.approx(LOSS[0]), "bias-corrected: no start-up pull toward 0"
+        page.eval_on_selector("#smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
+        assert page.evaluate("document.getElementById('chart-invdyn').data.map(t => t.name)") == ["invdyn_loss"]
+
+        # a zoom on one chart moves all of them; a double-click (autorange) goes back to the shared range
+        page.evaluate("Plotly.relayout('chart-loss', {'xaxis.range[0]': 10, 'xaxis.range[1]': 20})")
+        page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === 20)")
+        page.evaluate("Plotly.relayout('chart-score', {'xaxis.autorange': true})")
+        page.wait_for_function(f"[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === {ranges[0][1]})")
+        more = [{"key": k, "step": 99, "value": 0.03, "wall_time": 1.7e9 + 99} for k in ("loss0", "invdyn_loss")]
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": more}).raise_for_status()
+        page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] > 99)")
+
+        trace = ('Traceback (most recent call last):\n  File "worker/hub.py", line 3, in push\n'
+                 "    raise ConnectError()\nhttpx.ConnectError: Name or service not known")
+        api.post(f"/api/runs/{rid}/events", json={**a, "level": "error", "message": trace}).raise_for_status()
+        summary = page.locator("ol.events details summary").first
+        summary.wait_for()
+        assert summary.inner_text() == "httpx.ConnectError: Name or service not known"
+        assert not page.locator("ol.events pre.traceback").first.is_visible()
+        summary.click()
+        assert page.locator("ol.events pre.traceback").first.inner_text() == trace
+        assert page.errors == []
+
+
+def test_demo_and_empty_runs_say_what_is_missing(browser, live_server: LiveServer) -> None:
+    with live_server.client() as api:
+        rid = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": "demo", "config": {},
+                                          "is_demo": True}).json()["id"]
+        empty = create_run(api)["id"]
+        a = {"attempt": claim(api, register(api))["attempt"]}
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": [
+            {"key": "score", "step": 10, "value": 5.0, "wall_time": 1.7e9}]}).raise_for_status()
+        page = _login(browser, live_server)
+        _open_run(page, live_server, rid)
+        assert page.evaluate("document.getElementById('chart-score')._fullLayout.shapes.length") == 0
+        assert "paper" not in page.inner_text("#chart-score")
+        assert page.evaluate("document.getElementById('chart-score').data.length") == 1
+
+        assert "no data yet" in page.inner_text("#chart-loss")
+        assert page.evaluate("document.getElementById('chart-loss')._fullLayout.xaxis.visible") is False
+        assert page.locator("#chart-loss .ytick").count() == 0, "no meaningless axes"
+
+        backup = page.locator("button[data-action=backup]")
+        assert backup.is_disabled() and "no backup target" in page.inner_text("#backup-why")
+        assert "skipped: no backup target" in page.inner_text("li[data-key='smoke.backup']")
+
+        _open_run(page, live_server, empty)
+        assert all("no data yet" in page.inner_text(f"#chart-{c}") for c in ("loss", "invdyn", "score", "lr", "speed"))
+        assert page.errors == []
+
+
+def test_clone_and_edit_starts_a_new_run_from_this_ones_config(browser, live_server: LiveServer) -> None:
+    with live_server.client() as api:
+        rid = create_run(api, hub_repo="user/results", batch_size=64, horizons=[3, 5, 9])["id"]
+        page = _login(browser, live_server)
+        _open_run(page, live_server, rid)
+        page.click("a[data-action-link=clone]")
+        page.wait_for_selector("#clone-note")
+        assert page.input_value("#f-batch_size") == "64"
+        page.fill("#f-seed", "7")
+        page.click("#new-run button[type=submit]")
+        page.wait_for_url(lambda url: "/runs/new" not in url and f"/runs/{rid}" not in url)
+        clone = api.get(f"/api/runs/{page.url.rsplit('/', 1)[1]}").json()
+        assert clone["id"] != rid and clone["task"] == "hopper-medium-v2"
+        original = api.get(f"/api/runs/{rid}").json()["config"]
+        assert clone["config"] == {**original, "seed": 7}
+        assert page.errors == []
+
+
+def _inside(page, selector: str, width: int) -> bool:
+    box = page.locator(selector).first.bounding_box()
+    return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width
+
+
+def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_server: LiveServer) -> None:
+    with live_server.client() as api:
+        rid = create_run(api, hub_repo="user/results")["id"]
+        a = {"attempt": claim(api, register(api))["attempt"]}
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": _points(0, 30)}).raise_for_status()
+        api.post(f"/api/runs/{rid}/heartbeat", json={**a, "step": 30, "steps_per_s": 4.0}).raise_for_status()
+        api.post(f"/api/runs/{rid}/evaluations", json={
+            **a, "step": 29, "kind": "final", "score_mean": 61.5, "score_std": 2.0, "returns": [1.0],
+            "scores": [61.5], "n_envs": 10, "n_episodes": 1, "latency_ms": 30.0, "latency_ms_1env": 12.0,
+            "device": "cpu"}).raise_for_status()
+        page = _login(browser, live_server, width=390)
+        row = f"tr[data-run-id='{rid}']"
+        for cell in ("progress", "latest score", "best score", "paper", "difference"):
+            assert _inside(page, f"{row} td[data-label='{cell}']", 390), cell
+        assert "61.5" in page.inner_text(f"{row} td[data-label='latest score']")
+
+        _open_run(page, live_server, rid)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for selector in ("#run-progress progress", "td[data-label=mine]", "tr[data-variant=R1] td[data-label=paper]",
+                         "tr[data-param=block] td[data-label=value]"):
+            assert _inside(page, selector, 390), selector
+        assert "61.5" in page.inner_text("td[data-label=mine]") and "reference" in page.inner_text("tr[data-param=block]")
+        for chart in ("loss", "score", "speed"):
+            page.hover(f"#chart-{chart}")
+            bar = page.locator(f"#chart-{chart} .modebar").bounding_box()
+            title = page.locator(f"#chart-{chart}").locator("xpath=..").locator("figcaption").bounding_box()
+            assert bar and title and (bar["y"] >= title["y"] + title["height"] or bar["x"] >= title["x"] + title["width"]), chart
+        assert page.errors == []

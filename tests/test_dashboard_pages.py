@@ -4,6 +4,7 @@ the chart series read from per-block extremes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services import metrics
-from app.services.dashboard import CHART_KEYS, CHARTS
+from app.services.dashboard import CHART_KEYS, CHARTS, FIGURE_FILES
 from tests.app_helpers import claim, create_run, register
 from dlite.config import schema
-from dlite.tasks import TASKS
+from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS
 
 PAGES = ("/", "/runs/new", "/runs/table", "/runs/1", "/runs/1/panels", "/vendor/plotly.min.js")
 
@@ -122,14 +123,16 @@ def test_cookie_session_creates_runs_with_csrf_and_422_names_the_field(browser_c
 def test_loss_charts_plot_what_dlite_reports() -> None:
     train = pytest.importorskip("dlite.train")
     assert set(train.LOSS_KEYS) <= set(CHART_KEYS)
-    assert [c["file"] for c in CHARTS] == ["loss_curve.png", "invdyn_loss_curve.png", "normalized_score.png"]
+    logged = {"lr", "steps_per_s"}  # the worker reports these LogRecord fields as metrics
+    assert logged <= {f.name for f in dataclasses.fields(train.LogRecord)} and logged <= set(CHART_KEYS)
+    assert FIGURE_FILES == ("loss_curve.png", "invdyn_loss_curve.png", "normalized_score.png")
 
 
 def test_figures_are_written_and_served(client, settings) -> None:
     rid, _ = _running_run(client)
     assert client.get(f"/api/runs/{rid}/figures/loss_curve.png").status_code == 404
     files = client.post(f"/api/runs/{rid}/figures").json()["files"]
-    assert [f["name"] for f in files] == [c["file"] for c in CHARTS]
+    assert [f["name"] for f in files] == list(FIGURE_FILES)
     for f in files:
         assert (settings.data_dir / "results" / str(rid) / f["name"]).stat().st_size > 1000
         r = client.get(f["url"])
@@ -162,3 +165,145 @@ def test_chart_series_from_blocks_keeps_spikes_ends_and_bound(client) -> None:
                                               "wall_time": 0.0}], notify=False)
     s = client.get(f"/api/runs/{rid}/charts").json()["series"]["loss0"]
     assert -50.0 not in s["values"] and min(s["values"]) >= -1.0
+
+
+def _claimed(client: TestClient, **config: object) -> tuple[int, int]:
+    """A run claimed by a worker on a named GPU."""
+    rid = create_run(client, **config)["id"]
+    worker = client.post("/api/workers/register", json={"name": "gpu", "host": "h", "device": "cuda",
+                                                         "gpu_name": "Tesla T4"}).json()["worker_id"]
+    return rid, claim(client, worker)["attempt"]
+
+
+def test_clone_and_edit_starts_the_form_at_the_runs_config(client, browser_client) -> None:
+    rid = client.post("/api/runs", json={"task": "walker2d-medium-v2", "name": "w2d",
+                                         "config": {"batch_size": 64, "horizons": [3, 5, 9]}}).json()["id"]
+    assert f'href="/runs/new?from={rid}"' in browser_client.get(f"/runs/{rid}").text
+    form = browser_client.get(f"/runs/new?from={rid}").text
+    assert f'href="/runs/{rid}"' in form and "Cloned from" in form
+    assert '<option value="walker2d-medium-v2" selected>' in form and 'value="w2d (clone)"' in form
+    assert 'value="64" data-default="256"' in form and 'value="3,5,9" data-default="5,5,9"' in form
+    assert "Cloned from" not in browser_client.get("/runs/new").text
+    for bad in ("999", "abc", "99999999999999999999999"):
+        r = browser_client.get(f"/runs/new?from={bad}")
+        assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+        assert f"There is no run {bad} to clone" in r.text
+
+
+def test_backup_needs_a_target_and_says_so(client, browser_client) -> None:
+    rid, _ = _claimed(client)
+    page = browser_client.get(f"/runs/{rid}").text
+    assert 'data-action="backup" disabled aria-describedby="backup-why"' in page
+    assert "no backup target: set hub_repo" in page
+    assert '<li class="skipped" data-key="smoke.backup">' in page and "skipped: no backup target" in page
+    refused = client.post(f"/api/runs/{rid}/backup")
+    assert refused.status_code == 409 and "no backup target" in refused.json()["detail"]
+    [item] = [i for i in client.get(f"/api/runs/{rid}").json()["checklist"] if i["key"] == "smoke.backup"]
+    assert item["skipped"] == "no backup target" and item["verified_at"] is None
+
+    rid, _ = _claimed(client, hub_repo="user/results")
+    page = browser_client.get(f"/runs/{rid}").text
+    assert 'data-action="backup" >' in page and "<code>user/results</code>" in page
+    assert '<li class="todo" data-key="smoke.backup">' in page
+    assert client.post(f"/api/runs/{rid}/backup").status_code == 202
+
+
+def test_tracebacks_in_the_event_log_fold_and_keep_their_lines(client, browser_client) -> None:
+    rid, attempt = _claimed(client)
+    trace = ('Traceback (most recent call last):\n  File "/x/huggingface_hub/hf_api.py", line 3, in f\n'
+             "    raise ConnectError()\nhttpx.ConnectError: Name or service not known\n")
+    client.post(f"/api/runs/{rid}/events", json={"attempt": attempt, "level": "error", "message": trace})
+    page = browser_client.get(f"/runs/{rid}").text
+    assert "<details><summary>httpx.ConnectError: Name or service not known</summary>" in page
+    assert '<pre class="traceback">Traceback (most recent call last):\n  File &#34;/x/huggingface_hub/hf_api.py' in page
+
+
+def test_run_page_shows_device_time_eta_and_then_the_final_state(client, browser_client) -> None:
+    rid, attempt = _claimed(client, num_envs=1, num_episodes=1)
+    client.post(f"/api/runs/{rid}/stage", json={"attempt": attempt, "stage": "train"}).raise_for_status()
+    client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 400, "steps_per_s": 2.0})
+    client.post(f"/api/runs/{rid}/checklist", json={"attempt": attempt, "key": "train.start",
+                                                    "detail": "resumed from step 400 (local checkpoint)"})
+    page = browser_client.get(f"/runs/{rid}").text
+    assert "stage <strong>train</strong>" in page and "2.0 steps/s · ETA 5m 00s" in page  # 600 steps left
+    assert "elapsed <span" in page and "on <strong>cuda</strong> (Tesla T4)" in page
+    assert "training started" in page and "resumed from step 400 (local checkpoint)" in page
+    assert "step N" not in page and "started fresh" not in page
+    assert "1 env × 1 episode done" in page and "500 training steps done" in page
+
+    client.post(f"/api/runs/{rid}/evaluations", json={
+        "attempt": attempt, "step": 1000, "kind": "final", "score_mean": 50.0, "score_std": 2.0,
+        "returns": [1.0], "scores": [50.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+    client.post(f"/api/runs/{rid}/finish", json={"attempt": attempt, "status": "succeeded"}).raise_for_status()
+    page = browser_client.get(f"/runs/{rid}").text
+    summary = page.split('aria-label="status"')[1].split("</section>")[0]
+    assert "steps/s" not in summary and "ETA" not in summary and "stage <strong>" not in summary
+    assert "· finished " in page and "took <span" in page and "final score <strong>50.0 ± 2.0</strong>" in page
+    row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
+    assert '<td data-label="steps/s" class="num">–</td>' in row and '<td data-label="stage">–</td>' in row
+
+
+def test_planning_speed_beside_the_papers_with_its_device(client, browser_client) -> None:
+    rid, attempt = _claimed(client, variant="R2")
+    for variant, batch, single in (("R1", 95.0, 20.0), ("R2", 40.0, 8.0)):
+        client.post(f"/api/runs/{rid}/evaluations", json={
+            "attempt": attempt, "step": 1000, "kind": "final", "variant": variant, "score_mean": 50.0,
+            "score_std": 2.0, "returns": [1.0], "scores": [50.0], "n_envs": 50, "n_episodes": 1,
+            "latency_ms": batch, "latency_ms_1env": single, "device": "cuda (Tesla T4)"}).raise_for_status()
+    page = browser_client.get(f"/runs/{rid}").text
+    r1 = page.split('<tr data-variant="R1">')[1].split("</tr>")[0]
+    r2 = page.split('<tr data-variant="R2">')[1].split("</tr>")[0]
+    assert "cuda (Tesla T4)" in r1 and "526" in r1 and "50 envs, 95.0 ms per decision" in r1
+    assert "50.0 Hz" in r1 and f"{PAPER_PLANNING_HZ['R1']} Hz" in r1
+    assert "1,250" in r2 and "125.0 Hz" in r2 and f"{PAPER_PLANNING_HZ['R2']} Hz" in r2
+    assert PAPER_PLANNING_SOURCE in page
+    block = page.split('<tr data-param="block">')[1].split("</tr>")[0]
+    assert "<code>\"reference\"</code>" in block and "adaLN-Zero" in block
+
+
+def test_lr_and_speed_charts_read_the_logged_series(client) -> None:
+    rid, attempt = _claimed(client)
+    points = [{"key": k, "step": s, "value": v, "wall_time": 1e9 + s}
+              for s in (10, 20) for k, v in (("lr", 2e-4), ("steps_per_s", 3.0), ("other", 1.0))]
+    client.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": points}).raise_for_status()
+    series = client.get(f"/api/runs/{rid}/charts").json()["series"]
+    assert set(series) == {"lr", "steps_per_s"} and series["lr"]["values"] == [2e-4, 2e-4]
+
+
+def test_figures_have_whole_titles_plain_ticks_and_no_paper_line_for_a_demo() -> None:
+    from app.services.figures import chart_figure
+
+    steps = list(range(0, 1_000_001, 1000))
+    narrow = {"loss0": {"steps": steps, "values": [0.09 - 0.07 * i / len(steps) for i in range(len(steps))]}}
+    label = "halfcheetah-medium-expert-v2 (" + "a long run name " * 6 + ")"
+    [loss, _, score] = CHARTS[:3]
+    fig = chart_figure(loss, label, narrow, [], None)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    title = ax.title.get_window_extent(renderer)
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.x1 and title.y1 <= fig.bbox.y1
+    ticks = [t.get_text() for t in ax.get_yticklabels() + ax.get_yticklabels(minor=True) + ax.get_xticklabels()]
+    labelled = [t for t in ticks if t]
+    assert "0.02" in labelled and "1,000,000" in labelled and len(set(labelled) & {"2", "3", "4"}) == 0
+    assert not any("$" in t or "10^" in t for t in labelled)
+    assert ax.xaxis.get_offset_text().get_text() == "" and ax.yaxis.get_offset_text().get_text() == ""
+    scores = {"score": {"steps": [100, 200], "values": [40.0, 60.0]}}
+    evaluations = [{"step": 200, "score_mean": 60.0, "score_std": 1.0}]
+    paper = {"mean": 90.8, "sem": 0.9}
+    with_paper = chart_figure(score, "t", scores, evaluations, paper).axes[0]
+    demo = chart_figure(score, "t", scores, evaluations, None).axes[0]
+    assert any("paper" in t for t in with_paper.get_legend_handles_labels()[1])
+    assert not any("paper" in t for t in demo.get_legend_handles_labels()[1])
+    assert [line.get_marker() for line in demo.get_lines()][0] == "o", "a sparse series shows its points"
+
+
+def test_planning_speed_without_a_device_names_the_runs_worker(client, browser_client) -> None:
+    rid, attempt = _claimed(client)
+    client.post(f"/api/runs/{rid}/evaluations", json={
+        "attempt": attempt, "step": 1000, "kind": "quick", "score_mean": 2.0, "score_std": 0.1,
+        "returns": [1.0], "scores": [2.0], "n_envs": 4, "n_episodes": 1, "latency_ms": 160.0}).raise_for_status()
+    page = browser_client.get(f"/runs/{rid}").text
+    row = page.split('<tr data-variant="R1">')[1].split("</tr>")[0]
+    assert "on <strong>cuda (Tesla T4)</strong>" in row and "quick evaluation, step 1,000" in row
+    assert "25<br>" in row and "4 envs, 160.0 ms per decision" in row  # 4 decisions per 0.16 s

@@ -167,7 +167,7 @@ def test_planner_shapes_and_action_bounds(tiny: tuple, tmp_path: Path) -> None:
     obs = np.random.default_rng(0).normal(size=(7, data.obs_dim)).astype(np.float32)
     actions = planner.act(obs)
     assert actions.shape == (7, data.act_dim) and np.abs(actions).max() <= 1.0
-    plans = planner.plan(planner.model.normalize(torch.from_numpy(obs)))
+    plans = planner.plan_plain(planner.model.normalize(torch.from_numpy(obs)))
     assert [p.shape[1] for p in plans] == list(cfg.horizons)
     assert torch.allclose(plans[1][:, -1], plans[0][:, 1]) and torch.allclose(plans[2][:, -1], plans[1][:, 1])
     with pytest.raises(ValueError, match=r"expected observations of shape \(N, 17\)"):

@@ -22,10 +22,11 @@ def tiny_run_config(steps: int) -> dict:
             "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
 
 
-def start_worker(server: LiveServer, work_dir: Path, cache: Path) -> subprocess.Popen:
-    env = subprocess_env(DLITE_DATASETS=str(cache), DLITE_TOKEN=server.token)
+def start_worker(server: LiveServer, work_dir: Path, cache: Path, module: str = "worker.cli",
+                 **extra_env: str) -> subprocess.Popen:
+    env = subprocess_env(DLITE_DATASETS=str(cache), DLITE_TOKEN=server.token, **extra_env)
     env.pop("HF_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", "dlite.cli", "worker", "--server", server.url,
+    return subprocess.Popen([sys.executable, "-m", module, "worker", "--server", server.url,
                              "--work-dir", str(work_dir), "--device", "cpu", "--name", work_dir.name],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -126,9 +127,9 @@ def test_server_outage_loses_no_metric_point(tmp_path: Path, dataset_cache: Path
         stop_server(server)
 
 
-def restart_server(data_dir: Path, old: LiveServer, port: int) -> LiveServer:
+def restart_server(data_dir: Path, old: LiveServer, port: int, lease_seconds: float = 30) -> LiveServer:
     """Same data, same port, same token: the worker's URL stays valid."""
-    env = subprocess_env(DLITE_TOKEN=old.token, DLITE_LEASE_SECONDS="30")
+    env = subprocess_env(DLITE_TOKEN=old.token, DLITE_LEASE_SECONDS=str(lease_seconds))
     proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for(lambda: httpx.get(f"{old.url}/healthz", timeout=1).status_code == 200, 30, "the server restart")

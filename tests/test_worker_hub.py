@@ -14,7 +14,8 @@ import torch
 from huggingface_hub import HfApi
 
 from tests.fake_hub import FakeHubApi, FakeTime
-from worker.hub import BackupError, BackupQueue, HubBackup, RemoteCheckpoint
+from worker.backup import BackupError, BackupQueue, RemoteCheckpoint
+from worker.hub import HubBackup
 
 SECRET = "hf_LeakCanary0123456789abcdefXYZ"
 REPO = "someone/dlite-backups"
@@ -81,8 +82,8 @@ def test_backup_is_one_commit_with_checkpoint_manifest_and_extras(api, fake_time
 
 def test_ensure_repo_creates_private_repo_once(api, fake_time) -> None:
     hub = make_hub(api, fake_time)
-    hub.ensure_repo()
-    hub.ensure_repo()
+    hub.prepare()
+    hub.prepare()
     assert api.private == {REPO: True}
     assert api.calls == ["create_repo", "create_repo"]
 
@@ -157,7 +158,7 @@ def test_download_retries_5xx_wrapped_by_hf_hub_download(api, fake_time, tmp_pat
 def test_remote_checkpoints_empty_without_repo_or_manifest(api, fake_time) -> None:
     hub = make_hub(api, fake_time)
     assert hub.remote_checkpoints() == []
-    hub.ensure_repo()
+    hub.prepare()
     assert hub.remote_checkpoints() == []
 
 

@@ -55,6 +55,10 @@ class ServerClient:
         body = {"attempt": attempt, "step": step, "steps_per_s": steps_per_s}
         return HeartbeatResponse.model_validate(self.request("POST", f"/api/runs/{run_id}/heartbeat", body).json())
 
+    def checkpoints(self, run_id: int) -> list[dict[str, Any]]:
+        """The server's checkpoint list of a run (step, size, sha256, backup_state, pruned, ...)."""
+        return self.request("GET", f"/api/runs/{run_id}").json()["checkpoints"]
+
     def export(self, run_id: int) -> bytes:
         return self.request("GET", f"/api/runs/{run_id}/export").content
 

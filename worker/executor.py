@@ -4,39 +4,48 @@ evaluation, reporting every verified checklist item to the server."""
 from __future__ import annotations
 
 import json
-import re
 import logging
+import math
+import re
 import shutil
 import threading
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from app.protocol import ClaimResponse
+from app.protocol import ClaimResponse, plural
 from dlite import checkpoint
 from dlite.config import Config, from_dict
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
 from dlite.pipeline import load_dataset
+from dlite.model import DiffuserLite
 from dlite.planner import Planner
+from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
 from dlite.train import LogRecord, Trainer
-from worker.client import ServerClient
+from worker.client import ServerClient, ServerUnavailable
 from worker.heartbeat import Heartbeat
-from worker.hub import METRICS_FILE, BackupQueue, HubBackup, file_sha256, redact
+from worker.backup import (METRICS_FILE, BackupError, BackupQueue, BackupSchedule, BackupTarget, file_sha256,
+                           redact)
+from worker.backup_dir import DirectoryBackup
+from worker.hub import HubBackup
 from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 HubFactory = Callable[..., HubBackup]
 """Builds the run's HubBackup from (repo_id, run_key, keep_every=...); tests pass a fake Hub."""
+TargetFactory = Callable[..., BackupTarget]
+"""Builds one of the run's backup targets from (run_key, keep_every=...)."""
 
 
 def run_key(claim: ClaimResponse) -> str:
-    """The run's folder on the Hub: its name when it has one, so re-creating the same run
+    """The run's folder in its backup target: its name when it has one, so re-creating the same run
     on a fresh server (a new Colab VM) finds its backups; else its id."""
     if claim.name:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", claim.name).strip("-.") or f"run-{claim.run_id}"
@@ -47,25 +56,58 @@ class RunStopped(Exception):
     """Training stopped early: SIGTERM, a cancel command, or a lost lease."""
 
 
+class Diverged(Exception):
+    """A logged loss was NaN or infinite and the run's `on_nonfinite` is 'stop'."""
+
+
+class SmokeBackupFailed(Exception):
+    """The smoke test could not back up and the run's `on_backup_failure` is 'fail'."""
+
+
 class RunExecutor:
     def __init__(self, client: ServerClient, claim: ClaimResponse, work_dir: Path, device: str,
-                 hub_factory: HubFactory | None, terminate: threading.Event) -> None:
+                 hub_factory: HubFactory | None, terminate: threading.Event,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.client, self.claim, self.device = client, claim, device
         self.cfg: Config = from_dict(claim.config)
-        self.run_dir = work_dir / "runs" / str(claim.run_id)
+        # keyed by the server's run UUID: a fresh database starts run ids at 1 again, and a
+        # work dir that outlived it must not hand this run another run's outbox or checkpoints
+        self.run_dir = work_dir / "runs" / claim.run_uuid
+        foreign = work_dir / "runs" / str(claim.run_id)
+        if foreign.is_dir():
+            log.warning("%s holds the state of an earlier run %s (another server database or an older "
+                        "worker); it is not used for run %s (UUID %s); delete it when it is no longer needed",
+                        foreign, claim.run_id, claim.run_id, claim.run_uuid)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.terminate = terminate
         self.cancelled = threading.Event()
         self.outbox = Outbox(client, claim.run_id, claim.attempt, self.run_dir)
         self.heartbeat = Heartbeat(client, claim.run_id, claim.attempt, claim.lease_seconds, self._on_command)
-        self.hub = self.smoke_hub = None
-        if hub_factory and self.cfg.hub_repo:
-            self.hub = hub_factory(self.cfg.hub_repo, run_key(claim), keep_every=self.cfg.keep_every)
+        self.target: BackupTarget | None = None
+        self.smoke_target: BackupTarget | None = None
+        self.backup_unreachable = False
+        """The smoke test could not back up and on_backup_failure is 'warn': backups are still
+        tried (and their errors shown), but failing to read the storage stops nothing."""
+        make = self._make_target = self._target_factory(hub_factory)
+        if make:
+            self.target = make(run_key(claim), keep_every=self.cfg.keep_every)
             # the smoke test's backup lives apart, so a resume can never pick up its weights
-            self.smoke_hub = hub_factory(self.cfg.hub_repo, f"{run_key(claim)}-smoke-test", keep_every=1)
-        self.backups = BackupQueue(self.hub) if self.hub else None
+            self.smoke_target = make(f"{run_key(claim)}-smoke-test", keep_every=1)
+        self.backups = BackupQueue(self.target) if self.target else None
+        self.schedule = BackupSchedule(self.cfg.backup_every, self.cfg.backup_every_minutes, clock)
         self.trainer: Trainer | None = None
         self.hashes: dict[int, tuple[str, int]] = {}
+        self.pruned: set[int] = set()
+        self.diverged: str | None = None
+        self.warned_nonfinite = False
+
+    def _target_factory(self, hub_factory: HubFactory | None) -> TargetFactory | None:
+        """Where the run backs up: its backup_dir, else its hub_repo (the default), else nowhere."""
+        if self.cfg.backup_dir:
+            return partial(DirectoryBackup, self.cfg.backup_dir)
+        if hub_factory and self.cfg.hub_repo:
+            return partial(hub_factory, self.cfg.hub_repo)
+        return None
 
     # -- reporting -------------------------------------------------------
     def event(self, message: str, level: str = "info") -> None:
@@ -92,7 +134,8 @@ class RunExecutor:
     def _backup_now(self, command_id: int | None) -> None:
         newest = checkpoint.list_checkpoints(self.ckpt_dir)
         if self.backups is None or not newest:
-            reason = "no Hub repo configured (set hub_repo)" if self.backups is None else "no checkpoint yet"
+            reason = ("no backup target configured (set hub_repo or backup_dir)" if self.backups is None
+                      else "no checkpoint yet")
             if command_id is not None:
                 self.outbox.post(f"commands/{command_id}", {"state": "error", "detail": reason})
             return
@@ -100,6 +143,7 @@ class RunExecutor:
         step = checkpoint.step_of(path)
         if step not in self.hashes:  # saved by an earlier attempt
             self.hashes[step] = file_sha256(path)
+        self.schedule.backed_up()
         self.backups.request(path, step, self._extras, self._on_backup_state, command_id)
 
     def _extras(self) -> dict[str, bytes]:
@@ -118,7 +162,39 @@ class RunExecutor:
         """Hash a new checkpoint once; backup state updates reuse it."""
         sha256, size = file_sha256(path)
         self.hashes[step] = (sha256, size)
-        self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "backup_state": "local"})
+        self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "backup_state": "local",
+                                         "pruned": False})
+        self._report_pruned()
+
+    def _report_pruned(self) -> None:
+        """Checkpoints this attempt saved that keep_local has since deleted from disk."""
+        present = {checkpoint.step_of(p) for p in checkpoint.list_checkpoints(self.ckpt_dir)}
+        for step in sorted(set(self.hashes) - present - self.pruned):
+            sha256, size = self.hashes[step]
+            self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "pruned": True})
+            self.pruned.add(step)
+
+    def reconcile_checkpoints(self, after: int = -1, upto: int | None = None) -> None:
+        """Make the server's checkpoint list match this disk on resume: a checkpoint saved
+        after the previous attempt was fenced off (its report was refused) is reported now,
+        and listed ones no longer on disk are marked pruned. Only steps in (after, upto]
+        belong to this stage's folder (R1's, or R2's whose steps continue R1's)."""
+        try:
+            listed = {c["step"]: c for c in self.client.checkpoints(self.claim.run_id)
+                      if after < c["step"] and (upto is None or c["step"] <= upto)}
+        except ServerUnavailable as e:
+            log.warning("run %s: checkpoint list not reconciled, the server is unavailable: %s", self.claim.run_id, e)
+            return
+        on_disk = {checkpoint.step_of(p): p for p in checkpoint.list_checkpoints(self.ckpt_dir)}
+        for step, path in sorted(on_disk.items()):
+            if step in listed and not listed[step]["pruned"]:
+                self.hashes[step] = (listed[step]["sha256"], listed[step]["size"])  # so its pruning is reported
+            else:
+                self.checkpoint_saved(step, path)
+        for step, c in sorted(listed.items()):
+            if step not in on_disk and not c["pruned"]:
+                self.outbox.post("checkpoints", {"step": step, "size": c["size"], "sha256": c["sha256"],
+                                                 "pruned": True})
 
     def _on_backup_state(self, step: int, state: str, detail: str | None, command_ids: list[int]) -> None:
         if step in self.hashes:
@@ -138,9 +214,14 @@ class RunExecutor:
         try:
             data = self.stage_data()
             self.stage_smoke(data)
-            final = self.stage_train(data)
-            self.stage_eval(final)
+            finals = {"R1": self.stage_train(data)}
+            if self.cfg.variant == "R2":
+                store, r1, r1_step = self.stage_reflow_pairs(data, finals["R1"])
+                finals["R2"] = self.stage_reflow_train(data, store, r1, r1_step)
+            self.stage_eval(finals)
             return self.finish("succeeded")
+        except (Diverged, SmokeBackupFailed) as e:
+            return self.finish("failed", str(e))
         except RunStopped as e:
             if self.cancelled.is_set() and not self.lost():
                 return self.finish("cancelled")
@@ -157,7 +238,7 @@ class RunExecutor:
     def _drain_backups(self) -> None:
         """Wait for the last upload: its state updates must reach the server."""
         if self.backups and not self.backups.close(timeout=300):
-            log.warning("run %s: the last Hub upload is still running", self.claim.run_id)
+            log.warning("run %s: the last backup is still running", self.claim.run_id)
 
     def finish(self, status: str, error: str | None = None) -> str:
         """The run's last write: pending backups report first, as the run is closed after it."""
@@ -179,7 +260,7 @@ class RunExecutor:
                 self.event(f"downloading {dataset}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
         data = load_dataset(dataset, self.cfg, self.device, progress)
-        self.verified("data.ready", f"{data.n_episodes} episodes, {int(data.lengths.sum())} steps")
+        self.verified("data.ready", f"{plural(data.n_episodes, 'episode')}, {plural(int(data.lengths.sum()), 'step')}")
         return data
 
     def stage_smoke(self, data: WindowDataset) -> None:
@@ -193,7 +274,7 @@ class RunExecutor:
         trainer.fit(callbacks=(self._Stopper(self),))
         if trainer.step < n:
             raise RunStopped(f"stopped during the smoke test at step {trainer.step}")
-        self.verified("smoke.steps", f"{n} steps")
+        self.verified("smoke.steps", plural(n, "step"))
         path = scratch / checkpoint.checkpoint_name(n)
         if not path.exists():
             raise RuntimeError(f"smoke test: no checkpoint at {path}")
@@ -207,13 +288,32 @@ class RunExecutor:
         if actions.shape != (1, data.act_dim):
             raise RuntimeError(f"smoke test: planner returned shape {actions.shape}")
         self.verified("smoke.reload", "weights equal, one planning call works")
-        if self.smoke_hub:
-            self.smoke_hub.ensure_repo()
-            result = self.smoke_hub.backup(path, n, {})
-            self.verified("smoke.backup", result.url)
+        if self.smoke_target:
+            try:
+                self.smoke_target.prepare()
+                result = self.smoke_target.backup(path, n, {})
+            except Exception as e:  # unreachable, refused, misconfigured: the run's backups would not work
+                self._smoke_backup_failed(e)
+            else:
+                self.verified("smoke.backup", result.url)
         else:
-            self.event("smoke test: Hub backup skipped: no hub_repo in the run's config", "warning")
+            self.event("smoke test: backup skipped: no hub_repo or backup_dir in the run's config", "warning")
         shutil.rmtree(scratch, ignore_errors=True)
+
+    def _smoke_backup_failed(self, error: Exception) -> None:
+        """Says what failed and what to do next, ticks the item ✗, and stops the run unless its
+        config says to train on without backups (on_backup_failure=warn)."""
+        what = redact(str(error) if isinstance(error, BackupError) else f"{type(error).__name__}: {error}")[:2000]
+        stop = self.cfg.on_backup_failure == "fail"
+        detail = (f"the backup to {self.smoke_target.where()} failed: {what}. Next: check that this machine "
+                  "reaches it and that the credentials may write there, then retry the run"
+                  + (", or set on_backup_failure=warn to train without backups" if stop
+                     else "; training goes on without working backups (on_backup_failure=warn)"))
+        self.outbox.post("checklist", {"key": "smoke.backup", "detail": detail, "failed": True})
+        if stop:
+            raise SmokeBackupFailed(f"smoke test: {detail}")
+        self.backup_unreachable = True
+        self.event(f"smoke test: {detail}", "warning")
 
     class _Stopper:
         def __init__(self, ex: "RunExecutor") -> None:
@@ -229,18 +329,29 @@ class RunExecutor:
             return self.ex.terminate.is_set() or self.ex.cancelled.is_set() or self.ex.lost()
 
     def _restore(self, trainer: Trainer) -> str:
-        resumed = trainer.resume_latest()
+        def skipped(path: Path, e: checkpoint.CheckpointError) -> None:
+            aside = path.with_name(path.name + ".broken")  # out of the checkpoint list: never reported or retried
+            path.replace(aside)
+            self.event(f"skipped a broken checkpoint on resume: {e}; moved aside to {aside.name}", "warning")
+
+        resumed = trainer.resume_latest(on_skip=skipped)
         if resumed:
             return f"resumed from step {trainer.step} (local checkpoint)"
-        if self.hub:
-            restored = self.hub.restore_latest(self.ckpt_dir)
-            if restored and trainer.resume_latest():
+        if self.target:
+            try:
+                restored = self.target.restore_latest(self.ckpt_dir)
+            except Exception as e:  # the smoke test found the storage unreachable and the run said warn
+                if not self.backup_unreachable:
+                    raise
+                self.event(f"no resume from {self.target.where()}: {type(e).__name__}: {e}", "warning")
+                restored = None
+            if restored and trainer.resume_latest(on_skip=skipped):
                 self._replay_metrics(self.ckpt_dir / METRICS_FILE, trainer.step)
-                return f"resumed from step {trainer.step} (Hugging Face Hub)"
+                return f"resumed from step {trainer.step} ({self.target.description})"
         return "started fresh"
 
     def _replay_metrics(self, export: Path, upto: int, batch: int = 10_000) -> None:
-        """A fresh server (a new Colab VM) gets the curves back from the Hub's export; points
+        """A fresh server (a new Colab VM) gets the curves back from the backup's export; points
         past the checkpoint are left out, training will log them again."""
         if not export.exists():
             return
@@ -254,9 +365,12 @@ class RunExecutor:
         self.stage("train")
         trainer = self.trainer = Trainer(self.cfg, data, self.ckpt_dir)
         how = self._restore(trainer)
+        self.reconcile_checkpoints(upto=self.cfg.total_steps)
         self.verified("train.start", how)
         self.event(f"training {how}, to step {self.cfg.total_steps} on {self.device}")
         trainer.fit(callbacks=(self._TrainReporter(self),))
+        if self.diverged:
+            raise Diverged(self.diverged)
         if trainer.step < self.cfg.total_steps:
             raise RunStopped(f"stopped at step {trainer.step}; checkpoint saved")
         self.verified("train.done", f"step {trainer.step}")
@@ -268,35 +382,123 @@ class RunExecutor:
             ex.heartbeat.step, ex.heartbeat.steps_per_s = record.step, record.steps_per_s
             ex.outbox.metrics(record.step, {**record.losses, "lr": record.lr, "steps_per_s": record.steps_per_s},
                               record.wall_time)
+            bad = {k: v for k, v in record.losses.items() if not math.isfinite(v)}
+            if bad:
+                ex.nonfinite_loss(record.step, bad)
+                return
             cfg = ex.cfg
             if cfg.eval_every and record.step % cfg.eval_every == 0 and record.step < cfg.total_steps:
                 ex.report_evaluation(Planner(ex.trainer.model, cfg), record.step, "quick",
                                      cfg.eval_envs, cfg.eval_episodes)
                 ex.trainer.model.train()
+            if ex.backups and ex.schedule.time_due():
+                ex.trainer.request_save()  # on_checkpoint backs it up: the schedule is due
+
+        def should_stop(self) -> bool:
+            return super().should_stop() or self.ex.diverged is not None
 
         def on_checkpoint(self, step: int, path: Path) -> None:
             ex = self.ex
+            if ex.diverged:  # diverged weights: a retry resumes from the newest finite checkpoint instead
+                path.unlink(missing_ok=True)
+                return
             ex.checkpoint_saved(step, path)
-            if ex.backups and ex.cfg.backup_every and step % ex.cfg.backup_every == 0:
+            if ex.backups and ex.schedule.due(step):
                 ex._backup_now(None)
+
+    def nonfinite_loss(self, step: int, values: dict[str, float]) -> None:
+        """Stop with the step and losses named, or warn once and go on, as the run's config says."""
+        what = ", ".join(f"{k} = {v}" for k, v in sorted(values.items()))
+        if self.cfg.on_nonfinite == "stop":
+            self.diverged = (f"loss became non-finite at step {step} ({what}); training stopped (on_nonfinite=stop). "
+                             f"Retry with a lower learning rate, or set on_nonfinite=continue to train on")
+            self.event(self.diverged, "error")
+        elif not self.warned_nonfinite:
+            self.warned_nonfinite = True
+            self.event(f"loss became non-finite at step {step} ({what}); training goes on "
+                       f"(on_nonfinite=continue)", "warning")
 
     def report_evaluation(self, planner: Planner, step: int, kind: str, n_envs: int, n_episodes: int) -> float:
         """Evaluate with the EMA weights; seeds differ from training's so scores are held out."""
         result = evaluate(planner, n_envs, n_episodes, seed=self.cfg.seed + 10_000)
         self.outbox.post("evaluations", {
-            "step": step, "kind": kind, "score_mean": result.score_mean, "score_std": result.score_std,
-            "returns": result.returns, "scores": result.scores, "n_envs": n_envs, "n_episodes": n_episodes,
-            "latency_ms": result.latency_ms})
+            "step": step, "kind": kind, "variant": result.variant, "score_mean": result.score_mean,
+            "score_std": result.score_std, "returns": result.returns, "scores": result.scores,
+            "n_envs": n_envs, "n_episodes": n_episodes, "latency_ms": result.latency_ms,
+            "latency_ms_1env": result.latency_ms_1env, "device": result.device})
         self.outbox.metrics(step, {"score": result.score_mean}, time.time())
         return result.score_mean
 
-    def stage_eval(self, final: Path) -> None:
+    def stage_reflow_pairs(self, data: WindowDataset, r1_path: Path) -> tuple[PairStore, DiffuserLite, int]:
+        """R2's pairs from the final R1 model, kept on local disk only (GBs, never backed up):
+        a resumed run reuses what is there, a fresh machine regenerates the same pairs."""
+        self.stage("reflow_pairs")
+        state = checkpoint.read(r1_path, self.device)
+        r1 = load_r1(state, self.cfg, data, r1_path)
+        folder = self.run_dir / "reflow" / "pairs"
+        spec = PairSpec.of(self.cfg, r1, data)
+        try:
+            store = PairStore(folder, spec)
+        except PairsError as e:
+            self.event(f"{e}: regenerating them", "warning")
+            shutil.rmtree(folder)
+            store = PairStore(folder, spec)
+        found = store.pairs_done
+        per_level = plural(spec.total, "pair")
+        if not store.complete:
+            self.event(f"generating {per_level} per level from the R1 model at step {state['step']} "
+                       + (f"(resuming: {found} already on disk)" if found else "(none on disk yet)"))
+            shown = [-1]
+
+            def progress(level: int, done: int, total: int) -> None:
+                tenth = (level * total + done) * 10 // (total * len(spec.horizons))
+                if tenth > shown[0]:
+                    shown[0] = tenth
+                    self.event(f"reflow pairs: level {level}, {done} of {total}")
+
+            if not store.generate(r1, data, progress, self._Stopper(self).should_stop):
+                raise RunStopped(f"stopped while generating reflow pairs; {store.pairs_done} kept on disk")
+        self.verified("reflow.pairs", "found on disk" if found == store.pairs_done else "generated")
+        return store, r1, state["step"]
+
+    def _enter_reflow(self) -> None:
+        """From here on checkpoints are R2's: their own folder, and their own backup folder
+        beside R1's (`<run>-reflow`), so a resume never mixes the two."""
+        self._drain_backups()
+        self.ckpt_dir = self.run_dir / "reflow" / "checkpoints"
+        self.hashes, self.pruned = {}, set()
+        if self._make_target:
+            self.target = self._make_target(f"{run_key(self.claim)}-reflow", keep_every=self.cfg.keep_every)
+            self.backups = BackupQueue(self.target)
+
+    def stage_reflow_train(self, data: WindowDataset, store: PairStore, r1: DiffuserLite, r1_step: int) -> Path:
+        self.stage("reflow_train")
+        self._enter_reflow()
+        trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, self.ckpt_dir)
+        how = self._restore(trainer)
+        self.reconcile_checkpoints(after=r1_step)
+        self.event(f"reflow {how}, to step {trainer.total_steps} on {self.device}")
+        trainer.fit(callbacks=(self._TrainReporter(self),))
+        if self.diverged:
+            raise Diverged(self.diverged)
+        if trainer.step < trainer.total_steps:
+            raise RunStopped(f"stopped at reflow step {trainer.step}; checkpoint saved")
+        self.verified("reflow.done", f"step {trainer.step}")
+        return self.ckpt_dir / checkpoint.checkpoint_name(trainer.step)
+
+    def stage_eval(self, finals: dict[str, Path]) -> None:
+        """The final evaluation of every variant the run trained (R1, and R2 after reflow)."""
         self.stage("eval")
         cfg = self.cfg
-        planner = Planner.from_checkpoint(final, self.device)
-        score = self.report_evaluation(planner, checkpoint.step_of(final), "final", cfg.num_envs, cfg.num_episodes)
-        self.verified("eval.done", f"{cfg.num_envs} envs × {cfg.num_episodes} episodes")
-        self.verified("eval.score", f"{score:.1f}")
-        self.event(f"final normalised score {score:.1f} ({cfg.num_envs} envs × {cfg.num_episodes} episodes)")
+        scores = {}
+        for variant, final in finals.items():
+            planner = Planner.from_checkpoint(final, self.device, cuda_graph=True)
+            scores[variant] = self.report_evaluation(planner, checkpoint.step_of(final), "final",
+                                                     cfg.num_envs, cfg.num_episodes)
+        episodes = f"{plural(cfg.num_envs, 'env')} × {plural(cfg.num_episodes, 'episode')}"
+        shown = ", ".join(f"{variant} {score:.1f}" for variant, score in scores.items())
+        self.verified("eval.done", episodes)
+        self.verified("eval.score", shown)
+        self.event(f"final normalised score {shown} ({episodes})")
         if self.backups:
             self._backup_now(None)

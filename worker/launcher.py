@@ -1,7 +1,9 @@
 """`dlite up`: the server and one local worker as two processes, stopped together.
 
 Separate processes keep the server free of torch and let the worker be killed or
-restarted (as Colab does) without taking the dashboard down.
+restarted (as Colab does) without taking the dashboard down: a worker that dies is
+started again, with a growing pause when it keeps dying. SIGTERM (`docker stop`, a
+process manager) stops both like Ctrl-C: the worker saves a checkpoint first.
 """
 
 from __future__ import annotations
@@ -48,6 +50,43 @@ def queue_demo(url: str, token: str) -> int:
     return r.json()["id"]
 
 
+RESTART_PAUSES_S = (1, 2, 5, 10, 30, 60)
+"""Pause before restarting a worker that died, by how many times in a row it died young."""
+WORKER_SETTLED_S = 60.0
+"""A worker that ran this long before dying counts as a fresh failure, not a crash loop."""
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+class LocalWorker:
+    """The local worker process, started again (after a pause) whenever it exits."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.cmd, self.env = cmd, env
+        self.failures = 0
+        self.restart_at: float | None = None
+        self.proc = self._start()
+
+    def _start(self) -> subprocess.Popen:
+        self.started = time.monotonic()
+        return subprocess.Popen(self.cmd, env=self.env)
+
+    def watch(self) -> None:
+        """Notice an exit and schedule the restart; restart when its pause is over."""
+        now = time.monotonic()
+        if self.restart_at is None and self.proc.poll() is not None:
+            self.failures = 1 if now - self.started >= WORKER_SETTLED_S else self.failures + 1
+            pause = RESTART_PAUSES_S[min(self.failures, len(RESTART_PAUSES_S)) - 1]
+            print(f"dlite up: the local worker exited with code {self.proc.returncode}; the dashboard stays up, "
+                  f"restarting the worker in {pause} s (its run resumes from the newest checkpoint)", flush=True)
+            self.restart_at = now + pause
+        elif self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self.proc = self._start()
+
+
 def _stop(proc: subprocess.Popen, grace: float) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -64,10 +103,13 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
     for name in HF_TOKEN_VARS:  # from here on only the worker's env has it: not the server, not tunnels
         os.environ.pop(name, None)
     server_env = {k: v for k, v in env.items() if k not in HF_TOKEN_VARS}
+    if settings.token_file is not None:  # the server reads the same file, and says so when it starts
+        server_env.pop("DLITE_TOKEN")
+    signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` and process managers: same as Ctrl-C
     server = subprocess.Popen([sys.executable, "-m", "app.server", "--host", host, "--port", str(port),
                                "--data-dir", str(settings.data_dir)], env=server_env)
     local = f"http://127.0.0.1:{port}"
-    procs = [server]
+    local_worker: LocalWorker | None = None
     try:
         _wait_healthy(local, server)
         if tunnel:
@@ -75,15 +117,19 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
         if demo:
             print(f"queued demo run {queue_demo(local, settings.token)}", flush=True)
         if worker:
-            cmd = [sys.executable, "-m", "dlite.cli", "worker", "--server", local,
+            cmd = [sys.executable, "-m", "worker.cli", "worker", "--server", local,
                    "--work-dir", str(Path(settings.data_dir) / "worker"), "--name", "local"]
-            procs.append(subprocess.Popen(cmd + (["--device", device] if device else []), env=env))
-        while all(p.poll() is None for p in procs):
+            local_worker = LocalWorker(cmd + (["--device", device] if device else []), env)
+        while server.poll() is None:
+            if local_worker:
+                local_worker.watch()
             time.sleep(0.5)
-        return next(p.returncode for p in procs if p.poll() is not None) or 0
+        print(f"dlite up: the server exited with code {server.returncode}; stopping", flush=True)
+        return server.returncode or 1
     except KeyboardInterrupt:
         print("\nstopping: the worker saves a checkpoint first", flush=True)
         return 0
     finally:
-        for proc in reversed(procs):
-            _stop(proc, grace=120 if proc is not server else 10)
+        if local_worker:
+            _stop(local_worker.proc, grace=120)
+        _stop(server, grace=10)

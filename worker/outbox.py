@@ -4,6 +4,12 @@ Training must never wait on the network, and a server that is down for a while
 must not lose a metric point: every write is appended to a journal file first and
 a background thread delivers the journal in order, retrying until the server is
 back. The server's upserts make a re-delivery after a crash harmless.
+
+No single write may block the queue: a write the server refuses, or one that fails in
+any other way, is logged, reported as a run event and dropped. When the attempt is
+fenced off (409) the other writes are dropped, but metric points still go out: the
+server keeps those the run has no point for (docs/worker-protocol.md), and undelivered
+points of an earlier attempt in this folder are sent again by the next one.
 """
 
 from __future__ import annotations
@@ -11,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
-from worker.client import RejectedWrite, ServerClient, ServerUnavailable, StaleAttempt
+from app.protocol import metric_point
+from worker.client import ServerClient, ServerUnavailable, StaleAttempt
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +42,7 @@ class Outbox:
         self._seq = 0
         self._closing = False
         self._load()
+        self._adopt_earlier_points(folder)
         self._thread = threading.Thread(target=self._deliver, name=f"outbox-{run_id}", daemon=True)
         self._thread.start()
 
@@ -50,19 +59,43 @@ class Outbox:
                 if seq > acked:
                     self._pending.append((seq, path, body))
 
+    def _adopt_earlier_points(self, folder: Path) -> None:
+        """Metric points an earlier attempt journaled but never delivered (it was fenced off,
+        or its process died) go out first, still naming their attempt, so the server only
+        fills steps the run has no point for."""
+        for journal in sorted(folder.glob("outbox-*.jsonl")):
+            m = re.fullmatch(r"outbox-(\d+)\.jsonl", journal.name)
+            if not m or int(m.group(1)) >= self.attempt:
+                continue
+            acked_file = journal.with_suffix(".acked")
+            acked = int(acked_file.read_text()) if acked_file.exists() else 0
+            last = acked
+            for line in journal.read_text().splitlines():
+                try:
+                    seq, path, body = json.loads(line)
+                except ValueError:
+                    continue
+                last = max(last, seq)
+                if seq > acked and path == "metrics":
+                    self._append(path, body)
+            _write_atomic(acked_file, str(last))
+
     def post(self, path: str, body: dict[str, Any]) -> None:
         """Journal a fenced write to /api/runs/{id}/{path}; returns at once."""
+        self._append(path, {**body, "attempt": self.attempt})
+
+    def _append(self, path: str, body: dict[str, Any]) -> None:
         with self._cond:
             self._seq += 1
-            entry = (self._seq, path, {**body, "attempt": self.attempt})
+            entry = (self._seq, path, body)
             with open(self.journal, "a") as f:
                 f.write(json.dumps(entry) + "\n")
             self._pending.append(entry)
             self._cond.notify()
 
     def metrics(self, step: int, values: dict[str, float], wall_time: float) -> None:
-        self.post("metrics", {"points": [{"key": k, "step": step, "value": v, "wall_time": wall_time}
-                                         for k, v in values.items()]})
+        """Non-finite values (a diverging loss) travel as null plus their name: JSON has no NaN."""
+        self.post("metrics", {"points": [metric_point(k, step, v, wall_time) for k, v in values.items()]})
 
     def _deliver(self) -> None:
         backoff = 0.5
@@ -74,7 +107,9 @@ class Outbox:
                     return
                 seq, path, body = self._pending[0]
             try:
-                self.client.request("POST", f"/api/runs/{self.run_id}/{path}", body)
+                response = self.client.request("POST", f"/api/runs/{self.run_id}/{path}", body)
+                if path == "metrics" and body["attempt"] == self.attempt and response.json().get("stale"):
+                    self._fenced_off("the server kept its metric points only where the run had none")
             except ServerUnavailable as e:
                 log.warning("server unavailable, will retry: %s", e)
                 with self._cond:
@@ -82,25 +117,29 @@ class Outbox:
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
             except StaleAttempt as e:
-                log.error("attempt %s of run %s is stale: %s", self.attempt, self.run_id, e)
-                with self._cond:
-                    self.lost.set()
-                    self._cond.notify_all()
-                return
-            except RejectedWrite as e:
-                log.error("server rejected %s: %s", path, e)
+                self._fenced_off(f"{path} dropped: {e}")
+            except Exception as e:  # one bad write (refused, unencodable, ...) must not block the rest
+                log.exception("could not deliver %s to run %s; dropped it", path, self.run_id)
+                if path != "events" and not self.lost.is_set():  # a failed report is not reported again
+                    self.post("events", {"level": "error", "message": (
+                        f"worker could not deliver a {path} write ({type(e).__name__}: {str(e)[:500]}); "
+                        f"it was dropped and later writes go on; the worker log has the details")})
             backoff = 0.5
             with self._cond:
                 self._pending.pop(0)
-                tmp = self.acked_file.with_suffix(".tmp")
-                tmp.write_text(str(seq))
-                os.replace(tmp, self.acked_file)
+                _write_atomic(self.acked_file, str(seq))
                 self._cond.notify_all()
 
+    def _fenced_off(self, detail: str) -> None:
+        if not self.lost.is_set():
+            log.error("attempt %s of run %s was fenced off: %s", self.attempt, self.run_id, detail)
+        self.lost.set()
+
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything journaled so far is delivered (or the lease is lost)."""
+        """Wait until everything journaled so far is delivered or dropped (a fenced-off
+        attempt drops all but its metric points at once)."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._pending or self.lost.is_set(), timeout)
+            return self._cond.wait_for(lambda: not self._pending, timeout)
 
     def close(self, timeout: float | None = None) -> bool:
         delivered = self.flush(timeout)
@@ -109,3 +148,9 @@ class Outbox:
             self._cond.notify_all()
         self._thread.join(1.0)
         return delivered
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

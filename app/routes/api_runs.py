@@ -4,28 +4,34 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
-from app.services import NotFound, dashboard, figures, metrics, runs
+from app.protocol import SHORT_TEXT
+from app.routes.params import RunId, Since
+from app.routes.responses import API, body, problems
+from app.routes.run_list_query import RunListQuery
+from app.services import NotFound, dashboard, figures, metrics, run_list, runs
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
-from dlite.config import schema
+from dlite.config import FIELDS, schema
+from dlite.config import json_schema as config_json_schema
 from dlite.tasks import TASKS
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["runs"])
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["runs"], responses=API)
 
 
 class CreateRun(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    task: str
-    name: Optional[str] = None
-    config: dict[str, Any] = {}
+    task: str = Field(max_length=SHORT_TEXT, json_schema_extra={"enum": list(TASKS)})
+    name: Optional[str] = Field(None, max_length=SHORT_TEXT)
+    config: dict[str, Any] = Field({}, max_length=len(FIELDS), json_schema_extra=config_json_schema(),
+                                   description="overrides of dlite's config: GET /api/config/schema lists them")
     is_demo: bool = False
 
 
@@ -38,20 +44,24 @@ def create_run(body: CreateRun, db: Database = Depends(get_db)) -> dict[str, Any
 
 
 @router.get("/runs")
-def list_runs(status: Optional[str] = None, db: Database = Depends(get_db)) -> list[dict[str, Any]]:
+def list_runs(response: Response, filters: RunListQuery = Depends(),
+              db: Database = Depends(get_db)) -> list[dict[str, Any]]:
+    """One page of runs; the `X-Total-Count` header says how many match in all."""
     sweep_leases(db)
     with db.read() as session:
-        return [runs.run_summary(r) for r in runs.list_runs(session, status)]
+        page, total = run_list.query_runs(session, filters.filter(), filters.sort, filters.limit, filters.offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [runs.run_summary(r) for r in page]
 
 
-@router.get("/runs/{run_id}")
-def get_run(run_id: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.get("/runs/{run_id}", responses=problems(404))
+def get_run(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
     with db.read() as session:
         return runs.run_detail(session, runs.get_run(session, run_id))
 
 
-@router.get("/runs/{run_id}/metrics")
-def get_metrics(run_id: int, key: Optional[str] = None,
+@router.get("/runs/{run_id}/metrics", responses=problems(404))
+def get_metrics(run_id: RunId, key: Optional[str] = Query(None, max_length=SHORT_TEXT),
                 max_points: int = Query(2000, ge=4, le=200_000),
                 db: Database = Depends(get_db)) -> dict[str, Any]:
     """Without `key`: the run's series names. With it: one series, min/max downsampled."""
@@ -60,13 +70,13 @@ def get_metrics(run_id: int, key: Optional[str] = None,
         if key is None:
             return {"keys": metrics.metric_keys(session, run_id)}
         out = metrics.chart_series(session, run_id, key, max_points)
-        if not out["total"]:
+        if not out["total"] and not out["nonfinite"]["steps"]:
             raise NotFound(f"run {run_id} has no metric {key!r}")
         return out
 
 
-@router.get("/runs/{run_id}/charts")
-def get_charts(run_id: int, max_points: int = Query(1000, ge=4, le=20_000),
+@router.get("/runs/{run_id}/charts", responses=problems(404))
+def get_charts(run_id: RunId, max_points: int = Query(1000, ge=4, le=20_000),
                db: Database = Depends(get_db)) -> dict[str, Any]:
     """Every chart series of the run page in one request, each read from the per-block
     extremes: a million-step run with five series answers in well under a second."""
@@ -75,15 +85,16 @@ def get_charts(run_id: int, max_points: int = Query(1000, ge=4, le=20_000),
         return {"series": dashboard.chart_data(session, run_id, max_points)}
 
 
-@router.post("/runs/{run_id}/figures")
-def make_figures(run_id: int, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.post("/runs/{run_id}/figures", responses=problems(404))
+def make_figures(run_id: RunId, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Write the run's PNG figures under <data_dir>/results/<run_id>/."""
     names = figures.write_run_figures(db, request.app.state.settings.data_dir, run_id)
     return {"files": [{"name": n, "url": f"/api/runs/{run_id}/figures/{n}"} for n in names]}
 
 
-@router.get("/runs/{run_id}/figures/{name}")
-def get_figure(run_id: int, name: str, request: Request) -> FileResponse:
+@router.get("/runs/{run_id}/figures/{name}", response_class=FileResponse,
+            responses={**problems(404), **body("image/png", "The figure file.")})
+def get_figure(run_id: RunId, name: str, request: Request) -> FileResponse:
     """Only the figure names the dashboard writes, so `name` cannot reach other files."""
     path = figures.results_dir(request.app.state.settings.data_dir, run_id) / name
     if name not in dashboard.FIGURE_FILES or not path.is_file():
@@ -91,43 +102,37 @@ def get_figure(run_id: int, name: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/runs/{run_id}/events")
-def get_events(run_id: int, since: int = 0, db: Database = Depends(get_db)) -> list[dict[str, Any]]:
+@router.get("/runs/{run_id}/events", responses=problems(404))
+def get_events(run_id: RunId, since: Since = 0, db: Database = Depends(get_db)) -> list[dict[str, Any]]:
     with db.read() as session:
         runs.get_run(session, run_id)
         return [event_dict(e) for e in list_events(session, run_id, since)]
 
 
-@router.post("/runs/{run_id}/backup", status_code=202)
-def backup(run_id: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.post("/runs/{run_id}/backup", status_code=202, responses=problems(404, 409))
+def backup(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Ask the run's worker to push its newest checkpoint to the Hub now."""
     with db.write() as session:
         command = runs.queue_command(session, runs.get_run(session, run_id), "backup")
         return runs.command_dict(command)
 
 
-@router.post("/runs/{run_id}/cancel")
-def cancel(run_id: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.post("/runs/{run_id}/cancel", responses=problems(404, 409))
+def cancel(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
     with db.write() as session:
         return runs.cancel_run(session, runs.get_run(session, run_id))
 
 
-@router.post("/runs/{run_id}/retry")
-def retry(run_id: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.post("/runs/{run_id}/retry", responses=problems(404, 409))
+def retry(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
     with db.write() as session:
         return runs.run_summary(runs.retry_run(session, runs.get_run(session, run_id)))
 
 
-@router.get("/runs/{run_id}/export")
-def export(run_id: int, db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.get("/runs/{run_id}/export", responses=problems(404))
+def export(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
     with db.read() as session:
         return runs.export_run(session, runs.get_run(session, run_id))
-
-
-@router.get("/results.md")
-def results(db: Database = Depends(get_db)) -> PlainTextResponse:
-    with db.read() as session:
-        return PlainTextResponse(runs.results_markdown(session), media_type="text/markdown; charset=utf-8")
 
 
 @router.get("/config/schema")

@@ -22,18 +22,18 @@ from fastapi.responses import StreamingResponse
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
+from app.protocol import MAX_INT
+from app.routes.params import RunId
+from app.routes.responses import API, body, problems
 from app.services import runs
 from app.services.events import changes_since, latest_change_id
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["stream"])
-
-
-MAX_ID = 2**63 - 1
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["stream"], responses=API)
 
 
 def _start_id(db: Database, last_event_id: Optional[str], since: Optional[int]) -> int:
     """Where a stream starts; ids out of the database's integer range start from now."""
-    if last_event_id and last_event_id.strip().isdigit() and int(last_event_id) <= MAX_ID:
+    if last_event_id and last_event_id.strip().isdigit() and int(last_event_id) <= MAX_INT:
         return int(last_event_id)
     if since is not None:
         return since
@@ -70,8 +70,9 @@ def _stream(body: AsyncIterator[str]) -> StreamingResponse:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@router.get("/runs/stream")
-async def all_runs(request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_ID),
+@router.get("/runs/stream", response_class=StreamingResponse,
+            responses=body("text/event-stream", "Server-sent events, one JSON message each (module docstring)."))
+async def all_runs(request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_INT),
                    last_event_id: Optional[str] = Header(None),
                    db: Database = Depends(get_db)) -> StreamingResponse:
     """Status, stage and step of every run, plus all events: what the run list needs."""
@@ -79,8 +80,9 @@ async def all_runs(request: Request, since: Optional[int] = Query(None, ge=0, le
     return _stream(_messages(request, db, None, start))
 
 
-@router.get("/runs/{run_id}/events/stream")
-async def one_run(run_id: int, request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_ID),
+@router.get("/runs/{run_id}/events/stream", response_class=StreamingResponse,
+            responses={**problems(404), **body("text/event-stream", "Server-sent events of this run.")})
+async def one_run(run_id: RunId, request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_INT),
                   last_event_id: Optional[str] = Header(None),
                   db: Database = Depends(get_db)) -> StreamingResponse:
     """Everything that happens to one run, metric points included."""

@@ -9,11 +9,13 @@ from app import protocol as p
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db, get_settings
-from app.services import claims, figures, metrics, progress
+from app.routes.params import CommandId, RunId, WorkerId
+from app.routes.responses import API, problems
+from app.services import Conflict, claims, figures, metrics, progress
 from app.services.events import log_event
 from app.settings import Settings
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["workers"])
+router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["workers"], responses=API)
 
 
 @router.post("/workers/register")
@@ -24,19 +26,19 @@ def register(body: p.RegisterRequest, db: Database = Depends(get_db)) -> p.Regis
 
 
 @router.post("/workers/{worker_id}/claim", response_model=p.ClaimResponse,
-             responses={204: {"description": "nothing is queued"}})
-def claim(worker_id: str, db: Database = Depends(get_db),
+             responses={204: {"description": "nothing is queued"}, **problems(404)})
+def claim(worker_id: WorkerId, db: Database = Depends(get_db),
           settings: Settings = Depends(get_settings)) -> p.ClaimResponse | Response:
     run = claims.claim_next(db, worker_id, settings.lease_seconds)
     if run is None:
         return Response(status_code=204)
-    return p.ClaimResponse(run_id=run.id, attempt=run.attempt, task=run.task, name=run.name,
+    return p.ClaimResponse(run_id=run.id, run_uuid=run.uuid, attempt=run.attempt, task=run.task, name=run.name,
                            config=run.config, lease_seconds=settings.lease_seconds,
                            lease_expires_at=run.lease_expires_at, is_demo=run.is_demo)
 
 
-@router.post("/runs/{run_id}/heartbeat")
-def heartbeat(run_id: int, body: p.HeartbeatRequest, db: Database = Depends(get_db),
+@router.post("/runs/{run_id}/heartbeat", responses=problems(404, 409))
+def heartbeat(run_id: RunId, body: p.HeartbeatRequest, db: Database = Depends(get_db),
               settings: Settings = Depends(get_settings)) -> p.HeartbeatResponse:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
@@ -45,41 +47,47 @@ def heartbeat(run_id: int, body: p.HeartbeatRequest, db: Database = Depends(get_
                                    commands=[p.CommandOut(id=c.id, kind=c.kind) for c in commands])
 
 
-@router.post("/runs/{run_id}/metrics")
-def post_metrics(run_id: int, body: p.MetricsRequest, db: Database = Depends(get_db)) -> p.MetricsResponse:
+@router.post("/runs/{run_id}/metrics", responses=problems(404, 409))
+def post_metrics(run_id: RunId, body: p.MetricsRequest, db: Database = Depends(get_db)) -> p.MetricsResponse:
+    """Points of an attempt that was fenced off are not refused: they fill steps the run has
+    no point for (the next attempt never logs the steps before its checkpoint again) and
+    never overwrite one (docs/worker-protocol.md, "Late points of a fenced-off attempt")."""
     with db.write() as session:
-        run = claims.fenced_run(session, run_id, body.attempt)
-        n = metrics.upsert_points(session, run_id, (pt.model_dump() for pt in body.points))
-        if body.points:
+        try:
+            run, stale = claims.fenced_run(session, run_id, body.attempt), False
+        except Conflict:
+            run, stale = claims.earlier_attempt_run(session, run_id, body.attempt), True
+        n = metrics.upsert_points(session, run_id, (pt.model_dump() for pt in body.points), fill_only=stale)
+        if body.points and not stale:
             progress.note_logged_step(session, run, max(pt.step for pt in body.points))
-        return p.MetricsResponse(accepted=n)
+        return p.MetricsResponse(accepted=n, stale=stale)
 
 
-@router.post("/runs/{run_id}/stage")
-def stage(run_id: int, body: p.StageRequest, db: Database = Depends(get_db)) -> p.Ok:
+@router.post("/runs/{run_id}/stage", responses=problems(404, 409))
+def stage(run_id: RunId, body: p.StageRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         claims.set_stage(session, claims.fenced_run(session, run_id, body.attempt), body.stage)
         return p.Ok()
 
 
-@router.post("/runs/{run_id}/checklist")
-def checklist(run_id: int, body: p.ChecklistRequest, db: Database = Depends(get_db)) -> p.Ok:
+@router.post("/runs/{run_id}/checklist", responses=problems(404, 409))
+def checklist(run_id: RunId, body: p.ChecklistRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
-        progress.verify_checklist(session, run, body.key, body.detail)
+        progress.verify_checklist(session, run, body.key, body.detail, body.failed)
         return p.Ok()
 
 
-@router.post("/runs/{run_id}/checkpoints")
-def checkpoint(run_id: int, body: p.CheckpointRequest, db: Database = Depends(get_db)) -> p.Ok:
+@router.post("/runs/{run_id}/checkpoints", responses=problems(404, 409))
+def checkpoint(run_id: RunId, body: p.CheckpointRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
-        progress.record_checkpoint(session, run, body.model_dump(exclude={"attempt"}))
+        progress.record_checkpoint(session, run, body.model_dump(exclude={"attempt"}, exclude_unset=True))
         return p.Ok()
 
 
-@router.post("/runs/{run_id}/evaluations")
-def evaluation(run_id: int, body: p.EvaluationRequest, background: BackgroundTasks,
+@router.post("/runs/{run_id}/evaluations", responses=problems(404, 409))
+def evaluation(run_id: RunId, body: p.EvaluationRequest, background: BackgroundTasks,
                db: Database = Depends(get_db), settings: Settings = Depends(get_settings)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
@@ -89,16 +97,16 @@ def evaluation(run_id: int, body: p.EvaluationRequest, background: BackgroundTas
     return p.Ok()
 
 
-@router.post("/runs/{run_id}/events")
-def event(run_id: int, body: p.EventRequest, db: Database = Depends(get_db)) -> p.Ok:
+@router.post("/runs/{run_id}/events", responses=problems(404, 409))
+def event(run_id: RunId, body: p.EventRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         claims.fenced_run(session, run_id, body.attempt)
         log_event(session, run_id, body.level, body.message)
         return p.Ok()
 
 
-@router.post("/runs/{run_id}/commands/{command_id}")
-def command(run_id: int, command_id: int, body: p.CommandUpdateRequest,
+@router.post("/runs/{run_id}/commands/{command_id}", responses=problems(404, 409))
+def command(run_id: RunId, command_id: CommandId, body: p.CommandUpdateRequest,
             db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
@@ -106,8 +114,8 @@ def command(run_id: int, command_id: int, body: p.CommandUpdateRequest,
         return p.Ok()
 
 
-@router.post("/runs/{run_id}/finish")
-def finish(run_id: int, body: p.FinishRequest, db: Database = Depends(get_db)) -> p.Ok:
+@router.post("/runs/{run_id}/finish", responses=problems(404, 409))
+def finish(run_id: RunId, body: p.FinishRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         claims.finish(session, claims.fenced_run(session, run_id, body.attempt), body.status, body.error)
         return p.Ok()

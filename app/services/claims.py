@@ -80,6 +80,25 @@ def sweep_leases(db: Database) -> list[int]:
         return requeue_expired(session)
 
 
+def grant_restart_grace(db: Database, lease_seconds: float) -> list[int]:
+    """At server start, extend every running lease to at least one lease length from now.
+
+    While the server was down no heartbeat could arrive, so a lease that ran out in the
+    meantime says nothing about the worker: a live one reconnects within lease/3 seconds
+    and keeps its run; a dead one loses it one lease length later.
+    """
+    with db.write() as session:
+        runs = list(session.exec(select(Run).where(Run.status == "running")))
+        until = now() + lease_seconds
+        for run in runs:
+            if run.lease_expires_at is None or run.lease_expires_at < until:
+                run.lease_expires_at = until
+                touch(session, run)
+                log_event(session, run.id, "info", f"server started: attempt {run.attempt} keeps its lease "
+                                                   f"for {lease_seconds:.0f} s while its worker reconnects")
+        return [run.id for run in runs]
+
+
 def claim_next(db: Database, worker_id: str, lease_seconds: float) -> Run | None:
     """Atomically hand the oldest queued run to a worker, or None when none is queued.
 
@@ -129,6 +148,15 @@ def fenced_run(session: Session, run_id: int, attempt: int) -> Run:
     if run.status != "running" or run.attempt != attempt:
         raise Conflict(f"run {run_id} is {run.status} at attempt {run.attempt}; "
                        f"writes of attempt {attempt} are refused")
+    return run
+
+
+def earlier_attempt_run(session: Session, run_id: int, attempt: int) -> Run:
+    """The run, for late metric points of an attempt that was fenced off; 409 for an attempt
+    the run has not reached."""
+    run = get_run(session, run_id)
+    if attempt > run.attempt:
+        raise Conflict(f"run {run_id} is at attempt {run.attempt}; attempt {attempt} does not exist")
     return run
 
 

@@ -7,22 +7,29 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.models import Evaluation, Run
+from app.models import Evaluation, Event, Run, Worker
+from app.services.events import now
 from app.services.metrics import chart_series
 from app.services.runs import paper_numbers, run_summary
+from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 
 # The run page's charts and the metric keys each one plots. The loss keys are the ones
-# dlite.train.LOSS_KEYS reports (a test keeps them in step; app/ cannot import torch code).
+# dlite.train.LOSS_KEYS reports, `lr` and `steps_per_s` the worker's training log (a test
+# keeps them in step; app/ cannot import torch code). `smooth`: the smoothing slider applies
+# (noisy measurements, not a schedule or sparse evaluations); `file`: the PNG figure written.
 CHARTS: tuple[dict[str, Any], ...] = (
     {"id": "loss", "title": "Diffusion loss (levels 0, 1, 2)", "keys": ("loss0", "loss1", "loss2"),
-     "log_y": True, "file": "loss_curve.png"},
+     "log_y": True, "smooth": True, "file": "loss_curve.png"},
     {"id": "invdyn", "title": "Inverse-dynamics loss", "keys": ("invdyn_loss",),
-     "log_y": True, "file": "invdyn_loss_curve.png"},
+     "log_y": True, "smooth": True, "file": "invdyn_loss_curve.png"},
     {"id": "score", "title": "Normalised score", "keys": ("score",),
-     "log_y": False, "file": "normalized_score.png"},
+     "log_y": False, "smooth": False, "file": "normalized_score.png"},
+    {"id": "lr", "title": "Learning rate", "keys": ("lr",), "log_y": True, "smooth": False, "file": None},
+    {"id": "speed", "title": "Training speed (steps/s)", "keys": ("steps_per_s",),
+     "log_y": False, "smooth": True, "file": None},
 )
 CHART_KEYS: tuple[str, ...] = tuple(k for c in CHARTS for k in c["keys"])
-FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in CHARTS)
+FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in CHARTS if c["file"])
 
 
 def chart_data(session: Session, run_id: int, max_points: int) -> dict[str, dict[str, Any]]:
@@ -36,16 +43,18 @@ def chart_data(session: Session, run_id: int, max_points: int) -> dict[str, dict
 
 
 def _scores(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Latest and best evaluation score, and the newest final evaluation, of each run."""
+    """Latest and best evaluation score, and the newest final evaluation, of each run:
+    `final` is R1's (what the paper's R1 number compares with), `final_r2` an R2 run's R2 one."""
     out: dict[int, dict[str, Any]] = {}
     rows = session.exec(select(Evaluation).where(col(Evaluation.run_id).in_(run_ids))
                         .order_by(col(Evaluation.id)))
     for e in rows:
-        s = out.setdefault(e.run_id, {"latest": None, "best": None, "final": None})
+        s = out.setdefault(e.run_id, {"latest": None, "best": None, "final": None, "final_r2": None})
         s["latest"] = e.score_mean
         s["best"] = e.score_mean if s["best"] is None else max(s["best"], e.score_mean)
         if e.kind == "final":
-            s["final"] = {"mean": e.score_mean, "std": e.score_std, "step": e.step}
+            s["final" if e.variant == "R1" else "final_r2"] = {
+                "mean": e.score_mean, "std": e.score_std, "step": e.step, "n_episodes": len(e.scores)}
     return out
 
 
@@ -56,8 +65,7 @@ def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
     for run in runs:
         s = scores.get(run.id, {"latest": None, "best": None, "final": None})
         paper = paper_numbers(run.task)["r1"]["mean"]
-        left = max(run.total_steps - run.step, 0)
-        eta = left / run.steps_per_s if run.status == "running" and run.steps_per_s else None
+        eta = _eta(run)
         shown = s["final"]["mean"] if s["final"] else s["latest"]
         rows.append({**run_summary(run), **s, "paper": paper, "eta_s": eta,
                      "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
@@ -68,8 +76,68 @@ def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
 def results(session: Session, run: Run) -> dict[str, Any]:
     """The run page's results table: the paper's numbers, the final evaluation, the gap.
     A demo run trains on locally made data, so it gets no gap to the paper."""
-    final = _scores(session, [run.id]).get(run.id, {}).get("final")
+    scores = _scores(session, [run.id]).get(run.id, {})
+    final, final_r2 = scores.get("final"), scores.get("final_r2")
     paper = paper_numbers(run.task)
     comparable = final is not None and not run.is_demo
+    r2 = None if final_r2 is None else {
+        "paper": paper["r2"], "mine": final_r2,
+        "difference": None if run.is_demo else final_r2["mean"] - paper["r2"]["mean"]}
     return {"task": run.task, "paper": paper["r1"], "seed_readme": paper["seed_readme_r1"], "demo": run.is_demo,
-            "mine": final, "difference": final["mean"] - paper["r1"]["mean"] if comparable else None}
+            "mine": final, "difference": final["mean"] - paper["r1"]["mean"] if comparable else None, "r2": r2}
+
+
+def _eta(run: Run) -> float | None:
+    """Seconds left at the current speed; only a running run has one."""
+    if run.status != "running" or not run.steps_per_s:
+        return None
+    return max(run.total_steps - run.step, 0) / run.steps_per_s
+
+
+def run_facts(session: Session, run: Run) -> dict[str, Any]:
+    """The run page's summary line: where it runs, for how long, and how long is left."""
+    worker = session.get(Worker, run.worker_id) if run.worker_id else None
+    end = run.finished_at if run.finished_at is not None else now()
+    return {"device": worker.device if worker else None, "gpu_name": worker.gpu_name if worker else None,
+            "elapsed_s": None if run.started_at is None else max(end - run.started_at, 0.0),
+            "eta_s": _eta(run)}
+
+
+def device_label(facts: dict[str, Any]) -> str | None:
+    """'cuda (Tesla T4)', 'cpu', or None when the run has no worker yet."""
+    if not facts["device"]:
+        return None
+    return f"{facts['device']} ({facts['gpu_name']})" if facts["gpu_name"] else facts["device"]
+
+
+def planning_speed(evaluations: list[dict[str, Any]], worker_device: str | None = None) -> list[dict[str, Any]]:
+    """The newest timed evaluation of each variant: planning latency, decisions per second
+    (one call plans for all `n_envs` environments, so a batch makes n_envs decisions), and
+    the single-environment frequency next to the paper's. An evaluation that did not name
+    its device was measured on the run's worker (`worker_device`)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for e in evaluations:
+        if e.get("latency_ms") or e.get("latency_ms_1env"):
+            newest[e.get("variant") or "R1"] = e
+    rows = []
+    for variant, e in sorted(newest.items()):
+        batch, single = e.get("latency_ms"), e.get("latency_ms_1env")
+        rows.append({"variant": variant, "step": e["step"], "kind": e["kind"], "device": e.get("device") or worker_device,
+                     "n_envs": e["n_envs"], "latency_ms": batch,
+                     "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
+                     "latency_ms_1env": single, "hz_1env": 1000.0 / single if single else None,
+                     "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE})
+    return rows
+
+
+def event_rows(events: list[Event]) -> list[dict[str, Any]]:
+    """Log lines for the page. A multi-line message (a traceback) is shown folded under
+    its telling line, the exception for a traceback, and unfolds with its line breaks."""
+    rows = []
+    for e in events:
+        lines = [line for line in e.message.strip().splitlines() if line.strip()]
+        folded = len(lines) > 1
+        summary = (lines[-1] if "Traceback (most recent call last)" in e.message else lines[0]) if folded else None
+        rows.append({"ts": e.ts, "level": e.level, "message": e.message,
+                     "summary": summary, "body": e.message.strip("\n") if folded else None})
+    return rows

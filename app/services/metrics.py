@@ -9,6 +9,10 @@ Scanning a million-point series that way takes about 0.3 s, too slow for a run p
 with five of them. So ingest also keeps `metric_blocks`: the lowest and highest point
 of every `BLOCK`-step slice. `chart_series` merges those (span / BLOCK rows) into
 buckets, giving the same kind of envelope from a few thousand rows.
+
+A NaN or infinite value cannot travel in JSON and would poison min/max: such points
+live in `metric_nonfinite` instead, every series answer lists them, and the first one of
+each series is a warning event naming key and step.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session
 
-from app.models import MetricBlock, MetricPoint
-from app.services.events import record_change
+from app.models import MetricBlock, MetricNonFinite, MetricPoint
+from app.services.events import log_event, record_change
 
 _KEYS = text("""
 WITH RECURSIVE k(key) AS (
@@ -53,36 +57,86 @@ JOIN metric_points m ON m.run_id = :run AND m.key = :key AND m.step = picked.ste
 BLOCK = 256  # steps per metric_blocks row; the migration that created the table backfilled with it
 _RANGE = text("SELECT step, value, wall_time FROM metric_points WHERE run_id = :run AND key = :key"
               " AND step >= :lo AND step < :hi ORDER BY step")
+_NONFINITE = text("SELECT step, value, wall_time FROM metric_nonfinite WHERE run_id = :run AND key = :key"
+                  " ORDER BY step")
+_ANY_NONFINITE = text("SELECT 1 FROM metric_nonfinite WHERE run_id = :run LIMIT 1")
+_HAS_NONFINITE = text("SELECT 1 FROM metric_nonfinite WHERE run_id = :run AND key = :key LIMIT 1")
+_STEPS_IN = ("SELECT step FROM {} WHERE run_id = :run AND key = :key AND step >= :lo AND step <= :hi")
+_DROP = "DELETE FROM {} WHERE run_id = :run_id AND key = :key AND step = :step"
 _BLOCKS = text("SELECT block, n, min_step, min_value, min_wall_time, max_step, max_value, max_wall_time"
                " FROM metric_blocks WHERE run_id = :run AND key = :key ORDER BY block")
 
 
 def upsert_points(session: Session, run_id: int, points: Iterable[dict[str, Any]],
-                  notify: bool = True) -> int:
-    """Insert or overwrite on (run, key, step), so a worker may resend a batch safely."""
-    rows = [{"run_id": run_id, "key": p["key"], "step": p["step"], "value": p["value"],
-             "wall_time": p["wall_time"]} for p in points]
-    if not rows:
-        return 0
+                  notify: bool = True, fill_only: bool = False) -> int:
+    """Insert or overwrite on (run, key, step), so a worker may resend a batch safely.
+
+    `fill_only` (the late points of a fenced-off attempt) stores a point only where the run
+    has none at that step: the current attempt's own point always wins. Returns how many
+    points were stored.
+    """
+    finite, nonfinite = [], []
+    for p in points:
+        row = {"run_id": run_id, "key": p["key"], "step": p["step"], "wall_time": p["wall_time"]}
+        if p.get("nonfinite"):
+            nonfinite.append({**row, "value": p["nonfinite"]})
+        else:
+            finite.append({**row, "value": p["value"]})
+    if fill_only:
+        finite, nonfinite = _absent(session, run_id, finite), _absent(session, run_id, nonfinite)
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert(MetricPoint)
-    stmt = stmt.on_conflict_do_update(
+    if finite:
+        _upsert(session, insert, MetricPoint, finite)
+        if session.execute(_ANY_NONFINITE, {"run": run_id}).first() is not None:  # only diverged runs pay for this
+            session.execute(text(_DROP.format("metric_nonfinite")), finite)
+        _refresh_blocks(session, run_id, finite, insert)
+        if notify:
+            record_change(session, run_id, "metrics",
+                          {"points": [{k: r[k] for k in ("key", "step", "value", "wall_time")} for r in finite]})
+    if nonfinite:
+        _record_nonfinite(session, run_id, nonfinite, insert)
+    return len(finite) + len(nonfinite)
+
+
+def _upsert(session: Session, insert: Any, table: type, rows: list[dict[str, Any]]) -> None:
+    stmt = insert(table)
+    session.execute(stmt.on_conflict_do_update(
         index_elements=["run_id", "key", "step"],
-        set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time})
-    session.execute(stmt, rows)
+        set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time}), rows)
+
+
+def _absent(session: Session, run_id: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose (key, step) holds no point yet, finite or not."""
+    out = []
+    for key, group in groupby(sorted(rows, key=lambda r: (r["key"], r["step"])), key=lambda r: r["key"]):
+        group = list(group)
+        args = {"run": run_id, "key": key, "lo": group[0]["step"], "hi": group[-1]["step"]}
+        taken = {step for table in ("metric_points", "metric_nonfinite")
+                 for (step,) in session.execute(text(_STEPS_IN.format(table)), args)}
+        out.extend(r for r in group if r["step"] not in taken)
+    return out
+
+
+def _record_nonfinite(session: Session, run_id: int, rows: list[dict[str, Any]], insert: Any) -> None:
+    """Store non-finite points in place of any finite one at their step, and make the first
+    one of each series a warning event: that is where the run diverged."""
+    first: dict[str, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: r["step"]):
+        if r["key"] not in first and session.execute(_HAS_NONFINITE, {"run": run_id, "key": r["key"]}).first() is None:
+            first[r["key"]] = r
+    _upsert(session, insert, MetricNonFinite, rows)
+    session.execute(text(_DROP.format("metric_points")), rows)
     _refresh_blocks(session, run_id, rows, insert)
-    if notify:
-        record_change(session, run_id, "metrics",
-                      {"points": [{k: r[k] for k in ("key", "step", "value", "wall_time")} for r in rows]})
-    return len(rows)
+    for key, r in first.items():
+        log_event(session, run_id, "warning", f"{key} became non-finite ({r['value']}) at step {r['step']}")
 
 
 def _refresh_blocks(session: Session, run_id: int, rows: list[dict[str, Any]], insert: Any) -> None:
     """Recompute the blocks the new points fall in from the stored points, so an
     overwritten point can also raise a block's minimum. One read per run of adjacent blocks."""
     touched = sorted({(r["key"], r["step"] // BLOCK) for r in rows})
-    out = []
+    out: list[dict[str, Any]] = []
     for key, blocks in groupby(touched, key=lambda kb: kb[0]):
         numbers = [b for _, b in blocks]
         starts = [b for i, b in enumerate(numbers) if i == 0 or numbers[i - 1] != b - 1]
@@ -96,10 +150,23 @@ def _refresh_blocks(session: Session, run_id: int, rows: list[dict[str, Any]], i
                 out.append({"run_id": run_id, "key": key, "block": block, "n": len(members),
                             "min_step": lo[0], "min_value": lo[1], "min_wall_time": lo[2],
                             "max_step": hi[0], "max_value": hi[1], "max_wall_time": hi[2]})
+    kept = {(r["key"], r["block"]) for r in out}
+    emptied = [{"run_id": run_id, "key": k, "block": b} for k, b in touched if (k, b) not in kept]
+    if emptied:  # a finite point was replaced by a non-finite one
+        session.execute(text("DELETE FROM metric_blocks WHERE run_id = :run_id AND key = :key AND block = :block"),
+                        emptied)
+    if not out:
+        return
     stmt = insert(MetricBlock)
     session.execute(stmt.on_conflict_do_update(
         index_elements=["run_id", "key", "block"],
         set_={c: stmt.excluded[c] for c in out[0] if c not in ("run_id", "key", "block")}), out)
+
+
+def nonfinite_points(session: Session, run_id: int, key: str) -> dict[str, list[Any]]:
+    """The steps where a series was NaN or infinite, with the value's name ('nan', 'inf', '-inf')."""
+    rows = list(session.execute(_NONFINITE, {"run": run_id, "key": key}))
+    return {"steps": [r[0] for r in rows], "values": [r[1] for r in rows], "wall_times": [r[2] for r in rows]}
 
 
 def metric_keys(session: Session, run_id: int) -> list[str]:
@@ -130,7 +197,7 @@ def series(session: Session, run_id: int, key: str, max_points: int) -> dict[str
         rows = sorted({tuple(r) for r in picked} | {tuple(first), tuple(last)})
     return {"key": key, "total": total, "downsampled": total > max_points,
             "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows]}
+            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key)}
 
 
 def chart_series(session: Session, run_id: int, key: str, max_points: int) -> dict[str, Any]:
@@ -156,4 +223,4 @@ def chart_series(session: Session, run_id: int, key: str, max_points: int) -> di
     rows = sorted(set(lows.values()) | set(highs.values()) | ends)
     return {"key": key, "total": total, "downsampled": True,
             "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows]}
+            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key)}

@@ -1,7 +1,8 @@
 """What a worker reports about a run besides metrics: checklist, checkpoints, evaluations.
 
-Checklist items and checkpoints are upserts keyed by (run, key) and (run, step), so a
-worker that repeats a report after a network error changes nothing.
+Checklist items, checkpoints and evaluations are upserts keyed by (run, key),
+(run, step) and (run, step, kind, variant), so a worker that repeats a report after a
+network error, or a resumed attempt that evaluates the same step again, adds no row.
 """
 
 from __future__ import annotations
@@ -23,18 +24,21 @@ def note_logged_step(session: Session, run: Run, step: int) -> None:
         touch(session, run)
 
 
-def verify_checklist(session: Session, run: Run, key: str, detail: str | None) -> ChecklistItem:
+def verify_checklist(session: Session, run: Run, key: str, detail: str | None,
+                     failed: bool = False) -> ChecklistItem:
+    """Ticks (✓) or fails (✗) an item; a later report of the same item replaces it."""
     item = session.exec(select(ChecklistItem).where(
         ChecklistItem.run_id == run.id, ChecklistItem.key == key)).first()
     if item is None:
         item = ChecklistItem(run_id=run.id, key=key, verified_at=now())
-    item.detail, item.verified_at = detail, now()
+    item.detail, item.verified_at, item.failed = detail, now(), failed
     session.add(item)
     session.flush()
     label = checklist_label(key, run.config)
     record_change(session, run.id, "checklist", {"key": key, "label": label, "detail": detail,
-                                                 "verified_at": item.verified_at})
-    log_event(session, run.id, "info", f"✓ {label}" + (f" ({detail})" if detail else ""))
+                                                 "verified_at": item.verified_at, "failed": failed})
+    log_event(session, run.id, "error" if failed else "info",
+              f"{'✗' if failed else '✓'} {label}" + (f" ({detail})" if detail else ""))
     return item
 
 
@@ -56,7 +60,14 @@ def record_checkpoint(session: Session, run: Run, fields: dict[str, Any]) -> Che
 
 
 def record_evaluation(session: Session, run: Run, fields: dict[str, Any]) -> Evaluation:
-    evaluation = Evaluation(run_id=run.id, created_at=now(), **fields)
+    evaluation = session.exec(select(Evaluation).where(
+        Evaluation.run_id == run.id, Evaluation.step == fields["step"], Evaluation.kind == fields["kind"],
+        Evaluation.variant == fields["variant"])).first()
+    if evaluation is None:
+        evaluation = Evaluation(run_id=run.id, created_at=now(), **fields)
+    else:
+        for name, value in {**fields, "created_at": now()}.items():
+            setattr(evaluation, name, value)
     session.add(evaluation)
     session.flush()
     record_change(session, run.id, "evaluation", evaluation_dict(evaluation))

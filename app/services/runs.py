@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricPoint, Run
-from app.protocol import checklist_keys, checklist_label
+from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricNonFinite, MetricPoint, Run
+from app.protocol import MAX_INT, checklist_keys, checklist_label
 from app.services import Conflict, NotFound
 from app.services.events import event_dict, latest_change_id, log_event, now, record_change
 from app.services.metrics import latest_points
@@ -24,13 +24,14 @@ PENDING_COMMAND_STATES = ("queued", "sent", "uploading")
 
 def run_summary(run: Run) -> dict[str, Any]:
     """The fields a run list or a `run` stream message shows (no config, no children)."""
-    return {"id": run.id, "task": run.task, "name": run.name, "status": run.status,
+    return {"id": run.id, "uuid": run.uuid, "task": run.task, "name": run.name, "status": run.status,
             "stage": run.stage, "step": run.step, "total_steps": run.total_steps,
             "attempt": run.attempt, "worker_id": run.worker_id,
             "lease_expires_at": run.lease_expires_at, "created_at": run.created_at,
             "started_at": run.started_at, "finished_at": run.finished_at,
             "updated_at": run.updated_at, "error": run.error, "is_demo": run.is_demo,
-            "steps_per_s": run.steps_per_s}
+            "steps_per_s": run.steps_per_s, "sweep_id": run.sweep_id, "tags": run.tags, "note": run.note,
+            "archived": run.archived}
 
 
 def touch(session: Session, run: Run) -> None:
@@ -46,7 +47,7 @@ def create_run(session: Session, task: str, name: str | None, overrides: dict[st
     """Raises dlite.config.ConfigError naming the bad field."""
     cfg = from_dict({**overrides, "task": task})
     t = now()
-    run = Run(task=cfg.task, name=name, config=cfg.to_dict(), total_steps=cfg.total_steps,
+    run = Run(task=cfg.task, name=name, config=cfg.to_dict(), total_steps=cfg.run_steps,
               created_at=t, updated_at=t, is_demo=is_demo)
     session.add(run)
     session.flush()
@@ -61,25 +62,33 @@ def run_label(run: Run) -> str:
 
 
 def get_run(session: Session, run_id: int) -> Run:
-    run = session.get(Run, run_id)
+    """Ids the database cannot hold (a page address like /runs/99999999999999999999) are
+    simply not there, rather than an overflow inside the driver."""
+    run = session.get(Run, run_id) if 0 < run_id <= MAX_INT else None
     if run is None:
         raise NotFound(f"run {run_id} not found")
     return run
 
 
-def list_runs(session: Session, status: str | None = None, limit: int = 500) -> list[Run]:
-    stmt = select(Run)
-    if status:
-        stmt = stmt.where(Run.status == status)
-    return list(session.exec(stmt.order_by(col(Run.created_at).desc(), col(Run.id).desc()).limit(limit)))
+BACKUP_TARGET_FIELDS = ("hub_repo", "backup_dir")
+NO_BACKUP_TARGET = "no backup target: set hub_repo (or backup_dir) when creating the run (Clone and edit)"
+
+
+def backup_target(config: dict[str, Any]) -> str | None:
+    """Where the run's backups go (a Hub repo or a directory), or None when nowhere."""
+    return next((config[f] for f in BACKUP_TARGET_FIELDS if config.get(f)), None)
 
 
 def checklist(session: Session, run: Run) -> list[dict[str, Any]]:
-    """All checklist keys in order, verified or not, with labels from the run's config."""
+    """All checklist keys in order, verified or not, with labels from the run's config.
+    `skipped` says why an item will never be ticked (a backup with no backup target)."""
     done = {i.key: i for i in session.exec(select(ChecklistItem).where(ChecklistItem.run_id == run.id))}
+    no_target = backup_target(run.config) is None
     return [{"key": key, "label": checklist_label(key, run.config),
              "detail": done[key].detail if key in done else None,
-             "verified_at": done[key].verified_at if key in done else None}
+             "verified_at": done[key].verified_at if key in done else None,
+             "failed": key in done and done[key].failed,
+             "skipped": "no backup target" if key == "smoke.backup" and no_target and key not in done else None}
             for key in checklist_keys(run.config)]
 
 
@@ -137,6 +146,8 @@ def queue_command(session: Session, run: Run, kind: str) -> Command:
     """Commands reach the worker in its next heartbeat; a pending one is not duplicated."""
     if run.status != "running":
         raise Conflict(f"run {run.id} is {run.status}; only a running run takes a {kind} command")
+    if kind == "backup" and backup_target(run.config) is None:
+        raise Conflict(f"run {run.id} has {NO_BACKUP_TARGET}")
     pending = pending_commands(session, run.id, kind)
     command = pending[0] if pending else None
     if command is None:
@@ -178,28 +189,13 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
                         .order_by(col(MetricPoint.key), col(MetricPoint.step)))
     for key, step, value, wall_time in rows:
         metrics.setdefault(key, []).append([step, value, wall_time])
+    nonfinite: dict[str, list[list[Any]]] = {}  # [step, "nan" | "inf" | "-inf", wall_time]
+    for point in session.exec(select(MetricNonFinite).where(MetricNonFinite.run_id == run.id)
+                              .order_by(col(MetricNonFinite.key), col(MetricNonFinite.step))):
+        nonfinite.setdefault(point.key, []).append([point.step, point.value, point.wall_time])
     events = session.exec(select(Event).where(Event.run_id == run.id).order_by(col(Event.id)))
     return {"run": run_summary(run), "config": run.config, "checklist": checklist(session, run),
-            "metrics": metrics,
+            "metrics": metrics, "nonfinite_metrics": nonfinite,
             "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "events": [event_dict(e) for e in events]}
-
-
-def results_markdown(session: Session) -> str:
-    """Paper vs. reproduction for every run with a final evaluation (its latest one);
-    demo runs are left out, as they train on locally made data."""
-    lines = ["| task | paper | mine | difference |", "| --- | --- | --- | --- |"]
-    finals = session.exec(select(Evaluation, Run).join(Run, col(Run.id) == Evaluation.run_id)
-                          .where(Evaluation.kind == "final", col(Run.is_demo).is_(False))
-                          .order_by(col(Run.task), col(Run.id), col(Evaluation.id)))
-    latest: dict[int, tuple[Evaluation, Run]] = {}
-    for evaluation, run in finals:
-        latest[run.id] = (evaluation, run)
-    for evaluation, run in latest.values():
-        paper = TASKS[run.task].paper_r1
-        label = run_label(run)
-        diff = evaluation.score_mean - paper.mean
-        lines.append(f"| {label} | {paper.mean:.1f} ± {paper.sem:.1f} | "
-                     f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f} | {diff:+.1f} |")
-    return "\n".join(lines) + "\n"

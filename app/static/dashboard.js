@@ -97,9 +97,10 @@ const Dashboard = (() => {
       general.hidden = true;
       const config = {};
       form.querySelectorAll("input[data-type]").forEach((input) => {
-        if (input.value !== input.defaultValue) config[input.name] = readValue(input);
+        if (input.value.trim() !== input.dataset.default) config[input.name] = readValue(input);
       });
-      const body = {task: form.task.value, name: form.name.value.trim() || null, config};
+      const body = {task: form.task.value, name: form.name.value.trim() || null, config,
+                    is_demo: form.dataset.demo === "true"};
       const button = form.querySelector("button[type=submit]");
       button.disabled = true;
       try {
@@ -132,79 +133,139 @@ const Dashboard = (() => {
 
   // ---- run page charts ---------------------------------------------------------------
 
-  function ema(values, alpha, start) {
+  const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+  const SPARSE = 40;  // a series with fewer points is drawn with markers, so one point shows
+  // Plotly's own config for every chart: no logo link and no "Share chart" button (it uploads
+  // the run's data to Plotly's cloud); double-click returns to the shared range.
+  const PLOT_CONFIG = {responsive: true, displaylogo: false, showSendToCloud: false, showEditInChartStudio: false,
+                       doubleClick: "autosize",
+                       modeBarButtonsToRemove: ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]};
+
+  // TensorBoard's smoothing: an exponential moving average started at 0 and divided by
+  // (1 - weight^n), so the start-up bias toward 0 is removed and early points are not flattened.
+  function smoothed(values, weight) {
     const out = new Array(values.length);
-    let s = start;
+    let last = 0;
+    let n = 0;
     for (let i = 0; i < values.length; i++) {
-      s = s === undefined ? values[i] : alpha * s + (1 - alpha) * values[i];
-      out[i] = s;
+      const v = values[i];
+      if (!Number.isFinite(v)) { out[i] = v; continue; }
+      last = last * weight + (1 - weight) * v;
+      n += 1;
+      out[i] = last / (1 - Math.pow(weight, n));
     }
     return out;
   }
 
   function runCharts(paper) {
-    const state = {smoothing: 0, x: "step", logY: true};
-    const series = {};  // key -> {steps, values, walls, last smoothed value}
+    const slider = document.getElementById("smoothing");
+    const state = {smoothing: Number(slider.value), x: "step", logY: true, xRange: null};
+    const series = {};  // key -> {steps, values, walls}
     const charts = [...document.querySelectorAll(".plot")].map((div) => ({
-      div, keys: div.dataset.keys.split(","), title: div.dataset.title,
-      logY: div.dataset.logY === "true", isScore: div.id === "chart-score",
+      div, keys: div.dataset.keys.split(","), logY: div.dataset.logY === "true",
+      smooth: div.dataset.smooth === "true", isScore: div.id === "chart-score",
     }));
     const status = document.getElementById("charts-status");
 
     // Always new arrays: Plotly keeps the ones it is given, and `series` keeps growing.
-    const xOf = (steps, walls) => (state.x === "step" ? steps.slice() : walls.map((w) => new Date(w * 1000)));
-    const smooth = (key, values, continuing) => {
-      const s = series[key];
-      const start = continuing ? s.smoothed : undefined;
-      const out = state.smoothing > 0 ? ema(values, state.smoothing, start) : values.slice();
-      if (out.length) s.smoothed = out[out.length - 1];
+    const xOf = (s) => (state.x === "step" ? s.steps.slice() : s.walls.map((w) => new Date(w * 1000)));
+
+    // One x range for every chart of the run: the user's zoom, else all data with a margin.
+    function sharedRange() {
+      if (state.xRange) return state.xRange;
+      const scale = state.x === "step" ? 1 : 1000;
+      let lo = Infinity;
+      let hi = -Infinity;
+      for (const s of Object.values(series)) {
+        const xs = state.x === "step" ? s.steps : s.walls;
+        if (xs.length) { lo = Math.min(lo, xs[0]); hi = Math.max(hi, xs[xs.length - 1]); }
+      }
+      if (lo > hi) return null;
+      const pad = hi > lo ? (hi - lo) * 0.02 : (state.x === "step" ? 1 : 60);
+      return [(lo - pad) * scale, (hi + pad) * scale];
+    }
+
+    function traces(chart) {
+      const out = [];
+      chart.keys.forEach((key, i) => {
+        const s = series[key];
+        const color = COLORS[i % COLORS.length];
+        const mode = s.steps.length < SPARSE ? "lines+markers" : "lines";
+        const smooth = chart.smooth && state.smoothing > 0;
+        if (smooth) {  // the raw curve, faded, under the smoothed one
+          out.push({name: `${key} (raw)`, type: "scatter", mode, x: xOf(s), y: s.values.slice(), legendgroup: key,
+                    showlegend: false, opacity: 0.25, line: {color, width: 1}, marker: {color, size: 4}});
+        }
+        out.push({name: key, type: "scatter", mode, x: xOf(s), legendgroup: key,
+                  y: smooth ? smoothed(s.values, state.smoothing) : s.values.slice(),
+                  line: {color, width: 1.8}, marker: {color, size: 6}});
+      });
+      // evaluations (quick and final, with their spread) and a published reference curve, from lab.js
+      if (chart.isScore && state.x === "step") out.push(...scoreExtras.map((t) => ({...t})));
       return out;
-    };
+    }
 
     function draw(chart) {
-      const traces = chart.keys.map((key) => {
-        const s = series[key];
-        return {name: key, type: "scatter", mode: chart.isScore ? "lines+markers" : "lines",
-                x: xOf(s.steps, s.walls), y: smooth(key, s.values, false), line: {width: 1.5}};
-      });
-      const empty = chart.keys.every((k) => !series[k].steps.length);
+      const empty = chart.keys.every((k) => !series[k].steps.length) && !(chart.isScore && scoreExtras.length);
+      const logY = chart.logY && state.logY;
+      const range = sharedRange();
+      const showPaper = chart.isScore && paper !== null && !empty;
+      const extra = chart.isScore ? scoreExtras.length : 0;
+      const legend = chart.keys.length > 1 || extra > 0;
       const layout = {
-        title: {text: chart.title, font: {size: 14}}, autosize: true, height: 320,
-        margin: {l: 50, r: 10, t: 40, b: 70}, legend: {orientation: "h", y: -0.35},
+        autosize: true, height: empty ? 120 : 280 + (legend ? 20 * extra : 0),
+        margin: {l: 60, r: 12, t: 30, b: legend ? 72 : 44},
+        showlegend: legend, legend: {orientation: "h", x: 0, y: -0.28},
         uirevision: `${state.x}-${state.logY}`,
-        xaxis: {title: {text: state.x === "step" ? "step" : "wall time"}, type: state.x === "step" ? "linear" : "date"},
-        yaxis: {type: chart.logY && state.logY ? "log" : "linear"},
-        annotations: empty ? [{text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5}] : [],
-        shapes: chart.isScore ? [{type: "line", xref: "paper", x0: 0, x1: 1, y0: paper, y1: paper,
-                                  line: {dash: "dash", width: 1}}] : [],
+        xaxis: {visible: !empty, title: {text: state.x === "step" ? "step" : "wall time", standoff: 4},
+                type: state.x === "step" ? "linear" : "date", autorange: !range, range: range || undefined},
+        // full numbers on log axes (0.02, 0.05, 0.1): without a format Plotly labels the
+        // ticks between powers of ten with their first digit only ("2", "5")
+        yaxis: {visible: !empty, type: logY ? "log" : "linear", tickformat: logY ? "~g" : "", automargin: true},
+        annotations: empty ? [{text: "no data yet", showarrow: false, xref: "paper", yref: "paper",
+                               x: 0.5, y: 0.5, font: {size: 16, color: "#4b5563"}}] : [],
+        shapes: showPaper ? [{type: "line", xref: "paper", x0: 0, x1: 1, y0: paper, y1: paper,
+                              line: {dash: "dash", width: 1}}] : [],
       };
-      if (chart.isScore) {
+      if (showPaper) {
         layout.annotations.push({text: `paper ${paper}`, showarrow: false, xref: "paper", x: 1,
                                  xanchor: "right", y: paper, yanchor: "bottom"});
       }
-      chart.empty = empty;
-      Plotly.react(chart.div, traces, layout, {responsive: true, displaylogo: false});
+      chart.div.dataset.empty = empty ? "true" : "false";
+      return Plotly.react(chart.div, empty ? [] : traces(chart), layout, PLOT_CONFIG);
     }
 
-    // New points only (step beyond the newest drawn), appended without touching the zoom.
+    const redraw = () => charts.forEach(draw);
+    let scoreExtras = [];
+    const setScoreExtras = (extra) => { scoreExtras = extra; redraw(); };
+
+    // New points only (step beyond the newest drawn). Every chart is redrawn, since the
+    // shared x range may have grown; a zoom the user chose is kept (state.xRange).
     function append(points) {
-      const fresh = {};
+      let fresh = false;
       for (const p of points) {
         const s = series[p.key];
         if (!s) continue;
         const lastStep = s.steps.length ? s.steps[s.steps.length - 1] : -1;
         if (p.step <= lastStep) continue;
         s.steps.push(p.step); s.values.push(p.value); s.walls.push(p.wall_time);
-        (fresh[p.key] = fresh[p.key] || []).push(p);
+        fresh = true;
       }
-      for (const chart of charts) {
-        const idx = chart.keys.map((k, i) => (fresh[k] ? i : -1)).filter((i) => i >= 0);
-        if (!idx.length) continue;
-        if (chart.empty) { draw(chart); continue; }
-        const xs = idx.map((i) => { const f = fresh[chart.keys[i]]; return xOf(f.map((p) => p.step), f.map((p) => p.wall_time)); });
-        const ys = idx.map((i) => smooth(chart.keys[i], fresh[chart.keys[i]].map((p) => p.value), true));
-        Plotly.extendTraces(chart.div, {x: xs, y: ys}, idx);
+      if (fresh) redraw();
+    }
+
+    // A zoom or pan on one chart moves all of them; a double-click goes back to all data.
+    function followZoom(event) {
+      if (event["xaxis.autorange"]) {
+        state.xRange = null;
+      } else if (event["xaxis.range[0]"] !== undefined) {
+        state.xRange = [event["xaxis.range[0]"], event["xaxis.range[1]"]];
+      } else if (Array.isArray(event["xaxis.range"])) {
+        state.xRange = event["xaxis.range"].slice();
+      } else {
+        return;
       }
+      redraw();
     }
 
     async function load(runId) {
@@ -219,26 +280,32 @@ const Dashboard = (() => {
         status.textContent = `Could not load the charts: ${e.message}`;
         status.classList.add("error");
       }
-      charts.forEach(draw);
+      await Promise.all(charts.map(draw));
+      charts.forEach((chart) => chart.div.on("plotly_relayout", followZoom));
     }
 
-    const redraw = () => charts.forEach(draw);
     document.getElementById("log-y").addEventListener("change", (e) => { state.logY = e.target.checked; redraw(); });
-    document.getElementById("x-axis").addEventListener("change", (e) => { state.x = e.target.value; redraw(); });
-    const slider = document.getElementById("smoothing");
+    document.getElementById("x-axis").addEventListener("change", (e) => {
+      state.x = e.target.value;
+      state.xRange = null;
+      redraw();
+    });
     slider.addEventListener("input", () => {
       state.smoothing = Number(slider.value);
       document.getElementById("smoothing-value").textContent = slider.value;
       redraw();
     });
-    return {load, append};
+    return {load, append, setScoreExtras};
   }
 
   function runPage(panels) {
     const runId = panels.dataset.runId;
-    const charts = runCharts(Number(panels.dataset.paper));
+    const charts = runCharts(panels.dataset.paper === "" ? null : Number(panels.dataset.paper));
     const loaded = charts.load(runId);
+    const extras = () => typeof Lab !== "undefined" && loaded.then(() => Lab.runScoreExtras(runId, charts.setScoreExtras));
+    extras();
     const refresh = liveFragment(panels, (message) => {
+      if (message.type === "evaluation") extras();
       if (message.type !== "metrics") return true;
       loaded.then(() => charts.append(message.data.points));
       return false;  // metric points never change the panels

@@ -1,0 +1,91 @@
+"""Pages for working over many runs: sweeps (queue and follow), results over seeds, and
+runs compared side by side. Like the other pages, all markup comes from templates;
+lab.js only posts forms and draws the comparison's charts from GET /api/compare."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse
+
+from app.auth import require_page
+from app.db import Database
+from app.deps import get_db
+from app.protocol import MAX_INT
+from app.errors import not_found_page
+from app.routes.pages import _page
+from app.routes.responses import PAGE_NOT_FOUND, TO_LOGIN
+from app.services import NotFound, compare, results, sweeps
+from app.services.claims import sweep_leases
+from dlite.config import schema
+from dlite.tasks import REFERENCE_CURVES, TASKS
+
+router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"], responses=TO_LOGIN)
+
+
+@router.get("/sweeps", response_class=HTMLResponse)
+def sweeps_page(request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
+    """The sweeps with their progress, and the form that queues a new one."""
+    sweep_leases(db)
+    with db.read() as session:
+        listed = sweeps.list_sweeps(session)
+    fields = [f for f in schema() if f["name"] not in sweeps.SWEEP_KEYS]
+    return _page(request, "sweeps.html", {"sweeps": listed, "tasks": list(TASKS), "fields": fields})
+
+
+def _sweep_context(db: Database, sweep_id: int) -> dict[str, Any] | None:
+    sweep_leases(db)
+    with db.read() as session:
+        try:
+            sweep = sweeps.sweep_detail(session, sweeps.get_sweep(session, sweep_id))
+        except NotFound:
+            return None
+        return {"sweep": sweep, "rows": results.aggregate(session, sweep_id)}
+
+
+@router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
+def sweep_page(sweep_id: int, request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
+    context = _sweep_context(db, sweep_id)
+    if context is None:
+        return not_found_page(request, f"There is no sweep {sweep_id}.")
+    return _page(request, "sweep.html", context)
+
+
+@router.get("/sweeps/{sweep_id:int}/progress", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
+def sweep_progress(sweep_id: int, request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
+    """The part of the sweep page that the runs stream refreshes."""
+    context = _sweep_context(db, sweep_id)
+    if context is None:
+        return not_found_page(request, f"There is no sweep {sweep_id}.")
+    return _page(request, "_sweep_progress.html", context)
+
+
+@router.get("/results", response_class=HTMLResponse)
+def results_page(request: Request, db: Database = Depends(get_db),
+                 sweep: Optional[int] = Query(None, ge=1, le=MAX_INT)) -> HTMLResponse:
+    with db.read() as session:
+        rows = results.aggregate(session, sweep)
+    return _page(request, "results.html", {"rows": rows, "sweep": sweep})
+
+
+@router.get("/compare", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
+def compare_page(request: Request, db: Database = Depends(get_db),
+                 runs: str = Query("", max_length=400)) -> HTMLResponse:
+    """The runs' table and differing config keys come with the page; the charts' data
+    from GET /api/compare, the same answer scripts get."""
+    try:
+        ids = compare.parse_ids(runs)
+    except ValueError as e:
+        return not_found_page(request, f"Cannot compare: {e}. Tick runs in the runs list and press Compare.")
+    with db.read() as session:
+        try:
+            picked = compare.get_runs(session, ids)
+        except NotFound as e:
+            return not_found_page(request, f"Cannot compare: {e}.")
+        table = [{"id": r.id, "label": compare.label(r), "task": r.task, "status": r.status,
+                  "variant": r.config.get("variant"), "seed": r.config.get("seed"), "step": r.step} for r in picked]
+        diff = compare.config_diff(picked)
+    references = {r.task: REFERENCE_CURVES[r.task] for r in picked if r.task in REFERENCE_CURVES and not r.is_demo}
+    return _page(request, "compare.html", {"runs": table, "diff": diff, "ids": ",".join(map(str, ids)),
+                                           "charts": compare.COMPARED, "references": references})

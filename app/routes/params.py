@@ -1,0 +1,16 @@
+"""Path and query parameters shared by the routes, each bounded at the edge: an integer
+the database cannot hold would otherwise reach a query and fail there (a 500); here it
+is a 422 naming the parameter."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path, Query
+
+from app.protocol import MAX_INT, SHORT_TEXT
+
+RunId = Annotated[int, Path(ge=1, le=MAX_INT, description="the run's id")]
+CommandId = Annotated[int, Path(ge=1, le=MAX_INT, description="the command's id")]
+WorkerId = Annotated[str, Path(min_length=1, max_length=SHORT_TEXT, description="the id /workers/register gave")]
+Since = Annotated[int, Query(ge=0, le=MAX_INT, description="only what came after this id")]

@@ -1,0 +1,141 @@
+"""Runs side by side, and every chart's data as a table (CSV or JSON).
+
+A chart's table holds what the chart draws: metric charts the downsampled series of each
+run (columns run, key, step, value, wall time); the score chart each run's evaluations
+(quick or final, R1 or R2, with their spread over episodes) and, for a task that has
+one, the published reference curve. A run's whole metric history is `metric_history`.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from app.db import Database
+from app.models import MetricNonFinite, MetricPoint, Run
+from app.services import NotFound
+from app.services.dashboard import CHARTS
+from app.services.metrics import chart_series, metric_keys
+from app.services.runs import evaluations, get_run, run_summary
+from dlite.tasks import REFERENCE_CURVES
+
+MAX_COMPARED = 12
+METRIC_CHARTS = {c["id"]: c for c in CHARTS if c["id"] != "score"}
+SCORE = {"id": "score", "title": "Normalised score (evaluations)"}
+CHART_IDS = (*METRIC_CHARTS, SCORE["id"])
+COMPARED = (("loss", METRIC_CHARTS["loss"]["title"]), ("invdyn", METRIC_CHARTS["invdyn"]["title"]),
+            (SCORE["id"], SCORE["title"]))
+"""The charts of the comparison page: (id, title)."""
+METRIC_COLUMNS = ["run_id", "run", "key", "step", "value", "wall_time"]
+SCORE_COLUMNS = ["run_id", "run", "kind", "variant", "step", "score_mean", "score_std", "n_episodes", "source"]
+
+
+def parse_ids(text: str) -> list[int]:
+    """`1,2,3` into run ids, in order, without repeats; a bad list raises ValueError saying why."""
+    ids: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part.isdigit() or not 0 < int(part) < 2**63:
+            raise ValueError(f"{part!r} is not a run id; give run ids separated by commas, e.g. runs=3,7")
+        if int(part) not in ids:
+            ids.append(int(part))
+    if not 1 <= len(ids) <= MAX_COMPARED:
+        raise ValueError(f"compare 1 to {MAX_COMPARED} runs at a time ({len(ids)} given)")
+    return ids
+
+
+def get_runs(session: Session, ids: list[int]) -> list[Run]:
+    return [get_run(session, i) for i in ids]
+
+
+def label(run: Run) -> str:
+    return f"#{run.id} {run.name or run.task}"
+
+
+def config_diff(runs: list[Run]) -> list[dict[str, Any]]:
+    """The config keys (and task) whose values are not the same in every run."""
+    keys = ["task", *sorted({k for r in runs for k in r.config} - {"task"})]
+    values = {k: [r.task if k == "task" else r.config.get(k) for r in runs] for k in keys}
+    return [{"key": k, "values": v} for k, v in values.items() if len({repr(x) for x in v}) > 1]
+
+
+def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: int) -> dict[str, Any]:
+    """One chart's data for these runs: title, columns and rows."""
+    if chart_id == SCORE["id"]:
+        rows = [[r.id, label(r), e.kind, e.variant, e.step, e.score_mean, e.score_std, len(e.scores), "this lab"]
+                for r in runs for e in evaluations(session, r.id)]
+        for task in dict.fromkeys(r.task for r in runs if not r.is_demo):  # demo data is not D4RL's
+            curve = REFERENCE_CURVES.get(task)
+            if curve is not None:
+                rows += [[None, f"reference: {task}", "reference", curve.variant, step, score, None, None,
+                          curve.source] for step, score in zip(curve.steps, curve.scores)]
+        return {"chart": SCORE["id"], "title": SCORE["title"], "columns": SCORE_COLUMNS, "rows": rows}
+    if chart_id not in METRIC_CHARTS:
+        raise NotFound(f"no chart {chart_id!r}; the charts are {', '.join(CHART_IDS)}")
+    chart = METRIC_CHARTS[chart_id]
+    rows = []
+    for run in runs:
+        for key in chart["keys"]:
+            s = chart_series(session, run.id, key, max_points)
+            rows += [[run.id, label(run), key, step, value, wall]
+                     for step, value, wall in zip(s["steps"], s["values"], s["wall_times"])]
+    return {"chart": chart_id, "title": chart["title"], "columns": METRIC_COLUMNS, "rows": rows,
+            "log_y": chart["log_y"]}
+
+
+def comparison(session: Session, runs: list[Run], max_points: int) -> dict[str, Any]:
+    """Everything the comparison page draws, in one answer."""
+    return {"runs": [{**run_summary(r), "label": label(r), "config": r.config} for r in runs],
+            "config_diff": config_diff(runs),
+            "charts": {c: chart_table(session, runs, c, max_points) for c, _ in COMPARED}}
+
+
+def to_csv(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[str]:
+    """CSV text, a chunk per row, so a long history streams instead of sitting in memory."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    yield buffer.getvalue()
+    for row in rows:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow("" if v is None else v for v in row)
+        yield buffer.getvalue()
+
+
+HISTORY_COLUMNS = ["key", "step", "value", "wall_time"]
+HISTORY_CHUNK = 20_000
+
+
+def metric_history(db: Database, run_id: int) -> Iterator[list[Any]]:
+    """Every recorded point of the run, by key and step, NaN and infinities as text. Read
+    in chunks, each in its own short transaction: a million-point history neither sits in
+    memory nor holds a read transaction open while a slow client downloads it."""
+    with db.read() as session:
+        keys = sorted(set(metric_keys(session, run_id)) | set(session.exec(
+            select(MetricNonFinite.key).where(MetricNonFinite.run_id == run_id).distinct())))
+    for key in keys:
+        with db.read() as session:
+            nonfinite = [[key, p.step, p.value, p.wall_time] for p in session.exec(
+                select(MetricNonFinite).where(MetricNonFinite.run_id == run_id, MetricNonFinite.key == key)
+                .order_by(col(MetricNonFinite.step)))]
+        yield from heapq.merge(_finite(db, run_id, key), nonfinite, key=lambda r: r[1])
+
+
+def _finite(db: Database, run_id: int, key: str) -> Iterator[list[Any]]:
+    after = None
+    while True:
+        with db.read() as session:
+            stmt = select(MetricPoint.step, MetricPoint.value, MetricPoint.wall_time).where(
+                MetricPoint.run_id == run_id, MetricPoint.key == key)
+            if after is not None:
+                stmt = stmt.where(col(MetricPoint.step) > after)
+            rows = list(session.exec(stmt.order_by(col(MetricPoint.step)).limit(HISTORY_CHUNK)))
+        yield from ([key, step, value, wall] for step, value, wall in rows)
+        if len(rows) < HISTORY_CHUNK:
+            return
+        after = rows[-1][0]

@@ -1,0 +1,286 @@
+"""R2, the paper's one-step variant: reflow the trained R1 level models (spec section 7).
+
+Pairs: per level, windows drawn as in training give the fixed points, standard-normal
+noise x1 is integrated 20 Euler steps by the R1 EMA model into a plan x0, conditioned on
+the window's value (or, for the unconditional share, on nothing). Reflow then fine-tunes
+each level to go from the stored x1 to its x0, which straightens the flow so one Euler
+step plans.
+
+Pairs are R2's bulk data (GBs at the paper's sizes), so they live in memory-mapped files
+in the run folder, never in a backup. Each batch is generated from a seed derived from
+the run seed, its level and its index: an interrupted generation resumes at its next
+batch, and a fresh machine regenerates exactly the same pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dlite import checkpoint
+from dlite.config import Config
+from dlite.dataset import WindowDataset
+from dlite.flow import fix_mask, flow_loss, sample
+from dlite.model import DiffuserLite
+from dlite.train import Trainer, set_rng_state
+
+PAIRS_FORMAT = "dlite-reflow-pairs-v1"
+MANIFEST = "manifest.json"
+
+PairProgress = Callable[[int, int, int], None]
+"""(level, pairs done in that level, pairs per level)."""
+
+
+class PairsError(RuntimeError):
+    """Pair files that belong to another R1 model or other settings, or are incomplete."""
+
+
+def weights_digest(model: DiffuserLite) -> str:
+    """sha256 of the EMA level weights: names the R1 model the pairs came from,
+    whichever file or machine it was loaded from."""
+    h = hashlib.sha256()
+    for name, tensor in model.ema_levels.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Everything that decides the pairs' content; a folder holding other pairs is refused."""
+
+    r1_weights: str
+    dataset: str
+    n_cond: int
+    n_uncond: int
+    steps: int
+    batch: int
+    seed: int
+    horizons: tuple[int, ...]
+    obs_dim: int
+
+    @classmethod
+    def of(cls, cfg: Config, model: DiffuserLite, data: WindowDataset) -> "PairSpec":
+        return cls(weights_digest(model), data.fingerprint, cfg.reflow_pairs_cond, cfg.reflow_pairs_uncond,
+                   cfg.reflow_pair_steps, cfg.reflow_pair_batch, cfg.seed, tuple(cfg.horizons), data.obs_dim)
+
+    @property
+    def total(self) -> int:
+        return self.n_cond + self.n_uncond
+
+    def batches(self) -> list[tuple[bool, int, int]]:
+        """(conditional, first index, size) of every batch: conditional pairs first."""
+        out = []
+        for conditional, first, count in ((True, 0, self.n_cond), (False, self.n_cond, self.n_uncond)):
+            out += [(conditional, first + i * self.batch, min(self.batch, count - i * self.batch))
+                    for i in range(math.ceil(count / self.batch))]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "horizons": list(self.horizons)}
+
+
+_SHOWN = {"r1_weights": "R1 weights", "dataset": "dataset", "n_cond": "reflow_pairs_cond",
+          "n_uncond": "reflow_pairs_uncond", "steps": "reflow_pair_steps", "batch": "reflow_pair_batch"}
+"""How a PairSpec field is named to the user: by its setting."""
+
+
+def _batch_seed(seed: int, level: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, level, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class PairStore:
+    """x0 and x1 (N, horizon, obs_dim) and value (N, 1) per level, memory-mapped from
+    `folder`; the manifest counts the finished batches of each level."""
+
+    def __init__(self, folder: Path, spec: PairSpec) -> None:
+        self.folder, self.spec = folder, spec
+        self.done = [0] * len(spec.horizons)
+        manifest = folder / MANIFEST
+        if manifest.exists():
+            saved = json.loads(manifest.read_text())
+            if saved.get("format") != PAIRS_FORMAT or saved.get("spec") != spec.to_json():
+                differ = sorted(_SHOWN.get(k, k) for k, v in spec.to_json().items()
+                                if saved.get("spec", {}).get(k) != v)
+                raise PairsError(f"{folder} holds reflow pairs of another R1 model or other settings "
+                                 f"({', '.join(differ) or 'file format'} differ); delete the folder to regenerate")
+            self.done = saved["done"]
+
+    def _path(self, level: int, name: str) -> Path:
+        return self.folder / f"level{level}_{name}.npy"
+
+    def _arrays(self, level: int, mode: str) -> dict[str, np.memmap]:
+        n, h, o = self.spec.total, self.spec.horizons[level], self.spec.obs_dim
+        shapes = {"x0": (n, h, o), "x1": (n, h, o), "value": (n, 1)}
+        return {name: np.lib.format.open_memmap(self._path(level, name), mode=mode, dtype=np.float32, shape=shape)
+                if mode == "w+" else np.load(self._path(level, name), mmap_mode=mode)
+                for name, shape in shapes.items()}
+
+    @property
+    def complete(self) -> bool:
+        return all(d == len(self.spec.batches()) for d in self.done)
+
+    @property
+    def pairs_done(self) -> int:
+        batches = self.spec.batches()
+        return sum(sum(size for _, _, size in batches[:d]) for d in self.done)
+
+    def _write_manifest(self) -> None:
+        tmp = self.folder / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps({"format": PAIRS_FORMAT, "spec": self.spec.to_json(), "done": self.done}))
+        os.replace(tmp, self.folder / MANIFEST)
+
+    @torch.no_grad()
+    def generate(self, model: DiffuserLite, data: WindowDataset, progress: PairProgress | None = None,
+                 should_stop: Callable[[], bool] = lambda: False) -> bool:
+        """Generate the missing batches; returns False if stopped before the end. Each
+        batch is flushed before the manifest counts it, so a crash loses at most one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        batches = self.spec.batches()
+        devices = [data.device] if data.device.type == "cuda" else []
+        for level, (net, points) in enumerate(zip(model.ema_levels, self.spec.horizons)):
+            if self.done[level] == len(batches):
+                continue
+            arrays = self._arrays(level, "r+" if self.done[level] else "w+")
+            mask = fix_mask(points, data.obs_dim, level, data.device)
+            net.eval()
+            for index in range(self.done[level], len(batches)):
+                if should_stop():
+                    return False
+                conditional, first, size = batches[index]
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(_batch_seed(self.spec.seed, level, index))
+                    windows, values, _ = data.sample_level(level, size)
+                    x1 = torch.randn_like(windows)
+                    x0 = sample(net, windows * mask, mask, values, self.spec.steps, 1.0,
+                                1.0 if conditional else 0.0, noise=x1)
+                for name, tensor in (("x0", x0), ("x1", x1), ("value", values)):
+                    arrays[name][first:first + size] = tensor.float().cpu().numpy()
+                for array in arrays.values():
+                    array.flush()
+                self.done[level] = index + 1
+                self._write_manifest()
+                if progress:
+                    progress(level, first + size, self.spec.total)
+            del arrays
+        return True
+
+    def tensors(self, device: torch.device) -> list[dict[str, torch.Tensor]]:
+        """The pairs of every level as tensors: on the GPU when training there (they fit
+        a T4 at the paper's sizes), else views of the memory-mapped files."""
+        if not self.complete:
+            raise PairsError(f"{self.folder} holds {self.pairs_done} of {self.spec.total * len(self.done)} "
+                             f"reflow pairs; generate the rest first")
+        out = []
+        for level in range(len(self.spec.horizons)):
+            arrays = self._arrays(level, "c")  # copy-on-write: writable views, the files stay as they are
+            out.append({name: torch.from_numpy(np.asarray(a)).to(device) if device.type != "cpu"
+                        else torch.from_numpy(a) for name, a in arrays.items()})
+        return out
+
+
+def load_r1(state: dict[str, Any], cfg: Config, data: WindowDataset, path: Path) -> DiffuserLite:
+    """The R1 model of a checkpoint, checked against the dataset it will reflow on."""
+    if checkpoint.variant_of(state) != "R1":
+        raise checkpoint.CheckpointError(f"{path} is an R2 checkpoint; reflow starts from an R1 checkpoint")
+    if state["dataset"]["fingerprint"] != data.fingerprint:
+        raise checkpoint.CheckpointError(f"{path} was trained on another dataset; reflow on the same file")
+    model = DiffuserLite(cfg, data.obs_dim, data.act_dim).to(data.device)
+    model.load_state_dict(state["model"])
+    return model
+
+
+class ReflowTrainer(Trainer):
+    """Fine-tunes the three level models on stored pairs, from the R1 weights (training
+    and EMA), with a fresh AdamW at a constant rate: the reference sets a 2e-5 rate on an
+    attribute its optimiser never reads, so it trained at 2e-4 (reflow_lr). Every
+    `reflow_uncond_every`-th step trains on unconditional pairs. Inverse dynamics is R1's.
+    Checkpoints hold the full state and resume bit-exactly, like R1's.
+
+    Steps continue R1's count (reflow step k of an R1 model trained n steps is step n + k),
+    so checkpoints, curves and backups of one run never reuse a step."""
+
+    loss_keys = ("loss0", "loss1", "loss2")
+    variant = "R2"
+
+    def __init__(self, cfg: Config, data: WindowDataset, pairs: PairStore, r1: DiffuserLite, r1_step: int,
+                 out_dir: Path | None = None, compile: bool = False, amp: bool = False) -> None:
+        super().__init__(cfg, data, out_dir, compile=compile, amp=amp)
+        self.model.load_state_dict(r1.state_dict())
+        self.start_step = self.step = r1_step
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.reflow_lr,
+                                       weight_decay=cfg.weight_decay, **fused)
+        self.pair_spec = pairs.spec
+        self.pairs = pairs.tensors(self.device)
+
+    @property
+    def total_steps(self) -> int:
+        return self.start_step + self.cfg.reflow_gradient_steps
+
+    def lr(self) -> float:
+        return self.cfg.reflow_lr
+
+    def conditional_step(self) -> bool:
+        every = self.cfg.reflow_uncond_every
+        return (self.step - self.start_step) % every != every - 1
+
+    def _batch(self, conditional: bool) -> list[tuple[torch.Tensor, ...]]:
+        """(x0, x1, value) per level, drawn from the conditional or unconditional pairs."""
+        lo, hi = (0, self.pair_spec.n_cond) if conditional else (self.pair_spec.n_cond, self.pair_spec.total)
+        out = []
+        for level in self.pairs:
+            index = torch.randint(lo, hi, (self.cfg.batch_size,))
+            out.append(tuple(level[k][index.to(level[k].device)].to(self.device, non_blocking=True)
+                             for k in ("x0", "x1", "value")))
+        return out
+
+    def _compute_losses(self, batch: list[tuple[torch.Tensor, ...]], conditional: bool) -> torch.Tensor:
+        return torch.stack([flow_loss(net, x0, v, m, w, self.cfg.label_dropout, x1=x1, conditional=conditional)
+                            for net, (x0, x1, v), m, w in zip(self.model.levels, batch, self.masks, self.weights)])
+
+    def train_step(self) -> None:
+        """One reflow step of the three levels. No host sync."""
+        self.model.train()
+        conditional = self.conditional_step()
+        batch = self._batch(conditional)
+        with self.autocast():
+            losses = self._losses(batch, conditional)
+        self.optim.zero_grad(set_to_none=True)
+        self.scaler.scale(losses.sum()).backward()
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        self.model.update_ema(self.cfg.ema_rate)
+        self.loss_sum += losses.detach().float()
+        self.loss_count += 1
+        self.step += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {k: v for k, v in super().state_dict().items() if k not in ("sched", "invdyn_optim")}
+        return {**state, "variant": "R2", "pairs": self.pair_spec.to_json(), "r1_step": self.start_step}
+
+    def load_state(self, state: dict[str, Any], path: Path) -> None:
+        """Continue a reflow run; refuses R1 checkpoints and other pairs or settings."""
+        if checkpoint.variant_of(state) != "R2":
+            raise checkpoint.CheckpointError(f"{path} is not a reflow (R2) checkpoint")
+        if state["pairs"] != self.pair_spec.to_json() or state["r1_step"] != self.start_step:
+            raise checkpoint.CheckpointError(f"{path} was reflowed on other pairs (another R1 model or pair "
+                                             f"settings); resume with the same ones or start in a new folder")
+        checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path,
+                                    safe=checkpoint.RESUME_SAFE_FIELDS - checkpoint.REFLOW_TRAINING_FIELDS)
+        self._check_precision(state, path)
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = state["loss_count"]
+        self.step = state["step"]
+        set_rng_state(state["rng"])

@@ -1,0 +1,178 @@
+"""The comparison page and the results over seeds in a real browser (Debian's chromium via
+Playwright) against a real uvicorn server: pick two runs in the runs list, compare them,
+download chart data as CSV and JSON. Writes docs/compare-page.png and docs/results-table.png
+(the runs' numbers are made up by this test, around the paper's, to fill the pages)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+
+import httpx
+import pytest
+
+from tests.app_helpers import ROOT, LiveServer, register
+from tests.test_dashboard_browser import _login, browser  # noqa: F401  (fixture)
+from dlite.tasks import REFERENCE_CURVES, TASKS
+
+pytestmark = pytest.mark.browser
+STEPS = 100_000
+TASKS_SHOWN = ("halfcheetah-medium-expert-v2", "hopper-medium-v2", "walker2d-medium-replay-v2")
+
+
+def _post(api: httpx.Client, path: str, body: dict) -> None:
+    r = api.post(path, json=body)
+    assert r.status_code == 200, r.text
+
+
+def _play_run(api: httpx.Client, wid: str, rng: random.Random, variants: tuple[str, ...] = ("R1", "R2")) -> int:
+    """Claims the next run and gives it loss curves, quick evaluations and final evaluations."""
+    got = api.post(f"/api/workers/{wid}/claim").json()
+    rid, a, task = got["run_id"], {"attempt": got["attempt"]}, TASKS[got["task"]]
+    decay, noise = rng.uniform(3e-5, 6e-5), rng.uniform(0.02, 0.06)
+    points = [{"key": k, "step": s, "value": scale * (0.05 + math.exp(-decay * s)) * (1 + noise * math.sin(s / 700)),
+               "wall_time": 1.7e9 + s / 5} for s in range(0, STEPS + 1, 1000)
+              for k, scale in (("loss0", 1.0), ("loss1", 0.8), ("loss2", 0.6), ("invdyn_loss", 0.3))]
+    _post(api, f"/api/runs/{rid}/metrics", {**a, "points": points})
+    for step in range(10_000, STEPS + 1, 10_000):
+        level = task.paper_r1.mean * (1 - math.exp(-step / 25_000)) + rng.gauss(0, 3)
+        scores = [level + rng.gauss(0, 4) for _ in range(5)]
+        _post(api, f"/api/runs/{rid}/evaluations", {**a, "step": step, "kind": "quick", "variant": "R1",
+                                                     "score_mean": sum(scores) / 5, "score_std": _std(scores),
+                                                     "returns": scores, "scores": scores, "n_envs": 5, "n_episodes": 5})
+    for variant, paper, latency in (("R1", task.paper_r1, 18.0), ("R2", task.paper_r2, 7.0)):
+        if variant not in variants:
+            continue
+        run_mean = paper.mean + rng.gauss(-1.5, 3.0)  # seeds differ by more than episodes average out
+        scores = [run_mean + rng.gauss(0, 5.0) for _ in range(150)]
+        _post(api, f"/api/runs/{rid}/evaluations", {
+            **a, "step": STEPS, "kind": "final", "variant": variant, "score_mean": sum(scores) / len(scores),
+            "score_std": _std(scores), "returns": scores, "scores": scores, "n_envs": 50, "n_episodes": 3,
+            "latency_ms": latency * 3 * rng.uniform(0.95, 1.05), "latency_ms_1env": latency * rng.uniform(0.95, 1.05),
+            "device": "cpu (2 cores)"})
+    _post(api, f"/api/runs/{rid}/finish", {**a, "status": "succeeded"})
+    return rid
+
+
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServer, tmp_path) -> None:  # noqa: F811
+    with live_server.client() as api:
+        r = api.post("/api/sweeps", json={"name": "paper", "tasks": list(TASKS_SHOWN), "seeds": [0, 1, 2],
+                                          "variants": ["R2"], "config": {"diffusion_gradient_steps": STEPS,
+                                                                         "invdyn_gradient_steps": STEPS}})
+        assert r.status_code == 201, r.text
+        wid, rng = register(api), random.Random(11)
+        ids = [_play_run(api, wid, rng) for _ in r.json()["runs"]]
+        single = api.post("/api/runs", json={"task": "hopper-medium-expert-v2", "name": "one-seed", "config": {
+            "diffusion_gradient_steps": STEPS, "invdyn_gradient_steps": STEPS}}).json()["id"]
+        _play_run(api, wid, rng, ("R1",))
+        first, second = ids[0], ids[1]  # halfcheetah-medium-expert-v2, R2, seeds 0 and 1
+        expected_loss = api.get("/api/compare/charts/loss.json", params={"runs": f"{first},{second}"}).json()
+
+    page = _login(browser, live_server)
+    page.check(f"tr[data-run-id='{first}'] input.pick")
+    page.check(f"tr[data-run-id='{second}'] input.pick")
+    assert page.inner_text("#selected-count") == "2 selected"
+    page.click("#compare-selected")
+    page.wait_for_selector("#compare-charts[data-ready=true]")
+    assert page.url.endswith(f"/compare?runs={first},{second}")
+
+    traces = page.evaluate("['loss', 'invdyn', 'score'].map(id => document.getElementById('compare-' + id).data"
+                           ".map(t => ({name: t.name, n: t.x.length, color: t.line && t.line.color,"
+                           " symbol: t.marker && t.marker.symbol, dash: t.line && t.line.dash, meta: t.meta})))")
+    loss, invdyn, score = traces
+    assert len(loss) == 6 and {t["n"] for t in loss} == {STEPS // 1000 + 1}
+    assert len({t["color"] for t in loss}) == 2 and len({t["dash"] for t in loss}) == 3  # colour per run, dash per key
+    assert len(invdyn) == 2
+    curve = REFERENCE_CURVES["halfcheetah-medium-expert-v2"]
+    [reference] = [t for t in score if t["name"].startswith("reference")]
+    assert reference["n"] == len(curve.steps) and reference["dash"] == "dash" and reference["meta"] == curve.source
+    symbols = {t["name"].split(" · ")[1].split(" (")[0]: t["symbol"] for t in score if " · " in t["name"]}
+    assert symbols == {"quick R1": "circle-open", "final R1": "diamond", "final R2": "square"}
+    ranges = page.evaluate("[...document.querySelectorAll('.plot')].map(d => d._fullLayout.xaxis.range)")
+    assert all(r == ranges[0] for r in ranges), "shared step axis"
+    assert page.locator("table.config-diff code", has_text="seed").count() == 1
+
+    with page.expect_download() as download:
+        page.click("a[href^='/api/compare/charts/loss.csv']")
+    rows = list(csv.DictReader(io.StringIO(download.value.path().read_text())))
+    assert {int(r["run_id"]) for r in rows} == {first, second} and len(rows) == len(expected_loss["rows"])
+    assert [float(r["value"]) for r in rows] == [row[4] for row in expected_loss["rows"]]
+    with page.expect_download() as download:
+        page.click("a[href^='/api/compare/charts/score.json']")
+    table = json.loads(download.value.path().read_text())
+    kinds = {(row[0], row[2], row[3]) for row in table["rows"]}
+    assert {(first, "final", "R2"), (second, "quick", "R1"), (None, "reference", "R1")} <= kinds
+    with page.expect_download() as download:
+        page.click(f"a[href='/api/runs/{first}/metrics.csv']")
+    history = download.value.path().read_text().splitlines()
+    assert history[0] == "key,step,value,wall_time" and len(history) == 1 + 4 * (STEPS // 1000 + 1)
+
+    docs = ROOT / "docs"
+    page.set_viewport_size({"width": 1280, "height": 1300})
+    page.screenshot(path=str(docs / "compare-page.png"), full_page=True)
+
+    page.goto(f"{live_server.url}/runs/{first}")  # the run page's score chart: evaluations and the reference
+    page.wait_for_function("(document.getElementById('chart-score').data || []).some(t => t.name.startsWith('reference'))")
+    names = page.evaluate("document.getElementById('chart-score').data.map(t => t.name)")
+    assert {"quick R1 (± std over episodes)", "final R1 (± std over episodes)", "final R2 (± std over episodes)"} <= set(names)
+
+    page.goto(f"{live_server.url}/results")
+    page.wait_for_selector("table.results-table")
+    rows = page.locator("table.results-table tbody tr")
+    assert rows.count() == 2 * len(TASKS_SHOWN) + 1
+    text = page.inner_text("table.results-table")
+    assert "mean ± s.e. over 3 seeds" in text and "not a standard error" in text and f"#{single}" in text
+    page.locator("main").screenshot(path=str(docs / "results-table.png"))
+    assert page.errors == []
+
+
+def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServer) -> None:  # noqa: F811
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/sweeps")
+    page.check("input[name=tasks][value='hopper-medium-v2']")
+    page.check("input[name=variants][value='R2']")
+    page.fill("input[name=seeds]", "3-4")
+    page.fill("input[name=name]", "form")
+    page.select_option(".override >> nth=0 >> select", "batch_size")
+    page.fill(".override >> nth=0 >> input", "64")
+    page.click("#sweep-form button[type=submit]")
+    page.wait_for_url("**/sweeps/*")
+    with live_server.client() as api:
+        [sweep] = api.get("/api/sweeps").json()
+        runs = api.get(f"/api/sweeps/{sweep['id']}").json()["runs"]
+        assert sorted(r["name"] for r in runs) == [f"form/hopper-medium-v2/{v}/seed{s}" for v in ("R1", "R2") for s in (3, 4)]
+        assert {api.get(f"/api/runs/{r['id']}").json()["config"]["batch_size"] for r in runs} == {64}
+    assert "0 of 4 runs ended" in page.inner_text("main")
+
+    page.goto(f"{live_server.url}/sweeps")  # a bad override is shown, and nothing is queued
+    page.check("input[name=tasks][value='hopper-medium-v2']")
+    page.select_option(".override >> nth=0 >> select", "batch_size")
+    page.fill(".override >> nth=0 >> input", "0")
+    page.click("#sweep-form button[type=submit]")
+    page.wait_for_selector("#sweep-error:not([hidden])")
+    assert "batch_size" in page.inner_text("#sweep-error")
+
+    rid = runs[0]["id"]
+    page.goto(f"{live_server.url}/runs/{rid}")
+    page.fill("#run-labels input[name=tags]", "baseline, keep")
+    page.fill("#run-labels textarea[name=note]", "first try")
+    page.check("#run-labels input[name=archived]")
+    page.click("#run-labels button[type=submit]")
+    page.wait_for_function("document.getElementById('labels-state').textContent === 'saved'")
+    with live_server.client() as api:
+        got = api.get(f"/api/runs/{rid}").json()
+        assert (got["tags"], got["note"], got["archived"]) == (["baseline", "keep"], "first try", True)
+    page.on("dialog", lambda d: d.accept())
+    page.click("#run-labels button[data-method=DELETE]")
+    page.wait_for_url(f"{live_server.url}/")
+    with live_server.client() as api:
+        assert api.get(f"/api/runs/{rid}").status_code == 404
+    assert page.errors == []

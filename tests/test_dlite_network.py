@@ -1,0 +1,110 @@
+"""The reference DiT-1d network, old checkpoints, and the fast planner against the plain one."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlite import checkpoint, d4rl
+from dlite.config import from_dict
+from dlite.dataset import WindowDataset
+from dlite.dit import Block, DiT1d, sinusoidal
+from dlite.model import DiffuserLite
+from dlite.planner import Planner
+from dlite.train import Trainer
+
+
+def test_reference_block_with_zero_gates_is_the_modulated_layer_norm() -> None:
+    torch.manual_seed(0)
+    block = Block(16, 2, reference=True)
+    x, c = torch.randn(3, 5, 16), torch.randn(3, 16)
+    nn.init.normal_(block.ada[1].weight)  # non-zero shift and scale ...
+    with torch.no_grad():
+        block.ada[1].weight[2 * 16:3 * 16] = 0  # ... but both gates zero
+        block.ada[1].weight[5 * 16:] = 0
+        block.ada[1].bias.zero_()
+    shift, scale = block.ada(c)[:, :16], block.ada(c)[:, 16:32]
+    expected = F.layer_norm(x, (16,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
+    assert torch.allclose(block(x, c), expected, atol=1e-6)
+    textbook = Block(16, 2, reference=False)
+    textbook.load_state_dict(block.state_dict())
+    assert torch.allclose(textbook(x, c), x), "the textbook block keeps the residual: identity with zero gates"
+
+
+def test_seed_configuration_has_the_papers_size() -> None:
+    cfg = from_dict({})
+    model = DiffuserLite(cfg, 17, 6)
+    per_level = [sum(p.numel() for p in level.parameters()) for level in model.levels]
+    assert per_level == [2_787_857] * 2 + [2_787_857]  # 2.79M a level, value-condition MLP included
+    assert sum(p.numel() for p in model.levels[0].cond.parameters()) == 66_304
+
+
+def test_reference_initialisation_and_embeddings() -> None:
+    torch.manual_seed(0)
+    net = DiT1d(17, 5, 256, 256, 8, 2, "reference")
+    assert isinstance(net.t_proj[-1], nn.Mish), "the reference mapping MLP ends in a Mish"
+    qkv = net.blocks[0].qkv
+    bound = math.sqrt(6 / (qkv.in_features + qkv.out_features))
+    assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound  # Xavier-uniform
+    assert torch.count_nonzero(qkv.bias) == 0
+    assert net.t_proj[0].weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert net.cond.mlp[0].bias.abs().sum() > 0, "the value condition keeps PyTorch's default init"
+    for zeroed in (net.blocks[0].ada[1], net.final_ada[1], net.out):
+        assert torch.count_nonzero(zeroed.weight) == 0
+    half = 128
+    assert torch.allclose(net.pos[3, half - 1], torch.tensor(math.sin(3 * 1e-4)))  # divides by half - 1
+    assert torch.allclose(sinusoidal(5, 256, reference=False)[3, half - 1], torch.tensor(math.sin(3 * 1e-4 ** (127 / 128))))
+    textbook = DiT1d(17, 5, 256, 256, 8, 2, "dit")
+    assert not isinstance(textbook.t_proj[-1], nn.Mish)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_hdf5: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from tests.conftest import TINY
+
+    cfg = from_dict(TINY)
+    data = WindowDataset(d4rl.load(tiny_hdf5), cfg)
+    out = tmp_path_factory.mktemp("r1")
+    Trainer(cfg, data, out).fit(until=20)
+    return cfg, data, out / "ckpt_00000020.pt"
+
+
+def test_checkpoint_records_the_block_and_old_ones_load_as_dit(trained: tuple, tmp_path: Path) -> None:
+    cfg, data, path = trained
+    state = checkpoint.read(path)
+    assert state["config"]["block"] == "reference"
+    old = dict(state, config={k: v for k, v in state["config"].items() if k != "block"})
+    old_path = checkpoint.write_atomic(old, tmp_path / "old" / "ckpt_00000020.pt")
+    planner = Planner.from_checkpoint(old_path)
+    assert planner.cfg.block == "dit" and not planner.model.levels[0].blocks[0].reference
+    dit_trainer = Trainer(cfg.replace(block="dit"), data, tmp_path / "old")
+    assert dit_trainer.resume_latest() == old_path and dit_trainer.step == 20
+    with pytest.raises(checkpoint.CheckpointError, match=r"block \(checkpoint 'dit', now 'reference'\)"):
+        Trainer(cfg, data, tmp_path / "old").resume_latest()
+
+
+@pytest.mark.parametrize(("w_cfg", "variant", "n"), [(1.0, "R1", 1), (2.5, "R1", 4), (0.0, "R1", 3),
+                                                     (1.0, "R2", 4), (2.5, "R2", 1)])
+def test_fast_planner_gives_the_plain_planners_actions(trained: tuple, w_cfg: float, variant: str, n: int) -> None:
+    cfg, data, path = trained
+    model = Planner.from_checkpoint(path).model
+    with torch.no_grad():  # trained 20 steps, the EMA barely moved: make the net matter
+        for p in model.ema_levels.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    planner = Planner(model, cfg, w_cfg=w_cfg, variant=variant)
+    obs = np.random.default_rng(0).normal(size=(n, data.obs_dim)).astype(np.float32)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        fast = planner.act(obs)
+        torch.manual_seed(seed)
+        plain = planner.act_plain(obs)
+        assert np.abs(fast - plain).max() <= 1e-5
+    assert np.abs(fast).max() > 1e-3, "actions must not be trivially zero"
+    torch.manual_seed(0)
+    assert not np.array_equal(planner.act(obs), fast), "different noise, different plan"

@@ -1,0 +1,132 @@
+"""R2: reflow pairs, reflow training with exact resume, the R2 planner and `dlite reflow`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dlite import checkpoint, d4rl
+from dlite.config import from_dict
+from dlite.dataset import WindowDataset
+from dlite.flow import fix_mask
+from dlite.planner import Planner
+from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
+from dlite.train import Trainer
+
+PAIRS = {"reflow_pairs_cond": 40, "reflow_pairs_uncond": 12, "reflow_pair_batch": 16, "reflow_pair_steps": 4,
+         "reflow_gradient_steps": 20, "variant": "R2"}
+
+
+@pytest.fixture(scope="module")
+def r1(tiny_hdf5: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    from tests.conftest import TINY
+
+    cfg = from_dict({**TINY, **PAIRS})
+    data = WindowDataset(d4rl.load(tiny_hdf5), cfg)
+    out = tmp_path_factory.mktemp("r1")
+    Trainer(cfg, data, out).fit(until=20)
+    path = out / "ckpt_00000020.pt"
+    return cfg, data, path, load_r1(checkpoint.read(path), cfg, data, path)
+
+
+def _arrays(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(folder.glob("*.npy"))}
+
+
+def test_pairs_start_from_the_windows_and_regenerate_identically(r1: tuple, tmp_path: Path) -> None:
+    cfg, data, _, model = r1
+    spec = PairSpec.of(cfg, model, data)
+    assert [c for c, _, _ in spec.batches()] == [True] * 3 + [False]  # 40 conditional in 16s, then 12
+    seen = []
+    store = PairStore(tmp_path / "a", spec)
+    assert store.generate(model, data, lambda level, done, total: seen.append((level, done, total)))
+    assert store.complete and seen[-1] == (2, 52, 52) and len(seen) == 12
+    pairs = _arrays(tmp_path / "a")
+    for level, points in enumerate(cfg.horizons):
+        x0, x1 = pairs[f"level{level}_x0.npy"], pairs[f"level{level}_x1.npy"]
+        assert x0.shape == x1.shape == (52, points, data.obs_dim)
+        mask = fix_mask(points, data.obs_dim, level).bool().numpy()
+        assert not np.allclose(x0[:, ~mask[:, 0]], x1[:, ~mask[:, 0]])
+        assert np.abs(x1).max() > 2.0, "x1 is standard-normal noise (temperature 1)"
+    # a fresh machine regenerates the same pairs; an interrupted generation resumes to the same ones
+    calls = []
+    interrupted = PairStore(tmp_path / "b", spec)
+    assert not interrupted.generate(model, data, should_stop=lambda: calls.append(1) or len(calls) > 6)
+    assert 0 < interrupted.pairs_done < 3 * 52
+    resumed = PairStore(tmp_path / "b", spec)
+    assert resumed.pairs_done == interrupted.pairs_done
+    assert resumed.generate(model, data)
+    for name, array in _arrays(tmp_path / "b").items():
+        assert np.array_equal(array, pairs[name]), name
+    with pytest.raises(PairsError, match="reflow_pair_steps"):
+        PairStore(tmp_path / "a", PairSpec.of(cfg.replace(reflow_pair_steps=5), model, data))
+
+
+def test_reflow_resumes_bit_exactly_and_plans_in_one_step(r1: tuple, tmp_path: Path) -> None:
+    cfg, data, _, model = r1
+    store = PairStore(tmp_path / "pairs", PairSpec.of(cfg, model, data))
+    store.generate(model, data)
+    straight = ReflowTrainer(cfg, data, store, model, 20, tmp_path / "straight")
+    for a, b in zip(straight.model.ema_levels.parameters(), model.ema_levels.parameters()):
+        assert torch.equal(a, b), "reflow starts from the R1 EMA weights"
+    assert straight.optim.param_groups[0]["lr"] == cfg.reflow_lr
+    conditional = []
+    for _ in range(10):
+        conditional.append(straight.conditional_step())
+        straight.train_step()
+    assert conditional == [True] * 4 + [False] + [True] * 4 + [False], "every 5th step unconditional"
+    straight.fit()
+    assert straight.lr() == cfg.reflow_lr and straight.read_losses().keys() == {"loss0", "loss1", "loss2"}
+
+    split = ReflowTrainer(cfg, data, store, model, 20, tmp_path / "split")
+    split.fit(until=30)
+    again = ReflowTrainer(cfg, data, store, model, 20, tmp_path / "split")
+    assert again.resume_latest() == tmp_path / "split" / "ckpt_00000030.pt" and again.step == 30
+    again.fit()
+    a = checkpoint.read(tmp_path / "straight" / "ckpt_00000040.pt")  # reflow steps continue R1's 20
+    b = checkpoint.read(tmp_path / "split" / "ckpt_00000040.pt")
+    assert a["variant"] == b["variant"] == "R2"
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+
+    planner = Planner.from_checkpoint(tmp_path / "straight" / "ckpt_00000040.pt")
+    task = planner.cfg.r2_planning_target_return, planner.cfg.r2_planning_w_cfg
+    assert planner.variant == "R2" and planner.sampling_steps == 1 and (planner.target_return, planner.w_cfg) == task
+    assert planner.act(np.zeros((2, data.obs_dim), np.float32)).shape == (2, data.act_dim)
+    with pytest.raises(checkpoint.CheckpointError, match="is not a reflow"):
+        ReflowTrainer(cfg, data, store, model, 20, tmp_path / "x").load_state(
+            checkpoint.read(r1[2]), r1[2])
+
+
+def test_reflow_command_line(r1: tuple, tiny_hdf5: Path, tmp_path: Path) -> None:
+    _, _, source, _ = r1
+    cmd = [sys.executable, "-m", "dlite.cli", "reflow", "--checkpoint", str(source), "--out", str(tmp_path),
+           "--dataset", str(tiny_hdf5), "--device", "cpu", "--set", "reflow_gradient_steps=10"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "ckpt_00000030.pt").exists() and (tmp_path / "pairs" / "manifest.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "pass --resume" in again.stderr
+    wrong = subprocess.run(cmd[:-2] + ["--set", "d_model=64"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "d_model" in wrong.stderr
+    evaluated = subprocess.run([sys.executable, "-m", "dlite.cli", "eval", "--checkpoint", str(tmp_path / "ckpt_00000030.pt"),
+                                "--envs", "2", "--episodes", "1", "--max-steps", "5", "--json"],
+                               capture_output=True, text=True)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert '"variant": "R2"' in evaluated.stdout and '"hz_1env"' in evaluated.stdout
+
+
+def test_the_method_imports_nothing_above_it() -> None:
+    """dlite/ is the bottom of the stack: no module of it imports app/ or worker/."""
+    for path in Path("dlite").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] in ("app", "worker") for n in names), f"{path} imports {names}"

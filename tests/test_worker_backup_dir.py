@@ -1,0 +1,210 @@
+"""The directory backup target (Google Drive mounted in Colab, or any folder) and the
+time-based backup schedule: no network, no real sleeping."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.app_helpers import claim, create_run, register, start_server, stop_server, wait_for
+from tests.fake_hub import FakeTime
+from tests.test_worker_e2e import TASK, tiny_run_config
+from tests.test_worker_hub import make_ckpt
+from worker import backup_dir
+from worker.backup import BackupError, BackupSchedule, RemoteCheckpoint
+from worker.backup_dir import DirectoryBackup
+from worker.client import ServerClient
+from worker.executor import RunExecutor
+
+RUN = "runs/run-7"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    """The folder a user names in backup_dir; its parent exists, as MyDrive does once mounted."""
+    return tmp_path / "drive" / "diffuserlite"
+
+
+def make_target(root: Path, **kw) -> DirectoryBackup:
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return DirectoryBackup(root, "run-7", **kw)
+
+
+def manifest_steps(root: Path, run: str = RUN) -> list[int]:
+    return sorted(int(s) for s in json.loads((root / run / "manifest.json").read_text())["checkpoints"])
+
+
+def test_backup_writes_checkpoint_extras_and_manifest(root: Path, tmp_path: Path) -> None:
+    target = make_target(root)
+    ckpt = make_ckpt(tmp_path / "train", 1000)
+    figure = tmp_path / "loss.png"
+    figure.write_bytes(b"\x89PNG fake")
+    result = target.backup(ckpt, 1000, {"metrics.json": b'{"loss": [1.0]}', "figures/loss_curve.png": figure})
+
+    stored = root / RUN / "checkpoints" / "ckpt_00001000.pt"
+    assert stored.read_bytes() == ckpt.read_bytes()
+    assert (root / RUN / "figures" / "loss_curve.png").read_bytes() == b"\x89PNG fake"
+    assert (root / RUN / "metrics.json").read_bytes() == b'{"loss": [1.0]}'
+    assert result.url == stored.as_uri() and result.url.startswith("file:///")
+    assert target.remote_checkpoints() == [RemoteCheckpoint(1000, f"{RUN}/checkpoints/ckpt_00001000.pt",
+                                                            result.sha256, result.size)]
+    assert not [p for p in root.rglob("*.tmp")], "no temporary file is left behind"
+
+
+def test_retention_keeps_newest_and_multiples_of_keep_every(root: Path, tmp_path: Path) -> None:
+    target = make_target(root, keep_every=5000)
+    results = {s: target.backup(make_ckpt(tmp_path / "train", s), s, {}) for s in (1000, 2000, 5000, 6000, 7000)}
+    assert sorted(p.name for p in (root / RUN / "checkpoints").iterdir()) == ["ckpt_00005000.pt",
+                                                                              "ckpt_00007000.pt"]
+    assert manifest_steps(root) == [5000, 7000]
+    assert results[7000].deleted == [f"{RUN}/checkpoints/ckpt_00006000.pt"]
+
+
+def test_commits_are_spaced_by_min_interval(root: Path, tmp_path: Path) -> None:
+    clock = FakeTime()
+    target = make_target(root, min_interval_s=30.0, sleep=clock.sleep, clock=clock.clock)
+    for step in (1000, 2000, 3000):
+        target.backup(make_ckpt(tmp_path / "train", step), step, {})
+    assert clock.sleeps == [30.0, 30.0]
+
+
+def test_restore_after_wipe_and_fallback_when_newest_is_corrupt(root: Path, tmp_path: Path) -> None:
+    target = make_target(root, keep_every=1000)
+    train = tmp_path / "train"
+    for step in (1000, 2000):
+        target.backup(make_ckpt(train, step), step, {"metrics.json": b'{"step": %d}' % step})
+    good = (train / "ckpt_00001000.pt").read_bytes()
+
+    fresh = tmp_path / "fresh-vm"
+    restored = DirectoryBackup(root, "run-7").restore_latest(fresh)
+    assert restored == fresh / "ckpt_00002000.pt" and torch.load(restored)["step"] == 2000
+    assert (fresh / "metrics.json").read_bytes() == b'{"step": 2000}'
+
+    newest = root / RUN / "checkpoints" / "ckpt_00002000.pt"
+    newest.write_bytes(bytes(b ^ 0xFF for b in newest.read_bytes()))  # bit rot on Drive
+    again = tmp_path / "another-vm"
+    restored = DirectoryBackup(root, "run-7").restore_latest(again)
+    assert restored == again / "ckpt_00001000.pt" and restored.read_bytes() == good
+
+
+def test_a_failed_write_leaves_the_previous_backup_whole(root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drive unmounting or filling up mid-backup: the old manifest and its checkpoint stay
+    valid, the new checkpoint is not listed, no temporary file remains."""
+    target = make_target(root, keep_every=1)
+    target.backup(make_ckpt(tmp_path / "train", 1000), 1000, {})
+    real_replace = os.replace
+
+    def failing_replace(src, dst) -> None:
+        if str(dst).endswith("manifest.json"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(backup_dir.os, "replace", failing_replace)
+    with pytest.raises(BackupError) as info:
+        target.backup(make_ckpt(tmp_path / "train", 2000), 2000, {})
+    monkeypatch.undo()
+    assert "No space left" in str(info.value) and "writable" in str(info.value)
+    assert manifest_steps(root) == [1000]
+    assert not [p for p in root.rglob("*.tmp")]
+    restored = DirectoryBackup(root, "run-7").restore_latest(tmp_path / "vm")
+    assert restored is not None and torch.load(restored)["step"] == 1000
+
+
+def test_unmounted_drive_is_an_error_not_a_fresh_start(tmp_path: Path) -> None:
+    """Without Drive mounted, /content/drive/MyDrive is missing: writing there would put the
+    'backup' on the VM's own disk, and reading it as empty would restart the run."""
+    target = DirectoryBackup(tmp_path / "drive" / "MyDrive" / "diffuserlite", "run-7")
+    with pytest.raises(BackupError, match="drive.mount"):
+        target.prepare()
+    assert not (tmp_path / "drive").exists()
+    with pytest.raises(BackupError, match="does not exist"):
+        target.restore_latest(tmp_path / "vm")
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    target.prepare()
+    assert target.restore_latest(tmp_path / "vm") is None
+
+
+def test_server_records_a_backup_folder_location_without_linking_it(client) -> None:
+    """The checkpoint protocol takes a file:// URL for a folder backup; the page shows it as
+    text (a browser cannot open the worker's files), and other schemes stay refused."""
+    rid = create_run(client, backup_dir="/content/drive/MyDrive/dl")["id"]
+    claim(client, register(client))
+    url = "file:///content/drive/MyDrive/dl/runs/x/checkpoints/ckpt_00000500.pt"
+    ckpt = {"attempt": 1, "step": 500, "size": 1, "sha256": "0" * 64, "backup_state": "hub"}
+    for bad in ("file://evil.example/x.pt", "ftp://host/x.pt", "javascript:alert(1)"):
+        assert client.post(f"/api/runs/{rid}/checkpoints", json={**ckpt, "hub_url": bad}).status_code == 422
+    assert client.post(f"/api/runs/{rid}/checkpoints", json={**ckpt, "hub_url": url}).status_code == 200
+    [stored] = client.get(f"/api/runs/{rid}").json()["checkpoints"]
+    assert stored["hub_url"] == url and stored["backed_up_at"] is not None
+    page = client.get(f"/runs/{rid}").text
+    assert "in the backup folder" in page and f'href="{url}"' not in page
+
+
+def test_schedule_backs_up_by_steps_or_minutes_whichever_first() -> None:
+    clock = FakeTime()
+    schedule = BackupSchedule(every_steps=1000, every_minutes=15, clock=clock.clock)
+    assert not schedule.due(500)
+    assert schedule.due(1000), "the step interval"
+    schedule.backed_up()
+    clock.sleep(14 * 60)
+    assert not schedule.due(1500)
+    clock.sleep(60)
+    assert schedule.time_due() and schedule.due(1500), "15 minutes passed"
+    schedule.backed_up()
+    assert not schedule.due(1600), "the interval starts again at the last backup"
+
+    no_time = BackupSchedule(every_steps=1000, every_minutes=0, clock=clock.clock)
+    clock.sleep(10 ** 6)
+    assert not no_time.time_due() and not no_time.due(1500) and no_time.due(2000)
+    no_steps = BackupSchedule(every_steps=0, every_minutes=1, clock=clock.clock)
+    assert not no_steps.due(1000)
+    clock.sleep(60)
+    assert no_steps.due(1001)
+
+
+def test_time_based_backups_between_save_intervals(tmp_path: Path, root: Path, dataset_cache: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose step-based backups never come (backup_every 0, save_interval past the
+    end) still backs up every `backup_every_minutes` of training, to the backup folder.
+    The clock is fake: each training step takes 2 s, so 1 minute is 30 steps."""
+    monkeypatch.setenv("DLITE_DATASETS", str(dataset_cache))
+    root.parent.mkdir(parents=True)
+    server = start_server(tmp_path / "server")
+    try:
+        api = server.client()
+        config = {**tiny_run_config(100), "save_interval": 1000, "backup_every": 0, "backup_every_minutes": 1,
+                  "keep_every": 30, "eval_every": 0, "backup_dir": str(root)}
+        run_id = api.post("/api/runs", json={"task": TASK, "name": "timed", "config": config}).json()["id"]
+        client = ServerClient(server.url, server.token)
+        worker_id = client.register("w", "h", "cpu", None)
+        claimed = []
+        wait_for(lambda: claimed.append(client.claim(worker_id)) or claimed[-1] is not None, 30, "a claim")
+        executor: RunExecutor | None = None
+
+        def clock() -> float:
+            return 2.0 * (executor.trainer.step if executor and executor.trainer else 0)
+
+        executor = RunExecutor(client, claimed[-1], tmp_path / "vm", "cpu", None, threading.Event(), clock=clock)
+        assert executor.run() == "succeeded"
+
+        run = api.get(f"/api/runs/{run_id}").json()
+        assert [c["step"] for c in run["checkpoints"]] == [30, 60, 90, 100]
+        backed_up = manifest_steps(root, "runs/timed")
+        assert 100 in backed_up and set(backed_up) <= {30, 60, 90, 100}
+        assert set(backed_up) & {30, 60, 90}, "at least one backup by time before the end"
+        final = next(c for c in run["checkpoints"] if c["step"] == 100)
+        assert final["backup_state"] == "hub"
+        assert final["hub_url"] == (root / "runs/timed/checkpoints/ckpt_00000100.pt").as_uri()
+        assert manifest_steps(root, "runs/timed-smoke-test") == [10]
+        smoke = next(i for i in run["checklist"] if i["key"] == "smoke.backup")
+        assert smoke["detail"].startswith("file:///")
+        page = api.get(f"/runs/{run_id}")
+        assert page.status_code == 200 and "in the backup folder" in page.text
+    finally:
+        stop_server(server)
