@@ -159,6 +159,14 @@ def main() -> None:
                 f"ops_per_decision_{variant}": count_ops(lambda: Planner(trainer.model, cfg, variant=variant).act(obs1)),
                 f"ops_per_decision_plain_{variant}": count_ops(lambda: plain.act_plain(obs1)),
             })
+            bf16 = Planner(trainer.model, cfg, variant=variant, cuda_graph=True, dtype=torch.bfloat16)
+            bf1 = timed(lambda: bf16.act(obs1), args.repeats, 20, device)
+            bf50 = timed(lambda: bf16.act(obs50), args.repeats, 5, device)
+            planning.update({
+                f"plan_hz_1env_{variant}_bf16": round(1 / bf1, 1),
+                f"plan_latency_ms_50env_{variant}_bf16": round(1000 * bf50, 2),
+                f"plan_speedup_50env_{variant}_bf16_vs_plain": round(plain50 / bf50, 2),
+            })
         eval_planner = Planner(trainer.model, cfg, compile=args.compile, cuda_graph=True)
         eval_runs = [evaluate(eval_planner, n_envs=10, n_episodes=1, max_steps=50).wall_s for _ in range(3)]
 

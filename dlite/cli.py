@@ -134,6 +134,8 @@ def _reflow(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import torch
+
     from dlite.evaluate import evaluate
     from dlite.pipeline import default_device
     from dlite.planner import Planner
@@ -141,7 +143,8 @@ def _eval(args: argparse.Namespace) -> int:
     planner = Planner.from_checkpoint(Path(args.checkpoint), args.device or default_device(),
                                       w_cfg=args.w_cfg, target_return=args.target_return,
                                       temperature=args.temperature, sampling_steps=args.sampling_steps,
-                                      compile=args.compile, cuda_graph=not args.no_cuda_graph)
+                                      compile=args.compile, cuda_graph=not args.no_cuda_graph,
+                                      dtype=torch.bfloat16 if args.bf16 else torch.float32)
     result = evaluate(planner, args.envs, args.episodes, seed=args.seed, max_steps=args.max_steps)
     if args.json:
         print(json.dumps({**result.to_dict(), "decisions_per_s": result.decisions_per_s, "hz_1env": result.hz_1env}))
@@ -191,6 +194,7 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--sampling-steps", type=int, help="Euler steps per level (default: R1 3, R2 1)")
     e.add_argument("--compile", action="store_true", help="torch.compile a planning decision")
     e.add_argument("--no-cuda-graph", action="store_true", help="on CUDA, do not capture decisions as graphs")
+    e.add_argument("--bf16", action="store_true", help="plan in bfloat16 (faster; not the paper's precision)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=_eval)
 

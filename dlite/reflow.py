@@ -30,7 +30,7 @@ from dlite.config import Config
 from dlite.dataset import WindowDataset
 from dlite.flow import fix_mask, flow_loss, sample
 from dlite.model import DiffuserLite
-from dlite.train import Trainer, set_rng_state
+from dlite.train import Trainer
 
 PAIRS_FORMAT = "dlite-reflow-pairs-v1"
 MANIFEST = "manifest.json"
@@ -230,6 +230,8 @@ class ReflowTrainer(Trainer):
         return self.cfg.reflow_lr
 
     def conditional_step(self) -> bool:
+        if self.pair_spec.n_uncond == 0:
+            return True
         every = self.cfg.reflow_uncond_every
         return (self.step - self.start_step) % every != every - 1
 
@@ -276,11 +278,4 @@ class ReflowTrainer(Trainer):
                                              f"settings); resume with the same ones or start in a new folder")
         checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path,
                                     safe=checkpoint.RESUME_SAFE_FIELDS - checkpoint.REFLOW_TRAINING_FIELDS)
-        self._check_precision(state, path)
-        self.model.load_state_dict(state["model"])
-        self.optim.load_state_dict(state["optim"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loss_sum = state["loss_sum"].to(self.device)
-        self.loss_count = state["loss_count"]
-        self.step = state["step"]
-        set_rng_state(state["rng"])
+        self._load(state, path)

@@ -218,24 +218,29 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint, refusing one from other data or other settings."""
+        if checkpoint.variant_of(state) != "R1":
+            raise checkpoint.CheckpointError(f"{path} is a reflow (R2) checkpoint; continue it with "
+                                             f"`dlite reflow --resume`, or train R1 in another folder")
         checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path)
-        self._check_precision(state, path)
-        self.model.load_state_dict(state["model"])
-        self.optim.load_state_dict(state["optim"])
+        self._load(state, path)
         self.sched.load_state_dict(state["sched"])
         self.invdyn_optim.load_state_dict(state["invdyn_optim"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.loss_sum = state["loss_sum"].to(self.device)
-        self.loss_count = state["loss_count"]
-        self.step = state["step"]
-        set_rng_state(state["rng"])
 
-    def _check_precision(self, state: dict[str, Any], path: Path) -> None:
+    def _load(self, state: dict[str, Any], path: Path) -> None:
+        """What R1 and reflow checkpoints share: weights, the level optimiser, the grad
+        scaler, the loss accumulators, the step and the RNG states."""
         amp = str(self.amp) if self.amp else None
         if state.get("amp") != amp:
             raise checkpoint.CheckpointError(
                 f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
                 f"resume with the same --amp setting")
+        self.model.load_state_dict(state["model"])
+        self.optim.load_state_dict(state["optim"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.loss_count = state["loss_count"]
+        self.step = state["step"]
+        set_rng_state(state["rng"])
 
     def resume_latest(self, on_skip: Callable[[Path, checkpoint.CheckpointError], None] | None = None
                       ) -> Path | None:

@@ -108,3 +108,34 @@ def test_fast_planner_gives_the_plain_planners_actions(trained: tuple, w_cfg: fl
     assert np.abs(fast).max() > 1e-3, "actions must not be trivially zero"
     torch.manual_seed(0)
     assert not np.array_equal(planner.act(obs), fast), "different noise, different plan"
+
+
+def test_bf16_planner_stays_close_to_fp32(trained: tuple) -> None:
+    cfg, data, path = trained
+    model = Planner.from_checkpoint(path).model
+    fp32, bf16 = Planner(model, cfg), Planner(model, cfg, dtype=torch.bfloat16)
+    obs = np.random.default_rng(1).normal(size=(5, data.obs_dim)).astype(np.float32)
+    torch.manual_seed(0)
+    a = fp32.act(obs)
+    torch.manual_seed(0)
+    b = bf16.act(obs)
+    assert b.dtype == np.float32 and np.abs(a - b).max() < 0.05
+    assert next(model.parameters()).dtype == torch.float32, "the model itself stays fp32"
+
+
+@pytest.mark.parametrize("block", ["dit", "reference"])
+def test_fast_planner_equals_plain_at_depth_2(block: str) -> None:
+    """Pruning the last block to point 1 after a full first block, for both blocks."""
+    torch.manual_seed(0)
+    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "block": block})
+    model = DiffuserLite(cfg, 17, 6)
+    with torch.no_grad():
+        for p in model.ema_levels.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    obs = np.random.default_rng(0).normal(size=(3, 17)).astype(np.float32)
+    for w_cfg in (1.0, 3.0):
+        planner = Planner(model, cfg, w_cfg=w_cfg)
+        torch.manual_seed(2)
+        fast = planner.act(obs)
+        torch.manual_seed(2)
+        assert np.abs(fast - planner.act_plain(obs)).max() <= 1e-5

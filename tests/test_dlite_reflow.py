@@ -14,13 +14,14 @@ import torch
 from dlite import checkpoint, d4rl
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset
-from dlite.flow import fix_mask
+from dlite.flow import fix_mask, sample
 from dlite.planner import Planner
 from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
 from dlite.train import Trainer
 
 PAIRS = {"reflow_pairs_cond": 40, "reflow_pairs_uncond": 12, "reflow_pair_batch": 16, "reflow_pair_steps": 4,
-         "reflow_gradient_steps": 20, "variant": "R2"}
+         "reflow_gradient_steps": 20, "variant": "R2",
+         "ema_rate": 0.5, "diffusion_lr": 3e-3}  # an R1 EMA that moved off its zero-output start in 20 steps
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,65 @@ def test_pairs_start_from_the_windows_and_regenerate_identically(r1: tuple, tmp_
         assert np.array_equal(array, pairs[name]), name
     with pytest.raises(PairsError, match="reflow_pair_steps"):
         PairStore(tmp_path / "a", PairSpec.of(cfg.replace(reflow_pair_steps=5), model, data))
+
+
+def test_pairs_are_the_r1_models_integration_of_the_stored_noise(r1: tuple, tmp_path: Path) -> None:
+    """Recomputed from the stored arrays alone: x0 is the EMA model's 20-step (here 4)
+    integration of the stored x1 from the window's fixed points, conditioned on the stored
+    value for the conditional pairs and on nothing for the rest."""
+    cfg, data, _, model = r1
+    store = PairStore(tmp_path, PairSpec.of(cfg, model, data))
+    store.generate(model, data)
+    dataset_rows = data.obs.numpy()
+    for level, points in enumerate(cfg.horizons):
+        x0, x1, value = (torch.from_numpy(np.load(tmp_path / f"level{level}_{k}.npy")) for k in ("x0", "x1", "value"))
+        mask = fix_mask(points, data.obs_dim, level)
+        assert all((dataset_rows == row).all(1).any() for row in x0[:, 0].numpy()), "fixed points are real states"
+        for conditional, rows in ((True, slice(0, 40)), (False, slice(40, 52))):
+            again = sample(model.ema_levels[level], x0[rows] * mask, mask, value[rows], cfg.reflow_pair_steps, 1.0,
+                           1.0 if conditional else 0.0, noise=x1[rows])
+            assert torch.allclose(again, x0[rows], atol=1e-5)
+            other = sample(model.ema_levels[level], x0[rows] * mask, mask, value[rows], cfg.reflow_pair_steps, 1.0,
+                           0.0 if conditional else 1.0, noise=x1[rows])
+            assert not torch.allclose(other, x0[rows], atol=1e-3), "the condition (or its absence) matters"
+
+
+def test_reflow_batches_use_the_stored_noise_and_unconditional_pairs(r1: tuple, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg, data, _, model = r1
+    store = PairStore(tmp_path / "pairs", PairSpec.of(cfg, model, data))
+    store.generate(model, data)
+    trainer = ReflowTrainer(cfg, data, store, model, 20)
+    calls = []
+
+    def recording_loss(net, x0, value, mask, weight, label_dropout, x1=None, conditional=True):  # noqa: ANN001
+        calls.append((x0, x1, conditional))
+        return (x0 - x1).pow(2).mean() * 0 + sum(p.sum() for p in net.parameters()) * 0
+
+    monkeypatch.setattr("dlite.reflow.flow_loss", recording_loss)
+    for _ in range(5):
+        trainer.train_step()
+    pairs = store.tensors(torch.device("cpu"))
+    for i, (x0, x1, conditional) in enumerate(calls):
+        level, step = i % 3, i // 3
+        assert conditional == (step != 4), "steps 0-3 conditional, step 4 unconditional"
+        stored = pairs[level]
+        rows = [int(((stored["x0"] == row).flatten(1).all(1)).nonzero()[0]) for row in x0]
+        assert all((r >= 40) == (not conditional) for r in rows), "unconditional steps draw from the last 12 pairs"
+        assert torch.equal(x1, stored["x1"][rows]), "reflow trains on the noise each x0 came from"
+
+
+@pytest.mark.parametrize("uncond", [0])
+def test_reflow_without_unconditional_pairs_trains_every_step_conditionally(r1: tuple, tmp_path: Path,
+                                                                            uncond: int) -> None:
+    cfg, data, _, model = r1
+    cfg = cfg.replace(reflow_pairs_uncond=uncond)
+    store = PairStore(tmp_path, PairSpec.of(cfg, model, data))
+    store.generate(model, data)
+    trainer = ReflowTrainer(cfg, data, store, model, 20)
+    for _ in range(6):
+        assert trainer.conditional_step()
+        trainer.train_step()
 
 
 def test_reflow_resumes_bit_exactly_and_plans_in_one_step(r1: tuple, tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def _expected(scores: list[float], paper_mean: float, paper_sem: float) -> tuple
 
 
 def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
-    s = sweep(api, ["hopper-medium-v2"], [0, 1, 2], ["R2"])
+    sweep(api, ["hopper-medium-v2"], [0, 1, 2], ["R2"])
     wid = register(api)
     r1_means, r2_means = [[99.0, 101.0], [97.5, 98.5], [100.0, 100.5]], [[90.0, 92.0], [95.0, 96.0], [88.0, 90.0]]
     for r1, r2 in zip(r1_means, r2_means):

@@ -152,7 +152,9 @@ def test_server_down_longer_than_the_lease_keeps_the_attempt_and_every_point(tmp
         server = restart_server(data_dir, server, port_of(server), lease_seconds=lease)
         api = server.client()
         for _ in range(10):  # list calls requeue expired leases; the worker's heartbeat is up to lease/3 away
-            assert all(r["status"] == "running" for r in api.get("/api/runs").json())
+            # never requeued; on a fast machine the worker may finish during the outage and
+            # deliver everything (finish included) as soon as the server is back
+            assert [r["status"] for r in api.get("/api/runs").json()] in (["running"], ["succeeded"])
             time.sleep(0.2)
         wait_for(lambda: ended(api, run_id), 240, "the run")
         run = run_of(api, run_id)

@@ -16,12 +16,13 @@ R2 = {"variant": "R2", "reflow_pairs_cond": 64, "reflow_pairs_uncond": 16, "refl
 def test_r2_run_trains_reflows_and_scores_both_variants(tmp_path: Path, dataset_cache: Path) -> None:
     server = start_server(tmp_path / "server", lease_seconds=3)
     api = server.client()
-    config = {**tiny_run_config(100), **R2, "backup_dir": str(tmp_path / "drive"), "backup_every": 50,
+    # R1 ends at 120, not a multiple of backup_every: its final checkpoint must still be backed up
+    config = {**tiny_run_config(120), **R2, "backup_dir": str(tmp_path / "drive"), "backup_every": 50,
               "eval_every": 0}
     r = api.post("/api/runs", json={"task": TASK, "name": "r2-e2e", "config": config})
     assert r.status_code == 201, r.text
     run_id = r.json()["id"]
-    assert r.json()["total_steps"] == 300, "R1's 100 steps, then 200 reflow steps"
+    assert r.json()["total_steps"] == 320, "R1's 120 steps, then 200 reflow steps"
     first = start_worker(server, tmp_path / "vm1", dataset_cache)
     try:
         wait_for(lambda: any(c["step"] >= 200 for c in api.get(f"/api/runs/{run_id}").json()["checkpoints"]),
@@ -43,13 +44,16 @@ def test_r2_run_trains_reflows_and_scores_both_variants(tmp_path: Path, dataset_
             done = {i["key"] for i in run["checklist"] if i["verified_at"]}
             assert {"train.done", "reflow.pairs", "reflow.done", "eval.done", "eval.score"} <= done
             messages = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()]
-            assert any(m.startswith("generating 80 pairs per level") for m in messages), "regenerated on the new VM"
+            generated = [m for m in messages if m.startswith("generating 80 pairs per level from the R1 model at "
+                                                              "step 120 (none on disk yet)")]
+            assert len(generated) == 2, "the new VM regenerated the pairs from the same R1 step"
+            assert "training resumed from step 120" in "\n".join(messages), "R1's final checkpoint was backed up"
             resumed = [m for m in messages if m.startswith("reflow resumed from step ")]
-            assert resumed and int(resumed[0].split()[4]) > 100, "reflow resumed from its backup, not from R1"
+            assert resumed and int(resumed[0].split()[4]) > 120, "reflow resumed from its backup, not from R1"
             final = {e["variant"]: e for e in run["evaluations"] if e["kind"] == "final"}
-            assert set(final) == {"R1", "R2"} and final["R1"]["step"] == 100 and final["R2"]["step"] == 300
+            assert set(final) == {"R1", "R2"} and final["R1"]["step"] == 120 and final["R2"]["step"] == 320
             assert final["R2"]["latency_ms_1env"] > 0 and final["R2"]["device"]
-            assert loss_steps(api, run_id) == list(range(10, 301, 10)), "reflow's curve continues R1's, no gaps"
+            assert loss_steps(api, run_id) == list(range(10, 321, 10)), "reflow's curve continues R1's, no gaps"
         finally:
             stop(second)
     finally:

@@ -387,8 +387,9 @@ class RunExecutor:
                 ex.nonfinite_loss(record.step, bad)
                 return
             cfg = ex.cfg
-            if cfg.eval_every and record.step % cfg.eval_every == 0 and record.step < cfg.total_steps:
-                ex.report_evaluation(Planner(ex.trainer.model, cfg), record.step, "quick",
+            trainer = ex.trainer
+            if cfg.eval_every and record.step % cfg.eval_every == 0 and record.step < trainer.total_steps:
+                ex.report_evaluation(Planner(trainer.model, cfg, variant=trainer.variant), record.step, "quick",
                                      cfg.eval_envs, cfg.eval_episodes)
                 ex.trainer.model.train()
             if ex.backups and ex.schedule.time_due():
@@ -463,13 +464,19 @@ class RunExecutor:
 
     def _enter_reflow(self) -> None:
         """From here on checkpoints are R2's: their own folder, and their own backup folder
-        beside R1's (`<run>-reflow`), so a resume never mixes the two."""
-        self._drain_backups()
+        beside R1's (`<run>-reflow`), so a resume never mixes the two. R1's final checkpoint
+        is backed up first whatever the schedule says: a fresh machine must find the exact
+        R1 weights the pairs came from (and that were scored)."""
+        old = self.backups
+        if old:
+            self._backup_now(None)
         self.ckpt_dir = self.run_dir / "reflow" / "checkpoints"
-        self.hashes, self.pruned = {}, set()
-        if self._make_target:
+        if self._make_target:  # the new queue takes dashboard commands while R1's drains
             self.target = self._make_target(f"{run_key(self.claim)}-reflow", keep_every=self.cfg.keep_every)
             self.backups = BackupQueue(self.target)
+        if old and not old.close(timeout=300):
+            log.warning("run %s: R1's last backup is still running", self.claim.run_id)
+        self.hashes, self.pruned = {}, set()
 
     def stage_reflow_train(self, data: WindowDataset, store: PairStore, r1: DiffuserLite, r1_step: int) -> Path:
         self.stage("reflow_train")
