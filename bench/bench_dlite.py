@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from dlite import d4rl
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset
-from dlite.evaluate import evaluate
+from dlite.evaluate import device_name, evaluate
 from dlite.planner import Planner
 from dlite.reflow import PairSpec, PairStore, ReflowTrainer
 from dlite.synthetic import write_hdf5
@@ -171,7 +171,7 @@ def main() -> None:
         eval_runs = [evaluate(eval_planner, n_envs=10, n_episodes=1, max_steps=50).wall_s for _ in range(3)]
 
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "torch": torch.__version__, "compile": args.compile, "amp": args.amp, "batch_size": cfg.batch_size,
         "dataset_build_s": round(build_s, 3),
         "train_steps_per_s": round(1 / step_s, 2),

@@ -368,12 +368,17 @@ class RunExecutor:
         self.reconcile_checkpoints(upto=self.cfg.total_steps)
         self.verified("train.start", how)
         self.event(f"training {how}, to step {self.cfg.total_steps} on {self.device}")
+        return self._fit(trainer, "train.done", "step")
+
+    def _fit(self, trainer: Trainer, done_key: str, what: str) -> Path:
+        """Train to the trainer's end (R1 or reflow) and return its final checkpoint, or
+        raise when the run diverged or was stopped before the end."""
         trainer.fit(callbacks=(self._TrainReporter(self),))
         if self.diverged:
             raise Diverged(self.diverged)
-        if trainer.step < self.cfg.total_steps:
-            raise RunStopped(f"stopped at step {trainer.step}; checkpoint saved")
-        self.verified("train.done", f"step {trainer.step}")
+        if trainer.step < trainer.total_steps:
+            raise RunStopped(f"stopped at {what} {trainer.step}; checkpoint saved")
+        self.verified(done_key, f"step {trainer.step}")
         return self.ckpt_dir / checkpoint.checkpoint_name(trainer.step)
 
     class _TrainReporter(_Stopper):
@@ -485,13 +490,7 @@ class RunExecutor:
         how = self._restore(trainer)
         self.reconcile_checkpoints(after=r1_step)
         self.event(f"reflow {how}, to step {trainer.total_steps} on {self.device}")
-        trainer.fit(callbacks=(self._TrainReporter(self),))
-        if self.diverged:
-            raise Diverged(self.diverged)
-        if trainer.step < trainer.total_steps:
-            raise RunStopped(f"stopped at reflow step {trainer.step}; checkpoint saved")
-        self.verified("reflow.done", f"step {trainer.step}")
-        return self.ckpt_dir / checkpoint.checkpoint_name(trainer.step)
+        return self._fit(trainer, "reflow.done", "reflow step")
 
     def stage_eval(self, finals: dict[str, Path]) -> None:
         """The final evaluation of every variant the run trained (R1, and R2 after reflow)."""
