@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.templating import Jinja2Templates
 
 from app.db import Database
+from app.protocol import plural
 from app.settings import Settings
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -39,7 +40,7 @@ def _form_value(value: object, kind: str) -> str:
     return ",".join(str(v) for v in value) if kind == "int_list" else str(value)
 
 
-TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value)
+TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value, count=plural)
 
 
 def get_db(request: Request) -> Database:

@@ -2,7 +2,9 @@
 
 Usage: python bench/bench_dlite.py [--device cuda] [--repeats 5] [--compile] [--amp] [--check]
 Every figure is the median of --repeats timed runs after a warm-up; ratios are measured in
-the same run. Planning is timed for R1 (3 sampling steps) and R2 (1 step) with the fast
+the same run. For 50 environments the work per decision (GFLOP) and this device's large-
+matmul rate give a ceiling on the speedup over the plain loop that no planner doing the
+same arithmetic can pass. Planning is timed for R1 (3 sampling steps) and R2 (1 step) with the fast
 planner, and with the plain textbook loop (flow.sample per level) it is tested against.
 `--check` compares with bench/targets.json and exits 1 when a target is missed.
 """
@@ -20,6 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from dlite import d4rl
 from dlite.config import from_dict
@@ -82,6 +85,21 @@ def count_ops(fn: Callable[[], object]) -> int:
     return counter.count
 
 
+def decision_gflop(planner: Planner, obs: np.ndarray) -> float:
+    """Floating-point work of one decision, counted on the unpacked planner (FlopCounterMode
+    knows PyTorch's matmul and attention ops, not oneDNN's packed linear)."""
+    with FlopCounterMode(display=False) as counter:
+        planner.act(obs)
+    return counter.get_total_flops() / 1e9
+
+
+def matmul_gflops(device: torch.device, repeats: int) -> float:
+    """What this device does at its best in the planning dtype: a large fp32 matmul. A
+    batched decision cannot beat it, so it bounds the speedup any planner can reach."""
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    return 2 * 2048 ** 3 / timed(lambda: torch.mm(a, b), repeats, 5, device) / 1e9
+
+
 def check(result: dict, device: str) -> list[str]:
     """Targets missed, by name (empty when all are met)."""
     targets = json.loads(TARGETS.read_text()).get(device, {})
@@ -139,7 +157,8 @@ def main() -> None:
         reflow_s = timed(reflow.train_step, args.repeats, args.steps, device)
 
         obs1, obs50 = raw.observations[:1], raw.observations[:50]
-        planning: dict[str, float | int] = {}
+        peak = matmul_gflops(device, args.repeats)
+        planning: dict[str, float | int] = {"matmul_gflops_per_s": round(peak, 1)}
         for variant in ("R1", "R2"):
             fast = Planner(trainer.model, cfg, variant=variant, compile=args.compile, cuda_graph=True)
             plain = Planner(trainer.model, cfg, variant=variant)
@@ -156,8 +175,15 @@ def main() -> None:
                 f"plan_plain_latency_ms_50env_{variant}": round(1000 * plain50, 2),
                 f"plan_speedup_1env_{variant}_vs_plain": round(plain1 / fast1, 2),
                 f"plan_speedup_50env_{variant}_vs_plain": round(plain50 / fast50, 2),
-                f"ops_per_decision_{variant}": count_ops(lambda: Planner(trainer.model, cfg, variant=variant).act(obs1)),
+                f"ops_per_decision_{variant}": count_ops(lambda: fast.act(obs1)),
                 f"ops_per_decision_plain_{variant}": count_ops(lambda: plain.act_plain(obs1)),
+            })
+            gflop = decision_gflop(Planner(trainer.model, cfg, variant=variant, pack=False), obs50)
+            planning.update({
+                f"gflop_per_decision_50env_{variant}": round(gflop, 3),
+                f"plan_gflops_per_s_50env_{variant}": round(gflop / fast50, 1),
+                # the most any planner doing this work can gain on the plain loop here
+                f"plan_speedup_50env_{variant}_ceiling": round(plain50 / (gflop / peak), 2),
             })
             bf16 = Planner(trainer.model, cfg, variant=variant, cuda_graph=True, dtype=torch.bfloat16)
             bf1 = timed(lambda: bf16.act(obs1), args.repeats, 20, device)

@@ -78,17 +78,14 @@ class Block(nn.Module):
     def attention(self, x: torch.Tensor, queries: slice | None = None) -> torch.Tensor:
         """Self-attention; with `queries`, only those positions attend (keys are all)."""
         b, n, d = x.shape
-        qkv = F.linear(x, self.qkv.weight, self.qkv.bias)
-        q, k, v = qkv.view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         if queries is not None:
             q = q[:, :, queries]
         out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, q.shape[2], d)
-        return F.linear(out, self.proj.weight, self.proj.bias)
+        return self.proj(out)
 
     def forward_modulated(self, x: torch.Tensor, mod: Modulation, queries: slice | None = None) -> torch.Tensor:
-        """The block given its modulation; with `queries`, only those output positions.
-        Functional calls instead of module calls: planning one environment is bound by
-        per-call overhead, not arithmetic."""
+        """The block given its modulation; with `queries`, only those output positions."""
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
         d = x.shape[-1]
         h = torch.addcmul(shift1, F.layer_norm(x, (d,), eps=1e-6), scale1)
@@ -97,9 +94,7 @@ class Block(nn.Module):
         if queries is not None:
             x = x[:, queries]
         x = torch.addcmul(x, gate1, self.attention(h, queries))
-        fc1, fc2 = self.mlp[0], self.mlp[2]
-        h = torch.addcmul(shift2, F.layer_norm(x, (d,), eps=1e-6), scale2)
-        h = F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias), approximate="tanh"), fc2.weight, fc2.bias)
+        h = self.mlp(torch.addcmul(shift2, F.layer_norm(x, (d,), eps=1e-6), scale2))
         return torch.addcmul(x, gate2, h)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -156,12 +151,12 @@ class DiT1d(nn.Module):
         """Velocity given precomputed modulations; with `queries`, only at those points
         (the last block then computes only their outputs)."""
         block_mods, (shift, scale) = mods
-        h = F.linear(x, self.x_proj.weight, self.x_proj.bias) + self.pos
+        h = self.x_proj(x) + self.pos
         last = len(self.blocks) - 1
         for i, (block, mod) in enumerate(zip(self.blocks, block_mods)):
             h = block.forward_modulated(h, mod, queries if i == last else None)
         h = torch.addcmul(shift, F.layer_norm(h, (h.shape[-1],), eps=1e-6), scale)
-        return F.linear(h, self.out.weight, self.out.bias)
+        return self.out(h)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x (B, P, o); t (B,); value (B, 1); keep (B, 1): 1 keeps the condition, 0 drops it."""

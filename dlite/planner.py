@@ -4,8 +4,9 @@ then inverse dynamics on the first two points of the finest plan.
 With a fixed target return, everything that depends only on (time, condition) — the
 time and value embeddings and every block's modulation — is the same at every decision,
 so the planner computes it once per sampling step and a decision runs only the plan's
-own forward passes. The last Euler step of a level only needs point 1 (the next level's
-end point, or the action's next state), so its last block computes that point alone.
+own forward passes. Given points never move, so the last block of each forward pass
+computes only the free points, and in the last Euler step of a level only point 1 (the
+next level's end point, or the action's next state).
 `plan_plain` keeps the textbook loop over `flow.sample`; a test holds the two equal.
 """
 
@@ -14,27 +15,28 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, TypeVar
 
 import numpy as np
 import torch
 
-from dlite import checkpoint
+from dlite import checkpoint, packed
 from dlite.config import Config
 from dlite.dit import DiT1d, Modulation
 from dlite.flow import fix_mask, sample, time_grid
 from dlite.model import DiffuserLite
 
 Variant = Literal["R1", "R2"]
+Net = TypeVar("Net", bound=torch.nn.Module)
 Mods = tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class _Step:
-    """One Euler step of one level: the network's modulations and dt on the free points."""
+    """One Euler step of one level: the network's modulations and t_now - t_next."""
 
     mods: Mods
-    dt_free: torch.Tensor  # (points, obs_dim): t_now - t_next where free, 0 where fixed
+    dt: float
 
 
 @dataclass
@@ -44,6 +46,11 @@ class _Level:
     steps: list[_Step]
     noise_scale: torch.Tensor  # temperature where free, 0 where fixed
     fixes_end: bool
+
+    @property
+    def free(self) -> slice:
+        """The points the flow moves: all but the given start (and end, on finer levels)."""
+        return slice(1, self.points - 1 if self.fixes_end else self.points)
 
 
 def _cast(mods: Mods, dtype: torch.dtype) -> Mods:
@@ -58,14 +65,17 @@ class Planner:
     and guidance; R2 (reflowed weights) with its one step and the task's R2 values.
     `compile` wraps a decision in torch.compile; on CUDA, `cuda_graph` captures a whole
     decision per batch size and replays it (the standard torch.cuda.graphs mechanism).
-    `dtype=torch.bfloat16` plans with bf16 copies of the networks (about 1.5x faster on a
-    CPU with AVX512-BF16; not the paper's precision, so never the default).
+    `dtype=torch.bfloat16` plans with bf16 copies of the networks (faster on a CPU with
+    AVX512-BF16; not the paper's precision, so never the default). On a CPU the planning
+    copies have oneDNN-packed weights (`dlite.packed`); `pack=False` keeps PyTorch's Linear
+    (for counting FLOPs, which the packed op does not report).
     """
 
     def __init__(self, model: DiffuserLite, cfg: Config, w_cfg: float | None = None,
                  target_return: float | None = None, temperature: float | None = None,
                  sampling_steps: int | None = None, variant: Variant = "R1",
-                 compile: bool = False, cuda_graph: bool = False, dtype: torch.dtype = torch.float32) -> None:
+                 compile: bool = False, cuda_graph: bool = False, dtype: torch.dtype = torch.float32,
+                 pack: bool = True) -> None:
         self.model = model.eval()
         self.dtype = dtype
         self.cfg = cfg
@@ -79,8 +89,10 @@ class Planner:
         self.sampling_steps = ((cfg.r2_sampling_steps if r2 else cfg.sampling_steps)
                                if sampling_steps is None else sampling_steps)
         self.masks = [fix_mask(h, model.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
+        # compile packs weights its own way
+        self.packed = pack and not compile and packed.available(self.device)
         self.levels = self._precompute()
-        self.invdyn = model.invdyn if dtype == torch.float32 else copy.deepcopy(model.invdyn).to(dtype)
+        self.invdyn = self._for_planning(model.invdyn)
         self._expanded: dict[int, list[list[Mods]]] = {}
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self._decide: Callable[[torch.Tensor, list[list[Mods]]], torch.Tensor] = self._decide_eager
@@ -120,10 +132,17 @@ class Planner:
             for t_now, t_next in zip(grid[:-1], grid[1:]):
                 t = torch.full((len(keep),), t_now, device=self.device)
                 mods = _cast(net.modulations(net.embed(t, value, keep_t)), self.dtype)
-                steps.append(_Step(mods, ((t_now - t_next) * (1 - mask)).to(self.dtype)))
-            plan_net = net if self.dtype == torch.float32 else copy.deepcopy(net).to(self.dtype)
-            levels.append(_Level(plan_net, points, steps, (self.temperature * (1 - mask)).to(self.dtype), level > 0))
+                steps.append(_Step(mods, t_now - t_next))
+            levels.append(_Level(self._for_planning(net), points, steps,
+                                 (self.temperature * (1 - mask)).to(self.dtype), level > 0))
         return levels
+
+    def _for_planning(self, net: Net) -> Net:
+        """The network in the planning dtype, with packed weights on a CPU; the hint is
+        the rows of a guided one-environment batch at the finest level."""
+        if self.dtype != torch.float32:
+            net = copy.deepcopy(net).to(self.dtype)
+        return packed.pack(net, 2 * max(self.cfg.horizons)) if self.packed else net
 
     def _mods_for(self, n: int) -> list[list[Mods]]:
         """Guided planning runs both branches in one batch of 2n: the modulations are
@@ -160,11 +179,15 @@ class Planner:
             x[:, 0] = obs
             if lv.fixes_end:
                 x[:, -1] = end
-            for step, m in zip(lv.steps[:-1], level_mods[:-1]):
-                x = torch.addcmul(x, self._velocity(lv.net, x, m), step.dt_free)
-            # only point 1 of the last step is used: the next level's end, or the next state
-            v1 = self._velocity(lv.net, x, level_mods[-1], slice(1, 2))
-            end = torch.addcmul(x[:, 1], v1[:, 0], lv.steps[-1].dt_free[1])
+            free = lv.free
+            if free.start < free.stop:
+                for step, m in zip(lv.steps[:-1], level_mods[:-1]):
+                    # given points never move: the last block computes only the free ones
+                    x[:, free] += step.dt * self._velocity(lv.net, x, m, free)
+                # only point 1 of the last step is used: the next level's end, or the next state
+                end = x[:, 1] + lv.steps[-1].dt * self._velocity(lv.net, x, level_mods[-1], slice(1, 2))[:, 0]
+            else:  # two given points and nothing between them
+                end = x[:, 1]
         return self.invdyn(obs, end).float()
 
     @torch.inference_mode()

@@ -186,7 +186,7 @@ def test_export_and_results_markdown(client) -> None:
     assert md.headers["content-type"].startswith("text/markdown")
     lines = md.text.strip().splitlines()
     assert lines[0].startswith("| task | variant | seeds (n) | mine | paper | difference | agreement |")
-    assert lines[2].startswith("| hopper-medium-v2 | R1 | 0 (1) | 97.0 ± 2.0 (std over 1 episodes, one run) "
+    assert lines[2].startswith("| hopper-medium-v2 | R1 | 0 (1) | 97.0 ± 2.0 (std over 1 episode, one run) "
                                "| 99.5 ± 0.7 (s.e. over 5 seeds) | -2.5 | one seed:")
 
 

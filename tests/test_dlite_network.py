@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlite import checkpoint, d4rl
+from dlite import checkpoint, d4rl, packed
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset
 from dlite.dit import Block, DiT1d, sinusoidal
@@ -123,11 +123,13 @@ def test_bf16_planner_stays_close_to_fp32(trained: tuple) -> None:
     assert next(model.parameters()).dtype == torch.float32, "the model itself stays fp32"
 
 
-@pytest.mark.parametrize("block", ["dit", "reference"])
-def test_fast_planner_equals_plain_at_depth_2(block: str) -> None:
-    """Pruning the last block to point 1 after a full first block, for both blocks."""
+@pytest.mark.parametrize(("block", "horizons"), [("dit", [5, 5, 9]), ("reference", [5, 5, 9]), ("reference", [3, 2, 3])])
+def test_fast_planner_equals_plain_at_depth_2(block: str, horizons: list[int]) -> None:
+    """Pruning the last block to the free points (point 1 in the last step) after a full
+    first block, for both blocks; a 2-point level has no free point at all."""
     torch.manual_seed(0)
-    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "block": block})
+    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "block": block,
+                     "horizons": horizons})
     model = DiffuserLite(cfg, 17, 6)
     with torch.no_grad():
         for p in model.ema_levels.parameters():
@@ -139,3 +141,60 @@ def test_fast_planner_equals_plain_at_depth_2(block: str) -> None:
         fast = planner.act(obs)
         torch.manual_seed(2)
         assert np.abs(fast - planner.act_plain(obs)).max() <= 1e-5
+
+
+@pytest.mark.skipif(not packed.available(torch.device("cpu")), reason="this PyTorch build has no oneDNN")
+def test_packed_copies_compute_what_their_modules_do() -> None:
+    """Packed Linear layers (and the GELUs fused into them) give the module's outputs;
+    the original keeps its trainable Linear layers."""
+    torch.manual_seed(0)
+    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32})
+    model = DiffuserLite(cfg, 17, 6).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert packed.pack(model.invdyn, 4).net[0] is not model.invdyn.net[0], "a copy"
+    assert isinstance(packed.pack(model.invdyn, 4).net[0], nn.Linear), "small layers stay F.linear"
+    invdyn = packed.pack(model.invdyn, 4, min_weights=1)
+    layers = list(invdyn.net)
+    assert [type(m).__name__ for m in layers] == ["PackedLinear", "Dropout", "PackedLinear", "PackedLinear", "Tanh"]
+    assert [(m.post, m.algorithm) for m in layers if isinstance(m, packed.PackedLinear)] == [
+        ("gelu", "none"), ("gelu", "none"), ("none", "")]
+    obs, nxt = torch.randn(2, 3, 17), torch.randn(2, 3, 17)
+    with torch.inference_mode():
+        assert torch.allclose(invdyn(obs, nxt), model.invdyn(obs, nxt), atol=1e-6)
+    net = model.ema_levels[2]
+    fast = packed.pack(net, 9, min_weights=1)
+    assert isinstance(fast.blocks[0].mlp[0], packed.PackedLinear) and fast.blocks[0].mlp[0].algorithm == "tanh"
+    x, t = torch.randn(3, 9, 17), torch.rand(3)
+    value, keep = torch.randn(3, 1), torch.ones(3, 1)
+    with torch.inference_mode():
+        mods = net.modulations(net.embed(t, value, keep))
+        assert torch.allclose(fast.forward_modulated(x, mods), net.forward_modulated(x, mods), atol=1e-5)
+        assert torch.allclose(fast.forward_modulated(x, mods, slice(1, 2)), net(x, t, value, keep)[:, 1:2], atol=1e-5)
+    assert isinstance(net.blocks[0].qkv, torch.nn.Linear)
+    assert isinstance(model.invdyn.net[0], torch.nn.Linear) and model.invdyn.net[0].weight.requires_grad
+
+
+@pytest.mark.skipif(not packed.available(torch.device("cpu")), reason="this PyTorch build has no oneDNN")
+@pytest.mark.parametrize(("variant", "w_cfg"), [("R1", 1.0), ("R1", 2.5), ("R2", 1.0)])
+def test_packed_planner_at_the_seed_size_gives_the_plain_actions(variant: str, w_cfg: float) -> None:
+    """At the paper's width the planner packs qkv and the MLPs (the small layers stay
+    F.linear) and still gives the textbook loop's actions."""
+    torch.manual_seed(0)
+    cfg = from_dict({})
+    model = DiffuserLite(cfg, 17, 6)
+    with torch.no_grad():
+        for p in model.ema_levels.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    planner = Planner(model, cfg, variant=variant, w_cfg=w_cfg)
+    block = planner.levels[0].net.blocks[0]
+    assert isinstance(block.qkv, packed.PackedLinear) and isinstance(block.mlp[0], packed.PackedLinear)
+    assert isinstance(planner.levels[0].net.x_proj, nn.Linear) and isinstance(block.proj, nn.Linear)
+    assert isinstance(Planner(model, cfg, pack=False).levels[0].net.blocks[0].qkv, nn.Linear)
+    obs = np.random.default_rng(0).normal(size=(3, 17)).astype(np.float32)
+    torch.manual_seed(4)
+    fast = planner.act(obs)
+    torch.manual_seed(4)
+    assert np.abs(fast - planner.act_plain(obs)).max() <= 1e-5
+    assert np.abs(fast).max() > 1e-3

@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 
+from app.protocol import MetricPointIn
 from tests.app_helpers import (ROOT, LiveServer, claim, create_run, register, start_server, stop_server,
                                subprocess_env, wait_for)
 from tests.test_worker_e2e import TASK, loss_steps, restart_server, start_worker, stop, tiny_run_config
 from worker.client import ServerClient
+from worker.executor import RunExecutor
 from worker.outbox import Outbox
 
 
@@ -243,3 +246,20 @@ def test_a_work_dir_that_outlived_its_server_is_not_mixed_in(tmp_path: Path, dat
     finally:
         stop(worker)
         stop_server(server)
+
+
+def test_a_backup_export_replays_its_non_finite_points_too(tmp_path: Path) -> None:
+    """A fresh server gets every point of the export up to the checkpoint back, the NaN and
+    infinite ones included, in the form the metrics endpoint accepts."""
+    export = tmp_path / "metrics.json"
+    export.write_text(json.dumps({
+        "metrics": {"loss": [[10, 1.5, 100.0], [20, 1.25, 101.0], [40, 1.0, 103.0]]},
+        "nonfinite_metrics": {"loss": [[30, "nan", 102.0]], "invdyn_loss": [[20, "-inf", 101.0], [50, "inf", 104.0]]}}))
+    posted: list[tuple[str, dict]] = []
+    fake = SimpleNamespace(outbox=SimpleNamespace(post=lambda kind, body: posted.append((kind, body))))
+    RunExecutor._replay_metrics(fake, export, upto=40)  # type: ignore[arg-type]
+    points = [MetricPointIn.model_validate(p) for kind, body in posted for p in body["points"]]
+    assert {kind for kind, _ in posted} == {"metrics"}
+    assert sorted((p.key, p.step, p.value, p.nonfinite) for p in points) == [
+        ("invdyn_loss", 20, None, "-inf"), ("loss", 10, 1.5, None), ("loss", 20, 1.25, None),
+        ("loss", 30, None, "nan"), ("loss", 40, 1.0, None)]

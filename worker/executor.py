@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from app.protocol import ClaimResponse, plural
+from app.protocol import ClaimResponse, metric_point, plural
 from dlite import checkpoint
 from dlite.config import Config, from_dict
 from dlite.dataset import WindowDataset
@@ -351,13 +351,15 @@ class RunExecutor:
         return "started fresh"
 
     def _replay_metrics(self, export: Path, upto: int, batch: int = 10_000) -> None:
-        """A fresh server (a new Colab VM) gets the curves back from the backup's export; points
-        past the checkpoint are left out, training will log them again."""
+        """A fresh server (a new Colab VM) gets the curves back from the backup's export, the
+        non-finite points too; points past the checkpoint are left out, training will log
+        them again."""
         if not export.exists():
             return
-        points = [{"key": key, "step": step, "value": value, "wall_time": wall}
-                  for key, series in json.loads(export.read_bytes())["metrics"].items()
-                  for step, value, wall in series if step <= upto]
+        saved = json.loads(export.read_bytes())
+        series = [(key, step, float(value), wall) for name in ("metrics", "nonfinite_metrics")
+                  for key, rows in saved.get(name, {}).items() for step, value, wall in rows]
+        points = [metric_point(key, step, value, wall) for key, step, value, wall in series if step <= upto]
         for i in range(0, len(points), batch):
             self.outbox.post("metrics", {"points": points[i:i + batch]})
 

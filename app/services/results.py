@@ -17,6 +17,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.models import Evaluation, Run
+from app.protocol import plural
 from app.services.dashboard import planning_speed
 from app.services.runs import evaluation_dict
 from dlite.config import schema
@@ -106,7 +107,7 @@ def _row(task: str, variant: str, members: list[tuple[Run, Evaluation]]) -> dict
         "mean": mean, "sem": sem, "label": SEM_OVER_SEEDS if n > 1 else STD_OVER_EPISODES,
         "per_episode": None if single is None else {
             "mean": single.score_mean, "std": single.score_std, "n_episodes": len(single.scores),
-            "label": f"std over the {len(single.scores)} episodes of one run (not a standard error)"},
+            "label": f"std over the {plural(len(single.scores), 'episode')} of one run (not a standard error)"},
         "paper": {"mean": paper.mean, "sem": paper.sem, "source": paper.source, "label": "mean ± s.e. over 5 seeds"},
         "difference": difference, "agreement": agreement(difference, sem, paper.sem),
         "differing_config_keys": _differing_keys([r for r, _ in members]),
@@ -139,7 +140,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             mine = f"{_pm(r['mean'], r['sem'])} (s.e. over seeds)"
         else:
             ep = r["per_episode"]
-            mine = f"{_pm(ep['mean'], ep['std'])} (std over {ep['n_episodes']} episodes, one run)"
+            mine = f"{_pm(ep['mean'], ep['std'])} (std over {plural(ep['n_episodes'], 'episode')}, one run)"
         seeds = ", ".join(str(s) for s in r["seeds"])
         p = r["planning"]
         batch = _hz(p["decisions_per_s"]) + (f" ({', '.join(str(n) for n in p['n_envs'])} envs)" if p["n_envs"] else "")
