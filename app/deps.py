@@ -40,7 +40,7 @@ def _form_value(value: object, kind: str) -> str:
     return ",".join(str(v) for v in value) if kind == "int_list" else str(value)
 
 
-TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value, count=plural)
+TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value, counted=plural)
 
 
 def get_db(request: Request) -> Database:

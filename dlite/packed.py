@@ -20,14 +20,22 @@ from torch import nn
 Module = TypeVar("Module", bound=nn.Module)
 
 
-def available(device: torch.device) -> bool:
-    """Whether this PyTorch build can pack weights for `device` (oneDNN on a CPU)."""
-    return device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+def available(device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build and CPU can pack `dtype` weights for `device`: oneDNN on
+    a CPU, and for bf16 a CPU with AVX512-BF16-capable instructions (AVX2-only CPUs have
+    no packed bf16 path, F.linear still works there)."""
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if dtype == torch.float32:
+        return True
+    return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class PackedLinear(nn.Module):
     """An inference-only copy of a Linear (and of the GELU after it, once fused), weights packed
-    for batches of about `rows` rows (any row count works; the hint picks the blocking)."""
+    for batches of about `rows` rows (any row count works; the hint picks the blocking).
+    The packed weight is an opaque oneDNN tensor: it cannot be copied, saved or moved, so
+    pack again from the original module instead."""
 
     def __init__(self, layer: nn.Linear, rows: int) -> None:
         super().__init__()

@@ -90,7 +90,7 @@ class Planner:
                                if sampling_steps is None else sampling_steps)
         self.masks = [fix_mask(h, model.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
         # compile packs weights its own way
-        self.packed = pack and not compile and packed.available(self.device)
+        self.packed = pack and not compile and packed.available(self.device, dtype)
         self.levels = self._precompute()
         self.invdyn = self._for_planning(model.invdyn)
         self._expanded: dict[int, list[list[Mods]]] = {}
@@ -98,10 +98,12 @@ class Planner:
         self._decide: Callable[[torch.Tensor, list[list[Mods]]], torch.Tensor] = self._decide_eager
         self.compiled = compile
         if compile:
-            # on CUDA, graphs come from our own capture or from compile's reduce-overhead mode
-            cuda_mode = "max-autotune-no-cudagraphs" if self.cuda_graph else "reduce-overhead"
-            self._decide = torch.compile(self._decide_eager, dynamic=False,
-                                         mode=cuda_mode if self.device.type == "cuda" else None)
+            # on CUDA, graphs come from our own capture or from compile's reduce-overhead mode;
+            # fallback_random draws PyTorch's own noise, so compiled plans equal eager ones
+            mode = ("max-autotune-no-cudagraphs" if self.cuda_graph else "reduce-overhead") \
+                if self.device.type == "cuda" else "default"
+            self._decide = torch.compile(self._decide_eager, dynamic=False, options={
+                **torch._inductor.list_mode_options(mode), "fallback_random": True})
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod

@@ -199,6 +199,51 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
         assert page.errors == []
 
 
+def test_non_finite_steps_are_marked_where_the_loss_blew_up(browser, live_server: LiveServer) -> None:
+    """A red x at the top of the plot area at every non-finite step, its hover naming step and
+    values; a step only non-finite points reach widens the shared x range; live points too."""
+    with live_server.client() as api:
+        rid = create_run(api)["id"]
+        a = {"attempt": claim(api, register(api))["attempt"]}
+        points = [{"key": k, "step": s, "value": LOSS[s], "wall_time": 1.7e9 + s}
+                  for s in range(0, 60, 10) for k in ("loss0", "loss1", "loss2", "invdyn_loss")]
+        points = [p for p in points if (p["key"], p["step"]) not in (("loss0", 30), ("loss1", 30))] + [
+            {"key": "loss0", "step": 30, "value": None, "nonfinite": "nan", "wall_time": 1.7e9 + 30},
+            {"key": "loss1", "step": 30, "value": None, "nonfinite": "inf", "wall_time": 1.7e9 + 30},
+            {"key": "invdyn_loss", "step": 80, "value": None, "nonfinite": "-inf", "wall_time": 1.7e9 + 80}]
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
+        page = _login(browser, live_server)
+        _open_run(page, live_server, rid)
+
+        marks = ("id => document.getElementById('chart-' + id).data.filter(t => t.name === 'non-finite')"
+                 ".map(t => ({x: t.x, y: t.y, text: t.text, yaxis: t.yaxis, symbol: t.marker.symbol}))")
+        assert page.evaluate(f"({marks})('loss')") == [
+            {"x": [30], "y": [1], "text": ["step 30: loss0 = NaN, loss1 = inf"], "yaxis": "y2", "symbol": "x"}]
+        assert page.evaluate(f"({marks})('invdyn')")[0]["text"] == ["step 80: invdyn_loss = -inf"]
+        assert page.evaluate(f"({marks})('lr')") == []
+        y2 = page.evaluate("document.getElementById('chart-loss')._fullLayout.yaxis2")
+        assert y2["range"] == [0, 1] and y2["overlaying"] == "y" and y2["visible"] is False
+        assert page.evaluate("document.getElementById('chart-loss')._fullLayout.xaxis.range[1]") > 80
+
+        # drawn: at the top of the plot area, above step 30, and hovering it says what happened
+        mark = page.locator("#chart-loss .scatterlayer .trace").last.locator(".point")
+        assert mark.count() == 1
+        box, area = mark.bounding_box(), page.locator("#chart-loss .nsewdrag").bounding_box()
+        centre = (box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        assert abs(centre[1] - area["y"]) <= 2 and area["x"] < centre[0] < area["x"] + area["width"]
+        page.mouse.move(centre[0], centre[1] + 3)  # just inside the plot area, where Plotly listens
+        page.wait_for_selector("#chart-loss .hoverlayer .hovertext", timeout=5000)
+        hover = page.locator("#chart-loss .hoverlayer .hovertext")
+        assert [hover.nth(i).text_content() for i in range(hover.count())] == ["step 30: loss0 = NaN, loss1 = inf"]
+
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": [
+            {"key": "loss2", "step": 1230, "value": None, "nonfinite": "nan", "wall_time": 1.7e9 + 1230}]}
+                 ).raise_for_status()
+        page.wait_for_function(f"({marks})('loss')[0].x.length === 2")
+        assert page.evaluate(f"({marks})('loss')")[0]["text"][1] == "step 1,230: loss2 = NaN"
+        assert page.errors == []
+
+
 def test_demo_and_empty_runs_say_what_is_missing(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": "demo", "config": {},

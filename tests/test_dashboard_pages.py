@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.services import metrics
 from app.services.dashboard import CHART_KEYS, CHARTS, FIGURE_FILES
+from app.services.events import changes_since
 from tests.app_helpers import claim, create_run, register
 from dlite.config import schema
 from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS
@@ -165,6 +166,30 @@ def test_chart_series_from_blocks_keeps_spikes_ends_and_bound(client) -> None:
                                               "wall_time": 0.0}], notify=False)
     s = client.get(f"/api/runs/{rid}/charts").json()["series"]["loss0"]
     assert -50.0 not in s["values"] and min(s["values"]) >= -1.0
+
+
+def test_chart_series_carry_non_finite_points_to_the_page_and_the_live_feed(client) -> None:
+    """The run page marks non-finite steps from the charts answer and from the change feed;
+    a series that was never finite (diverged at its first log) is in the answer too."""
+    rid = create_run(client)["id"]
+    attempt = claim(client, register(client))["attempt"]
+    since = client.get(f"/api/runs/{rid}").json()["change_id"]
+    bad = [{"key": "loss0", "step": 30, "value": None, "nonfinite": "nan", "wall_time": 1030.0},
+           {"key": "invdyn_loss", "step": 10, "value": None, "nonfinite": "-inf", "wall_time": 1010.0}]
+    points = [{"key": "loss0", "step": s, "value": 0.5, "wall_time": 1000.0 + s} for s in (10, 20)] + bad
+    client.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": points}).raise_for_status()
+    series = client.get(f"/api/runs/{rid}/charts").json()["series"]
+    assert series["loss0"]["steps"] == [10, 20]
+    assert series["loss0"]["nonfinite"] == {"steps": [30], "values": ["nan"], "wall_times": [1030.0]}
+    assert series["invdyn_loss"]["total"] == 0 and series["invdyn_loss"]["nonfinite"]["values"] == ["-inf"]
+    with client.app.state.db.read() as session:
+        fed = [p for c in changes_since(session, since, rid) if c.kind == "metrics" for p in c.data["points"]]
+    assert bad[0] in fed and bad[1] in fed, "a live run page gets them as they come"
+    assert client.post(f"/api/runs/{rid}/figures").status_code == 200, "the PNGs take a never-finite series"
+    from app.services.figures import chart_figure
+
+    never = chart_figure(CHARTS[1], "t", {"invdyn_loss": series["invdyn_loss"]}, [], None).axes[0]
+    assert [t.get_text() for t in never.texts] == ["no data yet"] and not never.get_lines()
 
 
 def _claimed(client: TestClient, **config: object) -> tuple[int, int]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -198,3 +202,46 @@ def test_packed_planner_at_the_seed_size_gives_the_plain_actions(variant: str, w
     torch.manual_seed(4)
     assert np.abs(fast - planner.act_plain(obs)).max() <= 1e-5
     assert np.abs(fast).max() > 1e-3
+
+
+BF16_ON_AVX2 = """
+import numpy as np, torch
+from dlite import packed
+from dlite.config import from_dict
+from dlite.model import DiffuserLite
+from dlite.planner import Planner
+cfg = from_dict({})
+planner = Planner(DiffuserLite(cfg, 17, 6), cfg, dtype=torch.bfloat16)
+assert not packed.available(torch.device("cpu"), torch.bfloat16)
+assert not isinstance(planner.levels[0].net.blocks[0].qkv, packed.PackedLinear)
+print(planner.act(np.zeros((1, 17), np.float32)).shape)
+"""
+
+
+def test_bf16_planning_works_on_a_cpu_without_avx512() -> None:
+    """oneDNN has no packed bf16 path on AVX2-only CPUs (most laptops, AMD Zen 2/3): the
+    planner must fall back to F.linear there, not fail. ONEDNN_MAX_CPU_ISA makes this CPU
+    look like one."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run([sys.executable, "-c", BF16_ON_AVX2], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "(1, 6)"
+
+
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_planner_gives_the_plain_planners_actions() -> None:
+    """torch.compile draws PyTorch's own random numbers (fallback_random), so a compiled
+    plan equals the eager one for the same RNG state, noise included."""
+    torch.manual_seed(0)
+    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "horizons": [3, 2, 3]})
+    model = DiffuserLite(cfg, 5, 3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    planner = Planner(model, cfg, compile=True, w_cfg=2.5, temperature=0.5)
+    obs = np.random.default_rng(0).normal(size=(4, 5)).astype(np.float32)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        fast = planner.act(obs)
+        torch.manual_seed(seed)
+        assert np.abs(fast - planner.act_plain(obs)).max() <= 1e-5

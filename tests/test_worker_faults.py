@@ -5,6 +5,7 @@ than the lease, an attempt fenced off mid-training, a work dir that outlived its
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import subprocess
 import sys
@@ -133,6 +134,55 @@ def test_a_diverging_run_stops_naming_step_and_loss(tmp_path: Path, dataset_cach
         assert {"level": "warning", "message": "loss0 became non-finite (nan) at step 30"} in [
             {k: e[k] for k in ("level", "message")} for e in events]
         assert not run["checkpoints"], "diverged weights are not kept as the newest checkpoint"
+    finally:
+        stop(worker)
+        stop_server(server)
+
+
+def test_a_run_set_to_continue_trains_through_non_finite_losses_and_keeps_them(tmp_path: Path,
+                                                                             dataset_cache: Path) -> None:
+    """on_nonfinite=continue: the log intervals ending at steps 30 and 50 report loss0 NaN and
+    loss1 inf; the run finishes, the server holds those points at their steps beside every
+    finite one, and the first non-finite step is warned about once, not at every bad log."""
+    steps, every = 70, 10
+    server = start_server(tmp_path / "server")
+    api = server.client()
+    run_id = create(api, steps, on_nonfinite="continue")["id"]
+    worker = start_worker(server, tmp_path / "w", dataset_cache, module="tests.diverging_worker",
+                          DLITE_TEST_SPIKES="30,50")
+    try:
+        wait_for(lambda: ended(api, run_id), 180, "the run to end")
+        run = run_of(api, run_id)
+        assert run["status"] == "succeeded", run["error"]
+        assert run["step"] == steps and not run["error"]
+
+        logged = list(range(every, steps + 1, every))
+        finite = [s for s in logged if s not in (30, 50)]
+        for key, label in (("loss0", "nan"), ("loss1", "inf")):
+            series = api.get(f"/api/runs/{run_id}/metrics", params={"key": key}).json()
+            assert series["steps"] == finite, key
+            assert all(math.isfinite(v) for v in series["values"]), key
+            assert series["nonfinite"]["steps"] == [30, 50] and series["nonfinite"]["values"] == [label] * 2, key
+        for key in ("loss2", "invdyn_loss", "lr"):  # untouched series: every point, none non-finite
+            series = api.get(f"/api/runs/{run_id}/metrics", params={"key": key}).json()
+            assert series["steps"] == logged and not series["nonfinite"]["steps"], key
+        charts = api.get(f"/api/runs/{run_id}/charts").json()["series"]  # what the run page draws
+        assert charts["loss0"]["nonfinite"]["steps"] == [30, 50] and charts["loss0"]["steps"] == finite
+        export = api.get(f"/api/runs/{run_id}/export").json()
+        assert {k: [(s, v) for s, v, _ in rows] for k, rows in export["nonfinite_metrics"].items()} == {
+            "loss0": [(30, "nan"), (50, "nan")], "loss1": [(30, "inf"), (50, "inf")]}
+        assert [s for s, _, _ in export["metrics"]["loss0"]] == finite
+        assert loss_steps(api, run_id) == finite
+
+        warnings = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json() if e["level"] == "warning"]
+        going_on = [m for m in warnings if "on_nonfinite=continue" in m]
+        assert going_on == [("loss became non-finite at step 30 (loss0 = nan, loss1 = inf); "
+                             "training goes on (on_nonfinite=continue)")], warnings
+        for key, label in (("loss0", "nan"), ("loss1", "inf")):  # the server's: the first point of each series
+            assert [m for m in warnings if m.startswith(f"{key} became non-finite")] == [
+                f"{key} became non-finite ({label}) at step 30"], warnings
+        assert not any("step 50" in m for m in warnings), "the later spike is not warned about again"
+        assert {c["step"] for c in run["checkpoints"]} >= {50, steps}, "checkpoints are kept when going on"
     finally:
         stop(worker)
         stop_server(server)

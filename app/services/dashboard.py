@@ -33,11 +33,12 @@ FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in CHARTS if c["file"])
 
 
 def chart_data(session: Session, run_id: int, max_points: int) -> dict[str, dict[str, Any]]:
-    """Every chart series the run has, downsampled to at most `max_points` each."""
+    """Every chart series the run has, downsampled to at most `max_points` each, with its
+    non-finite points (never downsampled; a series may have only those)."""
     out = {}
     for key in CHART_KEYS:
         s = chart_series(session, run_id, key, max_points)
-        if s["total"]:
+        if s["total"] or s["nonfinite"]["steps"]:
             out[key] = s
     return out
 

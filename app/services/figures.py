@@ -50,7 +50,7 @@ def chart_figure(chart: dict[str, Any], label: str, series: dict[str, dict[str, 
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for key in chart["keys"]:
-        if key in series:
+        if key in series and series[key]["steps"]:  # a series may hold non-finite points only
             ax.plot(series[key]["steps"], series[key]["values"], label=key, linewidth=0.8,
                     marker="o" if len(series[key]["steps"]) < 40 else None, markersize=3)
     if chart["id"] == "score":

@@ -96,6 +96,10 @@ def upsert_points(session: Session, run_id: int, points: Iterable[dict[str, Any]
                           {"points": [{k: r[k] for k in ("key", "step", "value", "wall_time")} for r in finite]})
     if nonfinite:
         _record_nonfinite(session, run_id, nonfinite, insert)
+        if notify:  # a live run page marks them as they come
+            record_change(session, run_id, "metrics", {"points": [
+                {"key": r["key"], "step": r["step"], "value": None, "nonfinite": r["value"],
+                 "wall_time": r["wall_time"]} for r in nonfinite]})
     return len(finite) + len(nonfinite)
 
 

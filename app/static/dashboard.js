@@ -135,6 +135,7 @@ const Dashboard = (() => {
 
   const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
   const SPARSE = 40;  // a series with fewer points is drawn with markers, so one point shows
+  const NONFINITE = {nan: "NaN", inf: "inf", "-inf": "-inf"};
   // Plotly's own config for every chart: no logo link and no "Share chart" button (it uploads
   // the run's data to Plotly's cloud); double-click returns to the shared range.
   const PLOT_CONFIG = {responsive: true, displaylogo: false, showSendToCloud: false, showEditInChartStudio: false,
@@ -160,7 +161,7 @@ const Dashboard = (() => {
   function runCharts(paper) {
     const slider = document.getElementById("smoothing");
     const state = {smoothing: Number(slider.value), x: "step", logY: true, xRange: null};
-    const series = {};  // key -> {steps, values, walls}
+    const series = {};  // key -> {steps, values, walls, bad: the non-finite points {steps, values, walls}}
     const charts = [...document.querySelectorAll(".plot")].map((div) => ({
       div, keys: div.dataset.keys.split(","), logY: div.dataset.logY === "true",
       smooth: div.dataset.smooth === "true", isScore: div.id === "chart-score",
@@ -177,8 +178,9 @@ const Dashboard = (() => {
       let lo = Infinity;
       let hi = -Infinity;
       for (const s of Object.values(series)) {
-        const xs = state.x === "step" ? s.steps : s.walls;
-        if (xs.length) { lo = Math.min(lo, xs[0]); hi = Math.max(hi, xs[xs.length - 1]); }
+        for (const xs of state.x === "step" ? [s.steps, s.bad.steps] : [s.walls, s.bad.walls]) {
+          if (xs.length) { lo = Math.min(lo, xs[0]); hi = Math.max(hi, xs[xs.length - 1]); }
+        }
       }
       if (lo > hi) return null;
       const pad = hi > lo ? (hi - lo) * 0.02 : (state.x === "step" ? 1 : 60);
@@ -202,16 +204,41 @@ const Dashboard = (() => {
       });
       // evaluations (quick and final, with their spread) and a published reference curve, from lab.js
       if (chart.isScore && state.x === "step") out.push(...scoreExtras.map((t) => ({...t})));
+      const bad = nonfiniteTrace(chart);
+      if (bad) out.push(bad);
       return out;
     }
 
+    // Where a series was NaN or infinite (no y to draw): a red x at the top of the plot area,
+    // on an axis of its own (0 to 1) so it stays there on a log scale and under any y zoom;
+    // the hover names the step and the values.
+    function nonfiniteTrace(chart) {
+      const at = new Map();  // step -> {wall, what: ["loss0 = NaN", ...]}
+      for (const key of chart.keys) {
+        const bad = series[key].bad;
+        bad.steps.forEach((step, i) => {
+          if (!at.has(step)) at.set(step, {wall: bad.walls[i], what: []});
+          at.get(step).what.push(`${key} = ${NONFINITE[bad.values[i]] || bad.values[i]}`);
+        });
+      }
+      if (!at.size) return null;
+      const steps = [...at.keys()].sort((a, b) => a - b);
+      return {name: "non-finite", type: "scatter", mode: "markers", yaxis: "y2", cliponaxis: false,
+              x: steps.map((s) => (state.x === "step" ? s : new Date(at.get(s).wall * 1000))),
+              y: steps.map(() => 1), hovertemplate: "%{text}<extra></extra>",
+              text: steps.map((s) => `step ${s.toLocaleString("en-US")}: ${at.get(s).what.join(", ")}`),
+              marker: {symbol: "x", color: "#dc2626", size: 10, line: {width: 2, color: "#dc2626"}}};
+    }
+
     function draw(chart) {
-      const empty = chart.keys.every((k) => !series[k].steps.length) && !(chart.isScore && scoreExtras.length);
+      const empty = chart.keys.every((k) => !series[k].steps.length && !series[k].bad.steps.length)
+        && !(chart.isScore && scoreExtras.length);
       const logY = chart.logY && state.logY;
       const range = sharedRange();
       const showPaper = chart.isScore && paper !== null && !empty;
       const extra = chart.isScore ? scoreExtras.length : 0;
-      const legend = chart.keys.length > 1 || extra > 0;
+      const bad = chart.keys.some((k) => series[k].bad.steps.length);
+      const legend = chart.keys.length > 1 || extra > 0 || bad;
       const layout = {
         autosize: true, height: empty ? 120 : 280 + (legend ? 20 * extra : 0),
         margin: {l: 60, r: 12, t: 30, b: legend ? 72 : 44},
@@ -222,6 +249,7 @@ const Dashboard = (() => {
         // full numbers on log axes (0.02, 0.05, 0.1): without a format Plotly labels the
         // ticks between powers of ten with their first digit only ("2", "5")
         yaxis: {visible: !empty, type: logY ? "log" : "linear", tickformat: logY ? "~g" : "", automargin: true},
+        ...(bad ? {yaxis2: {overlaying: "y", range: [0, 1], fixedrange: true, visible: false}} : {}),
         annotations: empty ? [{text: "no data yet", showarrow: false, xref: "paper", yref: "paper",
                                x: 0.5, y: 0.5, font: {size: 16, color: "#4b5563"}}] : [],
         shapes: showPaper ? [{type: "line", xref: "paper", x0: 0, x1: 1, y0: paper, y1: paper,
@@ -246,9 +274,10 @@ const Dashboard = (() => {
       for (const p of points) {
         const s = series[p.key];
         if (!s) continue;
-        const lastStep = s.steps.length ? s.steps[s.steps.length - 1] : -1;
+        const into = p.nonfinite ? s.bad : s;
+        const lastStep = into.steps.length ? into.steps[into.steps.length - 1] : -1;
         if (p.step <= lastStep) continue;
-        s.steps.push(p.step); s.values.push(p.value); s.walls.push(p.wall_time);
+        into.steps.push(p.step); into.values.push(p.nonfinite || p.value); into.walls.push(p.wall_time);
         fresh = true;
       }
       if (fresh) redraw();
@@ -269,11 +298,16 @@ const Dashboard = (() => {
     }
 
     async function load(runId) {
-      for (const chart of charts) for (const key of chart.keys) series[key] = {steps: [], values: [], walls: []};
+      const none = () => ({steps: [], values: [], walls: []});
+      for (const chart of charts) for (const key of chart.keys) series[key] = {...none(), bad: none()};
       try {
         const data = await api("GET", `/api/runs/${runId}/charts?max_points=1000`);
         for (const [key, s] of Object.entries(data.series)) {
-          if (series[key]) series[key] = {steps: s.steps, values: s.values, walls: s.wall_times};
+          const bad = s.nonfinite;
+          if (series[key]) {
+            series[key] = {steps: s.steps, values: s.values, walls: s.wall_times,
+                           bad: {steps: bad.steps, values: bad.values, walls: bad.wall_times}};
+          }
         }
         status.textContent = "";
       } catch (e) {
