@@ -52,6 +52,24 @@ def test_non_finite_values_are_kept_named_and_announced_once(client) -> None:
     assert blocks["total"] == 2
 
 
+def test_a_loss_that_stays_non_finite_is_thinned_in_chart_answers(client) -> None:
+    """With on_nonfinite=continue a diverged loss can be NaN at every logged step: the
+    answers the charts read stay bounded (first and last kept, the total said), the
+    export keeps every one."""
+    rid = create_run(client)["id"]
+    claim(client, register(client))
+    url = f"/api/runs/{rid}/metrics"
+    points = [_point(10, 0.5)] + [_point(step, None, "nan") for step in range(20, 50_010, 10)]
+    assert client.post(url, json={"attempt": 1, "points": points}).json()["accepted"] == 5_000
+    series = client.get(url, params={"key": "loss0", "max_points": 100}).json()
+    bad = series["nonfinite"]
+    assert bad["total"] == 4_999 and len(bad["steps"]) == 100 and bad["steps"][0] == 20 and bad["steps"][-1] == 50_000
+    assert bad["steps"] == sorted(set(bad["steps"])) and set(bad["values"]) == {"nan"}
+    charts = client.get(f"/api/runs/{rid}/charts", params={"max_points": 200}).json()["series"]["loss0"]
+    assert charts["nonfinite"]["total"] == 4_999 and len(charts["nonfinite"]["steps"]) == 200
+    assert len(client.get(f"/api/runs/{rid}/export").json()["nonfinite_metrics"]["loss0"]) == 4_999
+
+
 @pytest.mark.parametrize("point", [
     {"key": "loss0", "step": 1, "value": None, "wall_time": 1.0},
     {"key": "loss0", "step": 1, "value": 1.0, "nonfinite": "nan", "wall_time": 1.0},

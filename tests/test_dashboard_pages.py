@@ -180,7 +180,7 @@ def test_chart_series_carry_non_finite_points_to_the_page_and_the_live_feed(clie
     client.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": points}).raise_for_status()
     series = client.get(f"/api/runs/{rid}/charts").json()["series"]
     assert series["loss0"]["steps"] == [10, 20]
-    assert series["loss0"]["nonfinite"] == {"steps": [30], "values": ["nan"], "wall_times": [1030.0]}
+    assert series["loss0"]["nonfinite"] == {"total": 1, "steps": [30], "values": ["nan"], "wall_times": [1030.0]}
     assert series["invdyn_loss"]["total"] == 0 and series["invdyn_loss"]["nonfinite"]["values"] == ["-inf"]
     with client.app.state.db.read() as session:
         fed = [p for c in changes_since(session, since, rid) if c.kind == "metrics" for p in c.data["points"]]

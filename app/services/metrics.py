@@ -167,10 +167,16 @@ def _refresh_blocks(session: Session, run_id: int, rows: list[dict[str, Any]], i
         set_={c: stmt.excluded[c] for c in out[0] if c not in ("run_id", "key", "block")}), out)
 
 
-def nonfinite_points(session: Session, run_id: int, key: str) -> dict[str, list[Any]]:
-    """The steps where a series was NaN or infinite, with the value's name ('nan', 'inf', '-inf')."""
+def nonfinite_points(session: Session, run_id: int, key: str, max_points: int) -> dict[str, Any]:
+    """The steps where a series was NaN or infinite, with the value's name ('nan', 'inf', '-inf').
+    A run that trains on through a diverged loss (on_nonfinite=continue) can have one at every
+    logged step, so beyond `max_points` they are thinned evenly, first and last kept."""
     rows = list(session.execute(_NONFINITE, {"run": run_id, "key": key}))
-    return {"steps": [r[0] for r in rows], "values": [r[1] for r in rows], "wall_times": [r[2] for r in rows]}
+    total, keep = len(rows), max(max_points, 2)
+    if total > keep:
+        rows = [rows[i] for i in sorted({round(j * (total - 1) / (keep - 1)) for j in range(keep)})]
+    return {"total": total, "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
+            "wall_times": [r[2] for r in rows]}
 
 
 def metric_keys(session: Session, run_id: int) -> list[str]:
@@ -201,7 +207,7 @@ def series(session: Session, run_id: int, key: str, max_points: int) -> dict[str
         rows = sorted({tuple(r) for r in picked} | {tuple(first), tuple(last)})
     return {"key": key, "total": total, "downsampled": total > max_points,
             "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key)}
+            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key, max_points)}
 
 
 def chart_series(session: Session, run_id: int, key: str, max_points: int) -> dict[str, Any]:
@@ -227,4 +233,4 @@ def chart_series(session: Session, run_id: int, key: str, max_points: int) -> di
     rows = sorted(set(lows.values()) | set(highs.values()) | ends)
     return {"key": key, "total": total, "downsampled": True,
             "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key)}
+            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key, max_points)}
