@@ -76,7 +76,7 @@ def test_a_write_that_cannot_be_sent_is_reported_and_the_queue_goes_on(live_serv
     finally:
         box.close(timeout=5)
     loss0 = api.get(f"/api/runs/{run_id}/metrics", params={"key": "loss0"}).json()
-    assert loss0["nonfinite"] == {"steps": [20], "values": ["nan"], "wall_times": [2.0]}
+    assert loss0["nonfinite"] == {"total": 1, "steps": [20], "values": ["nan"], "wall_times": [2.0]}
     loss1 = api.get(f"/api/runs/{run_id}/metrics", params={"key": "loss1"}).json()
     assert loss1["steps"] == [20] and loss1["values"] == [0.5]
     said = messages(api, run_id)
