@@ -4,7 +4,6 @@ continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprin
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -12,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from dlite.config import FIELDS, Config, from_dict
+from dlite.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,9 @@ def step_of(path: Path) -> int | None:
 
 
 def write_atomic(state: dict[str, Any], path: Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """torch.save, whole or not at all (`files.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

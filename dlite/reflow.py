@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import torch
 from dlite import checkpoint
 from dlite.config import Config
 from dlite.dataset import WindowDataset
+from dlite.files import atomic_path
 from dlite.flow import fix_mask, flow_loss, sample
 from dlite.model import DiffuserLite
 from dlite.train import Trainer
@@ -134,9 +134,8 @@ class PairStore:
         return sum(sum(size for _, _, size in batches[:d]) for d in self.done)
 
     def _write_manifest(self) -> None:
-        tmp = self.folder / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps({"format": PAIRS_FORMAT, "spec": self.spec.to_json(), "done": self.done}))
-        os.replace(tmp, self.folder / MANIFEST)
+        with atomic_path(self.folder / MANIFEST) as tmp:
+            tmp.write_text(json.dumps({"format": PAIRS_FORMAT, "spec": self.spec.to_json(), "done": self.done}))
 
     @torch.no_grad()
     def generate(self, model: DiffuserLite, data: WindowDataset, progress: PairProgress | None = None,

@@ -6,7 +6,6 @@ periodic gait with noise gives the demo something better than random to imitate.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,17 +13,15 @@ import h5py
 import numpy as np
 
 from dlite.d4rl import KEYS
+from dlite.files import atomic_path
 from dlite.tasks import domain_of
 
 
 def write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     """Write the five D4RL arrays atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in arrays.items():
             f.create_dataset(key, data=value)
-    os.replace(tmp, path)
     return path
 
 

@@ -15,6 +15,7 @@ import torch
 from dlite import d4rl
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset, discounted_values, split_episodes
+from dlite.files import atomic_path
 from dlite.tasks import TASKS, get_task
 
 
@@ -143,3 +144,13 @@ def test_download_is_atomic_with_progress_and_failure_names_url(tmp_path: Path, 
         assert not list((tmp_path / "cache").glob("*.partial"))
     finally:
         server.shutdown()
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "state.json"
+    with atomic_path(target) as tmp:
+        tmp.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half of the new")
+        raise RuntimeError("crash mid-write")
+    assert target.read_text() == "old" and [p.name for p in target.parent.iterdir()] == ["state.json"]

@@ -15,7 +15,6 @@ from tests.app_helpers import claim, create_run, register, start_server, stop_se
 from tests.fake_hub import FakeTime
 from tests.test_worker_e2e import TASK, tiny_run_config
 from tests.test_worker_hub import make_ckpt
-from worker import backup_dir
 from worker.backup import BackupError, BackupSchedule, RemoteCheckpoint
 from worker.backup_dir import DirectoryBackup
 from worker.client import ServerClient
@@ -105,7 +104,7 @@ def test_a_failed_write_leaves_the_previous_backup_whole(root: Path, tmp_path: P
             raise OSError(28, "No space left on device")
         real_replace(src, dst)
 
-    monkeypatch.setattr(backup_dir.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(BackupError) as info:
         target.backup(make_ckpt(tmp_path / "train", 2000), 2000, {})
     monkeypatch.undo()

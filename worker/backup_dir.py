@@ -10,32 +10,22 @@ deleted after the new manifest is in place. The manifest, retention and restore 
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from dlite.files import atomic_path
 from worker.backup import BackupError, BackupTarget, Extras
 
 
 def write_atomic(target: Path, content: bytes | Path) -> None:
-    """Writes `content` (bytes, or a file to copy) to a temporary file beside `target`,
-    syncs it and renames it over `target`; a crash leaves the old file or none."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as out:
-            if isinstance(content, bytes):
-                out.write(content)
-            else:
-                with open(content, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Writes `content` (bytes, or a file to copy) over `target`, whole or not at all."""
+    with atomic_path(target) as tmp:
+        if isinstance(content, bytes):
+            tmp.write_bytes(content)
+        else:
+            shutil.copyfile(content, tmp)
 
 
 class DirectoryBackup(BackupTarget):

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from app.protocol import metric_point
+from dlite.files import atomic_path
 from worker.client import ServerClient, ServerUnavailable, StaleAttempt
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,5 @@ class Outbox:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path, sync=False) as tmp:  # per acknowledged batch: a rename, no fsync
+        tmp.write_text(text)
