@@ -95,7 +95,7 @@ def _reflow(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dlite import checkpoint
-    from dlite.pipeline import ExistingRunError, default_device, load_dataset
+    from dlite.pipeline import default_device, load_dataset, refuse_existing
     from dlite.reflow import PairSpec, PairStore, ReflowTrainer, load_r1
 
     source = Path(args.checkpoint)
@@ -106,9 +106,7 @@ def _reflow(args: argparse.Namespace) -> int:
     checkpoint.check_compatible(state, cfg, data.fingerprint, source)
     r1 = load_r1(state, cfg, data, source)
     out = Path(args.out)
-    if checkpoint.list_checkpoints(out) and not args.resume:
-        raise ExistingRunError(f"{out} already holds reflow checkpoints; pass --resume to continue "
-                               f"that run or choose another --out folder")
+    refuse_existing(out, args.resume, "reflow checkpoints")
     interrupted = _interruptible()
     store = PairStore(out / "pairs", PairSpec.of(cfg, r1, data))
     if not store.complete:

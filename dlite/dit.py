@@ -23,6 +23,8 @@ BLOCKS = ("reference", "dit")
 
 Modulation = tuple[torch.Tensor, ...]
 """A block's (shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2), each (B, 1, d_model)."""
+Modulations = tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]
+"""Every block's modulation and the final layer's (shift, 1 + scale)."""
 
 
 class FourierTime(nn.Module):
@@ -57,6 +59,11 @@ def sinusoidal(positions: int, dim: int, reference: bool = True) -> torch.Tensor
     return torch.cat([x.sin(), x.cos()], -1)
 
 
+def modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """LayerNorm without affine, then a per-sample shift and scale (the modulation's 1 + scale)."""
+    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=1e-6), scale)
+
+
 class Block(nn.Module):
     """Transformer block with shift/scale/gate modulation; `reference` picks the
     residual-replacing block of the paper's code, else the textbook pre-norm block."""
@@ -87,14 +94,13 @@ class Block(nn.Module):
     def forward_modulated(self, x: torch.Tensor, mod: Modulation, queries: slice | None = None) -> torch.Tensor:
         """The block given its modulation; with `queries`, only those output positions."""
         shift1, scale1, gate1, shift2, scale2, gate2 = mod
-        d = x.shape[-1]
-        h = torch.addcmul(shift1, F.layer_norm(x, (d,), eps=1e-6), scale1)
+        h = modulated_norm(x, shift1, scale1)
         if self.reference:
             x = h  # the reference replaces the residual stream here
         if queries is not None:
             x = x[:, queries]
         x = torch.addcmul(x, gate1, self.attention(h, queries))
-        h = self.mlp(torch.addcmul(shift2, F.layer_norm(x, (d,), eps=1e-6), scale2))
+        h = self.mlp(modulated_norm(x, shift2, scale2))
         return torch.addcmul(x, gate2, h)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -141,13 +147,11 @@ class DiT1d(nn.Module):
         """The conditioning vector of (time, value); keep 0 drops the value."""
         return self.t_proj(self.time(t) + self.cond(value, keep))
 
-    def modulations(self, c: torch.Tensor) -> tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]:
-        """Every block's modulation and the final layer's (shift, 1 + scale)."""
+    def modulations(self, c: torch.Tensor) -> Modulations:
         shift, scale = self.final_ada(c)[:, None].chunk(2, -1)
         return [block.modulation(c) for block in self.blocks], (shift, 1 + scale)
 
-    def forward_modulated(self, x: torch.Tensor, mods: tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]],
-                          queries: slice | None = None) -> torch.Tensor:
+    def forward_modulated(self, x: torch.Tensor, mods: Modulations, queries: slice | None = None) -> torch.Tensor:
         """Velocity given precomputed modulations; with `queries`, only at those points
         (the last block then computes only their outputs)."""
         block_mods, (shift, scale) = mods
@@ -155,8 +159,7 @@ class DiT1d(nn.Module):
         last = len(self.blocks) - 1
         for i, (block, mod) in enumerate(zip(self.blocks, block_mods)):
             h = block.forward_modulated(h, mod, queries if i == last else None)
-        h = torch.addcmul(shift, F.layer_norm(h, (h.shape[-1],), eps=1e-6), scale)
-        return self.out(h)
+        return self.out(modulated_norm(h, shift, scale))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """x (B, P, o); t (B,); value (B, 1); keep (B, 1): 1 keeps the condition, 0 drops it."""

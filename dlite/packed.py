@@ -42,7 +42,6 @@ class PackedLinear(nn.Module):
         weight = layer.weight.detach()
         self.register_buffer("weight", torch.ops.mkldnn._reorder_linear_weight(weight, rows), persistent=False)
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone(), persistent=False)
-        self.out_features = layer.out_features
         self.post, self.algorithm = "none", ""  # pack() sets "gelu" and its approximation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,14 +48,19 @@ Found = tuple[Path, dict[str, Any]]
 """A checkpoint's path and its loaded state, as `checkpoint.newest_readable` returns them."""
 
 
+def refuse_existing(out_dir: Path, resume: bool, what: str = "checkpoints") -> None:
+    """Starting afresh over a folder that holds a run would mix two runs' checkpoints."""
+    if not resume and checkpoint.list_checkpoints(out_dir):
+        raise ExistingRunError(f"{out_dir} already holds {what}; pass --resume to continue "
+                               f"that run or choose another --out folder")
+
+
 def build_trainer(data: WindowDataset, cfg: Config, out_dir: Path, resume: bool, found: Found | None,
                   compile: bool = False, amp: bool = False) -> Trainer:
     """A trainer for out_dir; with `resume`, continued from `found` (the newest readable
     checkpoint, already loaded by the caller to read its settings), if there is one."""
     trainer = Trainer(cfg, data, out_dir, compile=compile, amp=amp)
-    if not resume and checkpoint.list_checkpoints(out_dir):
-        raise ExistingRunError(f"{out_dir} already holds checkpoints; pass --resume to continue "
-                               f"that run or choose another --out folder")
+    refuse_existing(out_dir, resume)
     if resume and found:
         trainer.load_state(found[1], found[0])
     return trainer

@@ -22,20 +22,19 @@ import torch
 
 from dlite import checkpoint, packed
 from dlite.config import Config
-from dlite.dit import DiT1d, Modulation
+from dlite.dit import DiT1d, Modulations
 from dlite.flow import fix_mask, sample, time_grid
 from dlite.model import DiffuserLite
 
 Variant = Literal["R1", "R2"]
 Net = TypeVar("Net", bound=torch.nn.Module)
-Mods = tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
 class _Step:
     """One Euler step of one level: the network's modulations and t_now - t_next."""
 
-    mods: Mods
+    mods: Modulations
     dt: float
 
 
@@ -53,7 +52,7 @@ class _Level:
         return slice(1, self.points - 1 if self.fixes_end else self.points)
 
 
-def _cast(mods: Mods, dtype: torch.dtype) -> Mods:
+def _cast(mods: Modulations, dtype: torch.dtype) -> Modulations:
     blocks, (shift, scale) = mods
     return [tuple(m.to(dtype) for m in block) for block in blocks], (shift.to(dtype), scale.to(dtype))
 
@@ -93,9 +92,9 @@ class Planner:
         self.packed = pack and not compile and packed.available(self.device, dtype)
         self.levels = self._precompute()
         self.invdyn = self._for_planning(model.invdyn)
-        self._expanded: dict[int, list[list[Mods]]] = {}
+        self._expanded: dict[int, list[list[Modulations]]] = {}
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self._decide: Callable[[torch.Tensor, list[list[Mods]]], torch.Tensor] = self._decide_eager
+        self._decide: Callable[[torch.Tensor, list[list[Modulations]]], torch.Tensor] = self._decide_eager
         self.compiled = compile
         if compile:
             # on CUDA, graphs come from our own capture or from compile's reduce-overhead mode;
@@ -146,7 +145,7 @@ class Planner:
             net = copy.deepcopy(net).to(self.dtype)
         return packed.pack(net, 2 * max(self.cfg.horizons)) if self.packed else net
 
-    def _mods_for(self, n: int) -> list[list[Mods]]:
+    def _mods_for(self, n: int) -> list[list[Modulations]]:
         """Guided planning runs both branches in one batch of 2n: the modulations are
         repeated to that batch once per batch size, not at every decision."""
         if not self.guided:
@@ -159,14 +158,14 @@ class Planner:
                                  for lv in self.levels]
         return self._expanded[n]
 
-    def _velocity(self, net: DiT1d, x: torch.Tensor, mods: Mods, queries: slice | None = None) -> torch.Tensor:
+    def _velocity(self, net: DiT1d, x: torch.Tensor, mods: Modulations, queries: slice | None = None) -> torch.Tensor:
         if not self.guided:
             return net.forward_modulated(x, mods, queries)
         n = x.shape[0]
         v = net.forward_modulated(torch.cat([x, x]), mods, queries)
         return self.w_cfg * v[:n] + (1 - self.w_cfg) * v[n:]
 
-    def _decide_eager(self, obs: torch.Tensor, mods: list[list[Mods]]) -> torch.Tensor:
+    def _decide_eager(self, obs: torch.Tensor, mods: list[list[Modulations]]) -> torch.Tensor:
         """Actions for normalised observations (N, obs_dim), given `_mods_for(N)` (made
         outside, so a compiled decision never creates tensors it must keep). Draws the same
         noise, in the same order, as `plan_plain`, so both give the same actions for one

@@ -4,7 +4,7 @@ lab.js only posts forms and draws the comparison's charts from GET /api/compare.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
@@ -34,31 +34,26 @@ def sweeps_page(request: Request, db: Database = Depends(get_db)) -> HTMLRespons
     return _page(request, "sweeps.html", {"sweeps": listed, "tasks": list(TASKS), "fields": fields})
 
 
-def _sweep_context(db: Database, sweep_id: int) -> dict[str, Any] | None:
+def _sweep_page(request: Request, db: Database, sweep_id: int, template: str) -> HTMLResponse:
+    """The sweep page, or the part of it the runs stream refreshes."""
     sweep_leases(db)
     with db.read() as session:
         try:
             sweep = sweeps.sweep_detail(session, sweeps.get_sweep(session, sweep_id))
         except NotFound:
-            return None
-        return {"sweep": sweep, "rows": results.aggregate(session, sweep_id)}
+            return not_found_page(request, f"There is no sweep {sweep_id}.")
+        context = {"sweep": sweep, "rows": results.aggregate(session, sweep_id)}
+    return _page(request, template, context)
 
 
 @router.get("/sweeps/{sweep_id:int}", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
 def sweep_page(sweep_id: int, request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
-    context = _sweep_context(db, sweep_id)
-    if context is None:
-        return not_found_page(request, f"There is no sweep {sweep_id}.")
-    return _page(request, "sweep.html", context)
+    return _sweep_page(request, db, sweep_id, "sweep.html")
 
 
 @router.get("/sweeps/{sweep_id:int}/progress", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
 def sweep_progress(sweep_id: int, request: Request, db: Database = Depends(get_db)) -> HTMLResponse:
-    """The part of the sweep page that the runs stream refreshes."""
-    context = _sweep_context(db, sweep_id)
-    if context is None:
-        return not_found_page(request, f"There is no sweep {sweep_id}.")
-    return _page(request, "_sweep_progress.html", context)
+    return _sweep_page(request, db, sweep_id, "_sweep_progress.html")
 
 
 @router.get("/results", response_class=HTMLResponse)
