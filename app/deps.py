@@ -11,9 +11,24 @@ from fastapi.templating import Jinja2Templates
 
 from app.db import Database
 from app.protocol import plural
+from app.services.state_status import state_status
 from app.settings import Settings
+from app.urls import root
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+
+def _root(request: Request) -> dict[str, str]:
+    """`{{ root }}`, the path prefix every URL in a template starts with (see app.urls)."""
+    return {"root": root(request)}
+
+
+def _state_problem(request: Request) -> dict[str, str | None]:
+    """`{{ state_problem }}`: why the server state is not being saved, shown on every page."""
+    status = state_status(request.app.state.settings.data_dir)
+    return {"state_problem": status.message if status and not status.ok else None}
+
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates",
+                            context_processors=[_root, _state_problem])
 
 
 def _when(ts: float | None) -> str:

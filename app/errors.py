@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.auth import CSRF_COOKIE
 from app.deps import TEMPLATES
 from app.services import Conflict, NotFound
+from app.urls import app_path
 from dlite.config import ConfigError
 
 
@@ -46,7 +47,7 @@ def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
 
 def wants_html(request: Request) -> bool:
     """Everything outside /api is the dashboard's, answered in HTML."""
-    return not request.url.path.startswith("/api/")
+    return not app_path(request).startswith("/api/")
 
 
 def not_found_page(request: Request, message: str) -> Response:
@@ -72,7 +73,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     if exc.status_code == 404 and wants_html(request):
         return not_found_page(request, f"There is no page at {request.url.path}.")
     if exc.status_code == 405:
-        allowed = _methods_at(request.app.routes, request.url.path)
+        allowed = _methods_at(request.app.routes, app_path(request))
         exc = StarletteHTTPException(405, exc.detail, headers={"Allow": ", ".join(sorted(allowed))})
     return await http_exception_handler(request, exc)
 

@@ -20,6 +20,7 @@ from app.db import Database
 from app.routes import api_results, api_runs, api_sweeps, auth, docs, health, lab_pages, pages, stream, workers
 from app.services.claims import grant_restart_grace, sweep_leases
 from app.settings import Settings
+from app.urls import RootPath, url
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -35,8 +36,8 @@ async def _sweep_forever(db: Database, every: float) -> None:
             log.exception("lease sweep failed")
 
 
-def _login_required(_: Request, exc: LoginRequired) -> RedirectResponse:
-    return RedirectResponse(f"/login?next={quote(exc.next_path)}", status_code=303)
+def _login_required(request: Request, exc: LoginRequired) -> RedirectResponse:
+    return RedirectResponse(url(request, f"/login?next={quote(exc.next_path)}"), status_code=303)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -55,12 +56,16 @@ def create_app(settings: Settings) -> FastAPI:
                 await sweeper
             db.dispose()
 
-    # FastAPI's public docs are off; app/routes/docs.py serves them behind the token.
-    app = FastAPI(title="DiffuserLite Lab", lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None, max_body_size=settings.max_body_bytes)
+    # FastAPI's public docs are off; app/routes/docs.py serves them behind the token. Under a
+    # prefix the OpenAPI document names it as its server, so Swagger UI's requests carry it.
+    app = FastAPI(title="DiffuserLite Lab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  max_body_size=settings.max_body_bytes,
+                  servers=[{"url": settings.root_path}] if settings.root_path else None)
+    app.router.redirect_slashes = False  # Starlette's are absolute URLs built from Host and scheme
     app.state.settings = settings
     app.state.db = db
-    app.state.auth = Auth(db, settings.token, settings.login_failures_per_minute, settings.session_days)
+    app.state.auth = Auth(db, settings.token, settings.login_failures_per_minute, settings.session_days,
+                          settings.secure_cookies)
     app.state.auth.drop_stale_sessions()
     errors.install(app)
     app.add_exception_handler(LoginRequired, _login_required)
@@ -68,4 +73,6 @@ def create_app(settings: Settings) -> FastAPI:
         # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if settings.root_path:
+        app.add_middleware(RootPath, prefix=settings.root_path)
     return app

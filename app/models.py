@@ -21,6 +21,7 @@ class Sweep(SQLModel, table=True):
     overrides. The runs carry `sweep_id`; the sweep keeps what was asked for."""
 
     __tablename__ = "sweeps"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids are never handed out again (migration 0007)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
@@ -34,7 +35,8 @@ class Sweep(SQLModel, table=True):
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status_created", "status", "created_at", "id"),)
+    __table_args__ = (Index("ix_runs_status_created", "status", "created_at", "id"),
+                      {"sqlite_autoincrement": True})  # a deleted run's id is never reissued (migration 0007)
 
     id: Optional[int] = Field(default=None, primary_key=True)
     uuid: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=32, unique=True, index=True)
@@ -75,6 +77,9 @@ class ChecklistItem(SQLModel, table=True):
     verified_at: float
     failed: bool = False
     """The check ran and failed (✗); `detail` says what failed and what to do next."""
+    attempt: Optional[int] = None
+    """The attempt that verified it, so a resumed attempt can say which one passed the smoke
+    test; None for items verified before migration 0007."""
 
 
 class MetricPoint(SQLModel, table=True):
@@ -206,6 +211,7 @@ class Change(SQLModel, table=True):
     reconnecting browser's Last-Event-ID names exactly what it has already seen."""
 
     __tablename__ = "changes"
+    __table_args__ = {"sqlite_autoincrement": True}  # ids only grow, even when a run's changes are deleted
 
     id: Optional[int] = Field(default=None, primary_key=True)
     run_id: Optional[int] = Field(default=None, sa_column=Column(

@@ -123,6 +123,15 @@ class RegisterResponse(BaseModel):
     worker_id: str
 
 
+class ChecklistRecord(BaseModel):
+    """A checklist item an attempt of the run has verified (✓, or ✗ when `failed`)."""
+
+    key: str
+    failed: bool
+    attempt: Optional[int]
+    """The attempt that verified it; null for an item verified before the server recorded it."""
+
+
 class ClaimResponse(BaseModel):
     run_id: int
     run_uuid: str
@@ -133,6 +142,8 @@ class ClaimResponse(BaseModel):
     lease_seconds: float
     lease_expires_at: float
     is_demo: bool
+    checklist: list[ChecklistRecord] = Field(default_factory=list)
+    """What earlier attempts verified: a new attempt skips a smoke test one of them passed."""
 
 
 class HeartbeatRequest(_Fenced):

@@ -16,7 +16,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None
     The token never goes into a URL, where it would end up in histories and logs."""
     settings = settings_from_env(data_dir)
     app = create_app(settings)
-    print(f"DiffuserLite Lab: http://{host}:{port}/", flush=True)
+    print(f"DiffuserLite Lab: http://{host}:{port}{settings.root_path}/", flush=True)
     print(f"Log in with this token (from {token_source(settings)}):", flush=True)
     print(settings.token, flush=True)
     # Forwarded headers only from the proxies named in DLITE_TRUSTED_PROXIES: uvicorn's default

@@ -26,12 +26,12 @@ def colab(port: int) -> str:
         from google.colab.output import eval_js  # type: ignore[import-not-found]
     except ImportError:
         raise TunnelError("--tunnel colab works only inside a Colab notebook; run the notebook's "
-                          "'dashboard link' cell there, or use --tunnel cloudflared") from None
+                          "dashboard cell (2) there, or use --tunnel cloudflared") from None
     try:
         return str(eval_js(f"google.colab.kernel.proxyPort({port})"))
     except Exception as e:  # eval_js fails outside the kernel's main thread
         raise TunnelError(f"Colab's port proxy did not answer ({e}); run the notebook's "
-                          f"'dashboard link' cell, which asks for it from the kernel") from None
+                          f"dashboard cell (2), which asks for it from the kernel") from None
 
 
 CLOUDFLARE_URL = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")

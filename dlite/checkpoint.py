@@ -4,19 +4,18 @@ continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprin
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
+from dlite.checkpoint_names import checkpoint_name, step_of
 from dlite.config import FIELDS, Config, from_dict
 from dlite.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = "dlite-checkpoint-v1"
-NAME = re.compile(r"^ckpt_(\d{8,})\.pt$")
 
 RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup", "reflow"}
 RESUME_SAFE_FIELDS = {"log_interval", "save_interval", "on_nonfinite"} | {
@@ -29,15 +28,6 @@ REFLOW_TRAINING_FIELDS = {"reflow_pairs_cond", "reflow_pairs_uncond", "reflow_pa
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or does not belong to this run."""
-
-
-def checkpoint_name(step: int) -> str:
-    return f"ckpt_{step:08d}.pt"
-
-
-def step_of(path: Path) -> int | None:
-    m = NAME.match(path.name)
-    return int(m.group(1)) if m else None
 
 
 def write_atomic(state: dict[str, Any], path: Path) -> Path:

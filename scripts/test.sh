@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a clean machine (CPU torch,
-# the package with its test extras, Debian's chromium for the browser test, a
-# throw-away PostgreSQL for the PostgreSQL tests), then runs pytest.
+# the package with its test extras, Debian's chromium for the browser tests and
+# caddy for the reverse-proxy one, a throw-away PostgreSQL for the PostgreSQL
+# tests), then runs pytest.
 # Extra arguments go to pytest (e.g. `-m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +19,12 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "installing chromium for the browser test" >&2
   apt_install chromium || echo "could not install chromium: the browser test will fail in CI" >&2
 fi
+for tool in caddy openssl; do  # the TLS reverse proxy in front of the server (tests/test_proxy_browser.py)
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "installing $tool for the reverse-proxy browser test" >&2
+    apt_install "$tool" || echo "could not install $tool: the proxy browser test will fail in CI" >&2
+  fi
+done
 
 start_postgres() {
   # A throw-away cluster on a private port, started as the postgres user; skipped

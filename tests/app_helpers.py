@@ -107,10 +107,11 @@ class LiveServer:
 
 
 def start_server(data_dir: Path, database_url: str | None = None,
-                 lease_seconds: float = 60) -> LiveServer:
-    """A real uvicorn process, as in production (`python -m app.server`)."""
+                 lease_seconds: float = 60, **settings: str) -> LiveServer:
+    """A real uvicorn process, as in production (`python -m app.server`); `settings` are
+    more environment variables for it (DLITE_ROOT_PATH=...)."""
     port, token = free_port(), secrets.token_urlsafe(32)
-    env = subprocess_env(DLITE_TOKEN=token, DLITE_LEASE_SECONDS=str(lease_seconds))
+    env = subprocess_env(DLITE_TOKEN=token, DLITE_LEASE_SECONDS=str(lease_seconds), **settings)
     if database_url:
         env["DATABASE_URL"] = database_url
     else:

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, RepoUrl
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, ModelInfo, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils import hf_raise_for_status
 
@@ -30,6 +30,8 @@ class FakeHubApi:
     """An in-memory Hub holding model repos; `fail[method]` queues (status, headers) failures."""
 
     endpoint = "https://huggingface.co"
+    token: str | None = None
+    """As on HfApi: the token it was made with (None: HF_TOKEN or the saved login)."""
 
     def __init__(self, clock: FakeTime | None = None) -> None:
         self.repos: dict[str, dict[str, bytes]] = {}
@@ -120,6 +122,13 @@ class FakeHubApi:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return str(target)
+
+    def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str | None = None,
+                  token: bool | str | None = None) -> ModelInfo:
+        url = f"https://huggingface.co/api/models/{repo_id}"
+        self._maybe_fail("repo_info", "GET", url)
+        self._files(repo_id, "GET", url)
+        return ModelInfo(id=repo_id, private=self.private[repo_id])
 
 
 class FakeTime:

@@ -193,3 +193,44 @@ def test_login_page_names_where_the_token_is(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("DLITE_TOKEN", "t" * 32)
     with TestClient(create_app(settings_from_env(tmp_path / "data"))) as c:
         assert "it is in the DLITE_TOKEN environment variable" in c.get("/login").text
+
+
+def _goes_on_to(page: httpx.Response) -> str:
+    """Where a login link's page sends the browser: its refresh, and the link for a browser without one."""
+    [refresh] = re.findall(r'<meta http-equiv="refresh" content="0; url=([^"]*)">', page.text)
+    [continue_] = re.findall(r'<a href="([^"]*)" id="continue">', page.text)
+    assert refresh == continue_, (refresh, continue_)
+    return refresh
+
+
+def test_a_login_link_opens_one_session_once_and_never_shows_the_token(settings) -> None:
+    with TestClient(create_app(settings), follow_redirects=False) as c:
+        headers = {"Authorization": f"Bearer {settings.token}"}
+        made = c.post("/api/login-links", params={"next": "/results"}, headers=headers)
+        assert made.status_code == 201 and settings.token not in made.text
+        link = made.json()["path"]
+        assert link.startswith("/login?code=") and made.json()["expires_at"] > 0
+        r = c.get(link)
+        assert r.status_code == 200 and _goes_on_to(r) == "/results" and "session" in r.cookies
+        assert c.get("/").status_code == 200, "the session it opened works"
+        c.cookies.clear()
+        again = c.get(link)
+        assert again.status_code == 401 and "used already or has expired" in again.text
+        assert c.get("/").status_code == 303, "no session from a used link"
+        assert c.get("/login", params={"code": "guessed"}).status_code == 401
+        off_site = c.post("/api/login-links", params={"next": "//evil.example"}, headers=headers).json()["path"]
+        assert _goes_on_to(c.get(off_site)) == "/"
+
+
+def test_login_links_expire_and_are_bounded(settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import auth as auth_module
+
+    with TestClient(create_app(settings), follow_redirects=False) as c:
+        auth = c.app.state.auth
+        codes = [auth.issue_login_link() for _ in range(auth_module.MAX_LOGIN_LINKS + 5)]
+        assert len(auth._links) == auth_module.MAX_LOGIN_LINKS
+        assert not auth.redeem_login_link(codes[0]), "the oldest were forgotten"
+        clock = auth_module.time.monotonic() + auth_module.LOGIN_LINK_SECONDS + 1
+        monkeypatch.setattr(auth_module.time, "monotonic", lambda: clock)
+        assert not auth.redeem_login_link(codes[-1]), "past its time"
+        assert c.post("/api/login-links").status_code == 401, "only a token holder makes links"

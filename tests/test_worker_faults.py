@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 import httpx
 
-from app.protocol import MetricPointIn
+from app.protocol import EvaluationRequest, MetricPointIn
 from tests.app_helpers import (ROOT, LiveServer, claim, create_run, register, start_server, stop_server,
                                subprocess_env, wait_for)
 from tests.test_worker_e2e import TASK, loss_steps, restart_server, start_worker, stop, tiny_run_config
@@ -298,18 +298,28 @@ def test_a_work_dir_that_outlived_its_server_is_not_mixed_in(tmp_path: Path, dat
         stop_server(server)
 
 
-def test_a_backup_export_replays_its_non_finite_points_too(tmp_path: Path) -> None:
-    """A fresh server gets every point of the export up to the checkpoint back, the NaN and
-    infinite ones included, in the form the metrics endpoint accepts."""
+def test_a_backup_export_replays_its_non_finite_points_and_missing_evaluations_too(tmp_path: Path) -> None:
+    """A fresh server (or one restored from an older snapshot) gets every point of the export
+    up to the checkpoint back, the NaN and infinite ones included, and the evaluations it
+    lacks, in the form the worker endpoints accept."""
+    evaluation = {"id": 7, "created_at": 1.0, "kind": "quick", "variant": "R1", "score_mean": 12.5, "score_std": 1.0,
+                  "returns": [100.0], "scores": [12.5], "n_envs": 1, "n_episodes": 1, "latency_ms": 3.0,
+                  "latency_ms_1env": 2.0, "device": "cpu"}
     export = tmp_path / "metrics.json"
     export.write_text(json.dumps({
         "metrics": {"loss": [[10, 1.5, 100.0], [20, 1.25, 101.0], [40, 1.0, 103.0]]},
-        "nonfinite_metrics": {"loss": [[30, "nan", 102.0]], "invdyn_loss": [[20, "-inf", 101.0], [50, "inf", 104.0]]}}))
+        "nonfinite_metrics": {"loss": [[30, "nan", 102.0]], "invdyn_loss": [[20, "-inf", 101.0], [50, "inf", 104.0]]},
+        "evaluations": [{**evaluation, "step": s} for s in (20, 40, 60)]}))
     posted: list[tuple[str, dict]] = []
-    fake = SimpleNamespace(outbox=SimpleNamespace(post=lambda kind, body: posted.append((kind, body))))
-    RunExecutor._replay_metrics(fake, export, upto=40)  # type: ignore[arg-type]
-    points = [MetricPointIn.model_validate(p) for kind, body in posted for p in body["points"]]
-    assert {kind for kind, _ in posted} == {"metrics"}
+    fake = SimpleNamespace(outbox=SimpleNamespace(post=lambda kind, body: posted.append((kind, body))),
+                           claim=SimpleNamespace(run_id=1),
+                           client=SimpleNamespace(evaluations=lambda run_id: [{**evaluation, "step": 20}]))
+    RunExecutor._replay_backup(fake, export, upto=40)  # type: ignore[arg-type]
+    points = [MetricPointIn.model_validate(p) for kind, body in posted if kind == "metrics" for p in body["points"]]
+    replayed = [EvaluationRequest.model_validate({**body, "attempt": 1}) for kind, body in posted
+                if kind == "evaluations"]
+    assert [e.step for e in replayed] == [40], "only the one the server lacks, up to the checkpoint"
+    assert replayed[0].score_mean == 12.5 and replayed[0].device == "cpu"
     assert sorted((p.key, p.step, p.value, p.nonfinite) for p in points) == [
         ("invdyn_loss", 20, None, "-inf"), ("loss", 10, 1.5, None), ("loss", 20, 1.25, None),
         ("loss", 30, None, "nan"), ("loss", 40, 1.0, None)]

@@ -52,7 +52,7 @@ def make_ckpt(folder: Path, step: int) -> Path:
 
 def test_fake_matches_real_hfapi_signatures() -> None:
     """Every parameter the fake accepts exists on the real HfApi method, with the same kind."""
-    for name in ("create_repo", "create_commit", "list_repo_files", "hf_hub_download"):
+    for name in ("create_repo", "create_commit", "list_repo_files", "hf_hub_download", "repo_info"):
         real = inspect.signature(getattr(HfApi, name)).parameters
         for pname, p in inspect.signature(getattr(FakeHubApi, name)).parameters.items():
             assert pname in real, f"{name}({pname}) is not a real HfApi parameter"
@@ -131,7 +131,7 @@ def test_permanent_500_raises_after_max_retries(api, fake_time, tmp_path) -> Non
     with pytest.raises(BackupError) as info:
         make_hub(api, fake_time, max_retries=3).backup(make_ckpt(tmp_path, 1000), 1000, {})
     assert info.value.status == 500
-    assert "500" in str(info.value) and "commit of step 1000" in str(info.value)
+    assert "500" in str(info.value) and "checkpoint step 1000" in str(info.value)
     assert fake_time.sleeps == [2.0, 4.0, 8.0]
     assert api.calls.count("create_commit") == 4
     assert api.commits == []

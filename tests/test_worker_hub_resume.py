@@ -4,6 +4,7 @@ training, then a new attempt on a wiped machine resumes from the Hub."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 import time
 from functools import partial
@@ -59,6 +60,8 @@ def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(tmp_path: Path, dat
         assert files["runs/hc-seed0/figures/loss_curve.png"].startswith(b"\x89PNG")
         assert api_hub.private[REPO] is True
         shutil.rmtree(tmp_path / "machine1")
+        with sqlite3.connect(tmp_path / "server" / "dlite.db") as db:  # as if restored from an older snapshot
+            assert db.execute("DELETE FROM evaluations WHERE run_id = ?", (run_id,)).rowcount == 1
 
         wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] == "queued", 30, "the lease to expire")
         status, second = execute(server, tmp_path / "machine2", api_hub, stop_at=None)
@@ -68,6 +71,8 @@ def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(tmp_path: Path, dat
         assert start["detail"] == "resumed from step 100 (Hugging Face Hub)"
         assert next(i for i in run["checklist"] if i["key"] == "smoke.backup")["verified_at"]
         assert loss_steps(api, run_id) == list(range(10, 301, 10))
+        quick = [(e["step"], e["kind"]) for e in run["evaluations"] if e["kind"] == "quick"]
+        assert quick == [(100, "quick"), (200, "quick")], "the backup's evaluation replayed once, then training's"
         hub_states = {c["step"]: c["backup_state"] for c in run["checkpoints"]}
         assert hub_states[300] == "hub" and hub_states[100] == "hub"
         kept = sorted(f for f in api_hub.repos[REPO] if f.startswith("runs/hc-seed0/checkpoints/"))

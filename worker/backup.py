@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from dlite.checkpoint import checkpoint_name
+from dlite.checkpoint_names import checkpoint_name
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,10 @@ class BackupTarget(ABC):
         """Every storage path (at least those under the run's folder)."""
 
     @abstractmethod
-    def _commit(self, adds: Extras, deletes: list[str], step: int) -> None:
+    def _commit(self, adds: Extras, deletes: list[str], what: str) -> None:
         """Writes `adds` (storage path -> content, the manifest last) and removes `deletes`
-        so that a reader sees either the old manifest or the new one with all its files."""
+        so that a reader sees either the old manifest or the new one with all its files;
+        `what` names the change in commit messages and errors (e.g. "checkpoint step 100")."""
 
     @abstractmethod
     def _download(self, path: str, dest: Path) -> Path | None:
@@ -203,11 +204,30 @@ class BackupTarget(ABC):
         manifest = json.dumps({"checkpoints": {str(s): e for s, e in kept.items()}}, indent=2).encode()
         adds: Extras = {ckpt_path: checkpoint, **extra_paths, self.manifest_path: manifest}
         try:
-            self._commit(adds, deleted, step)
+            self._commit(adds, deleted, f"{self.prefix}: checkpoint step {step}")
         finally:
             self._last_commit_at = self._clock()
         log.info("backed up step %d to %s (deleted %d old checkpoints)", step, self.description, len(deleted))
         return BackupResult(step=step, sha256=sha256, size=size, url=self.url_of(ckpt_path), deleted=deleted)
+
+    def write_files(self, adds: Extras, what: str, deletes: list[str] | None = None) -> None:
+        """Writes storage paths outside any run's folder (the server's own state) in one
+        commit, the last path last, then removes `deletes`; shares the commit spacing."""
+        if not self._ready:
+            self.prepare()
+        self.wait_for_commit_slot()
+        try:
+            self._commit(adds, deletes or [], what)
+        finally:
+            self._last_commit_at = self._clock()
+
+    def read_file(self, path: str, dest: Path) -> Path | None:
+        """Copies the file at storage path `path` into folder `dest`; None when missing."""
+        return self._download(path, dest)
+
+    def private(self) -> bool:
+        """Whether only its owner can read the storage: secrets are stored only where it is."""
+        return True
 
     def remote_checkpoints(self) -> list[RemoteCheckpoint]:
         """The manifest's checkpoints, oldest first; empty when nothing is backed up yet."""

@@ -59,14 +59,14 @@ class DirectoryBackup(BackupTarget):
         run_dir = self.root / self.prefix
         return sorted(p.relative_to(self.root).as_posix() for p in run_dir.rglob("*") if p.is_file())
 
-    def _commit(self, adds: Extras, deletes: list[str], step: int) -> None:
+    def _commit(self, adds: Extras, deletes: list[str], what: str) -> None:
         try:
             for path, content in adds.items():  # the manifest comes last: it commits the backup
                 write_atomic(self.root / path, content)
             for path in deletes:
                 (self.root / path).unlink(missing_ok=True)
         except OSError as e:
-            raise BackupError(f"backup of step {step} to {self.description} failed ({e}); check that the "
+            raise BackupError(f"backup of {what} to {self.description} failed ({e}); check that the "
                               f"folder is writable and has space (in Colab: Google Drive still mounted)") from None
 
     def _download(self, path: str, dest: Path) -> Path | None:

@@ -59,6 +59,10 @@ class ServerClient:
         """The server's checkpoint list of a run (step, size, sha256, backup_state, pruned, ...)."""
         return self.request("GET", f"/api/runs/{run_id}").json()["checkpoints"]
 
+    def evaluations(self, run_id: int) -> list[dict[str, Any]]:
+        """The server's evaluations of a run (step, kind, variant, scores, ...)."""
+        return self.request("GET", f"/api/runs/{run_id}").json()["evaluations"]
+
     def export(self, run_id: int) -> bytes:
         return self.request("GET", f"/api/runs/{run_id}/export").content
 

@@ -1,5 +1,6 @@
-"""Executes one claimed run: data, stage 0 smoke test, stage 1 training, stage 2
-evaluation, reporting every verified checklist item to the server."""
+"""Executes one claimed run: data, stage 0 smoke test (once per run: a later attempt skips
+one an earlier attempt passed), stage 1 training, stage 2 evaluation, reporting every
+verified checklist item to the server."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from app.protocol import ClaimResponse, metric_point, plural
+from app.protocol import (CHECKLIST_KEYS, ChecklistRecord, ClaimResponse, EvaluationRequest, metric_point,
+                          plural)
 from dlite import checkpoint
 from dlite.config import Config, from_dict
 from dlite.dataset import WindowDataset
@@ -37,6 +39,8 @@ from worker.hub import HubBackup
 from worker.outbox import Outbox
 
 log = logging.getLogger(__name__)
+EVALUATION_FIELDS = tuple(name for name in EvaluationRequest.model_fields if name != "attempt")
+"""What an evaluation report carries; a replayed one is taken from the export's record."""
 
 HubFactory = Callable[..., HubBackup]
 """Builds the run's HubBackup from (repo_id, run_key, keep_every=...); tests pass a fake Hub."""
@@ -50,6 +54,24 @@ def run_key(claim: ClaimResponse) -> str:
     if claim.name:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", claim.name).strip("-.") or f"run-{claim.run_id}"
     return f"run-{claim.run_id}"
+
+
+SMOKE_KEYS = tuple(key for key in CHECKLIST_KEYS if key.startswith("smoke."))
+"""The smoke test's checklist items, in order; the backup is the last."""
+
+
+def earlier_smoke_test(checklist: list[ChecklistRecord], backs_up: bool,
+                       on_backup_failure: str) -> ChecklistRecord | None:
+    """The last item of a smoke test an earlier attempt of the run completed, or None when this
+    attempt has to run it: an item is missing (that attempt died during it) or failed, this
+    attempt has a backup target that one did not check, or its backup failed and the run
+    says `fail` (a retry is the user asking to check again)."""
+    done = {c.key: c for c in checklist}
+    items = [done.get(key) for key in (SMOKE_KEYS if backs_up else SMOKE_KEYS[:-1])]
+    if any(i is None or (i.failed and not (i.key == "smoke.backup" and on_backup_failure == "warn"))
+           for i in items):
+        return None
+    return items[-1]
 
 
 class RunStopped(Exception):
@@ -264,6 +286,10 @@ class RunExecutor:
         return data
 
     def stage_smoke(self, data: WindowDataset) -> None:
+        passed = earlier_smoke_test(self.claim.checklist, self.smoke_target is not None, self.cfg.on_backup_failure)
+        if passed:
+            self._skip_smoke(passed)
+            return
         self.stage("smoke")
         n = self.cfg.smoke_steps
         smoke_cfg = self.cfg.replace(diffusion_gradient_steps=n, invdyn_gradient_steps=n, save_interval=n,
@@ -299,6 +325,16 @@ class RunExecutor:
         else:
             self.event("smoke test: backup skipped: no hub_repo or backup_dir in the run's config", "warning")
         shutil.rmtree(scratch, ignore_errors=True)
+
+    def _skip_smoke(self, passed: ChecklistRecord) -> None:
+        """An earlier attempt passed it (its items stay ✓ on the dashboard); training's resume
+        checks that the checkpoint loads. If that smoke test's backup failed (tolerated, as
+        on_backup_failure=warn), the storage counts as unreachable now as it did then."""
+        self.backup_unreachable = passed.failed
+        when = f"attempt {passed.attempt}" if passed.attempt else "an earlier attempt"
+        self.event(f"smoke test passed in {when}: skipped" + (
+            "; its backup failed, so training goes on without working backups (on_backup_failure=warn)"
+            if self.backup_unreachable else ""), "warning" if self.backup_unreachable else "info")
 
     def _smoke_backup_failed(self, error: Exception) -> None:
         """Says what failed and what to do next, ticks the item ✗, and stops the run unless its
@@ -346,14 +382,15 @@ class RunExecutor:
                 self.event(f"no resume from {self.target.where()}: {type(e).__name__}: {e}", "warning")
                 restored = None
             if restored and trainer.resume_latest(on_skip=skipped):
-                self._replay_metrics(self.ckpt_dir / METRICS_FILE, trainer.step)
+                self._replay_backup(self.ckpt_dir / METRICS_FILE, trainer.step)
                 return f"resumed from step {trainer.step} ({self.target.description})"
         return "started fresh"
 
-    def _replay_metrics(self, export: Path, upto: int, batch: int = 10_000) -> None:
-        """A fresh server (a new Colab VM) gets the curves back from the backup's export, the
-        non-finite points too; points past the checkpoint are left out, training will log
-        them again."""
+    def _replay_backup(self, export: Path, upto: int, batch: int = 10_000) -> None:
+        """A fresh server (a new Colab VM), or one restored from a snapshot older than this
+        checkpoint, gets the curves back from the backup's export, the non-finite points too,
+        and the evaluations it lacks; what lies past the checkpoint is left out, training
+        will log it again. Metric ingest is idempotent per step, so nothing doubles."""
         if not export.exists():
             return
         saved = json.loads(export.read_bytes())
@@ -362,6 +399,15 @@ class RunExecutor:
         points = [metric_point(key, step, value, wall) for key, step, value, wall in series if step <= upto]
         for i in range(0, len(points), batch):
             self.outbox.post("metrics", {"points": points[i:i + batch]})
+        try:
+            known = {(e["step"], e["kind"], e["variant"]) for e in self.client.evaluations(self.claim.run_id)}
+        except ServerUnavailable as e:  # post them all: an evaluation is an upsert, the outbox retries
+            log.warning("run %s: the server's evaluations are unknown (%s); replaying all", self.claim.run_id, e)
+            known = set()
+        for evaluation in saved.get("evaluations", []):
+            key = (evaluation["step"], evaluation["kind"], evaluation["variant"])
+            if key[0] <= upto and key not in known:
+                self.outbox.post("evaluations", {k: evaluation.get(k) for k in EVALUATION_FIELDS})
 
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")

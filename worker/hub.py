@@ -73,7 +73,7 @@ class HubBackup(BackupTarget):
         return f"{HUB_URL}/{self.repo_id}/blob/main/{path}"
 
     def where(self) -> str:
-        if os.environ.get("HF_TOKEN"):
+        if os.environ.get("HF_TOKEN") or self.api.token:
             token = "HF_TOKEN is set"
         else:
             token = "HF_TOKEN is not set" + ("; a saved `hf auth login` token is used" if get_token() else
@@ -88,7 +88,7 @@ class HubBackup(BackupTarget):
     def _list_files(self) -> list[str]:
         return self._call("list repo files", lambda: self.api.list_repo_files(self.repo_id, repo_type=REPO_TYPE))
 
-    def _commit(self, adds: Extras, deletes: list[str], step: int) -> None:
+    def _commit(self, adds: Extras, deletes: list[str], what: str) -> None:
         def operations() -> list[CommitOperationAdd | CommitOperationDelete]:
             # Built afresh for every attempt: create_commit mutates its operations.
             ops: list[CommitOperationAdd | CommitOperationDelete] = [
@@ -96,9 +96,12 @@ class HubBackup(BackupTarget):
                 for p, c in adds.items()]
             return ops + [CommitOperationDelete(path_in_repo=p) for p in deletes]
 
-        self._call(f"commit of step {step}", lambda: self.api.create_commit(
-            self.repo_id, operations(), commit_message=f"{self.prefix}: checkpoint step {step}",
-            repo_type=REPO_TYPE))
+        self._call(f"commit of {what}", lambda: self.api.create_commit(
+            self.repo_id, operations(), commit_message=what, repo_type=REPO_TYPE))
+
+    def private(self) -> bool:
+        """A public repo (made by hand before the lab saw it) must never receive a secret."""
+        return bool(self._call("repo info", lambda: self.api.repo_info(self.repo_id, repo_type=REPO_TYPE)).private)
 
     def _download(self, path: str, dest: Path) -> Path | None:
         """hf_hub_download into `dest`; None when the repo or the file does not exist."""

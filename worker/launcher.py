@@ -17,8 +17,10 @@ from pathlib import Path
 
 import httpx
 
-from app.settings import settings_from_env
+from app.settings import STATE_STATUS_FILE, data_dir_from_env, database_url_from_env, settings_from_env
 from app.tunnel import open_tunnel
+from worker.backup import BackupError, BackupTarget
+from worker.state_backup import StateBackup, restore, state_target
 
 
 HF_TOKEN_VARS = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
@@ -50,6 +52,10 @@ def queue_demo(url: str, token: str) -> int:
     return r.json()["id"]
 
 
+STATE_EVERY_MINUTES = 2.0
+"""How often the server state is saved to a folder (when it changed): what a disconnect can lose of it."""
+HUB_STATE_EVERY_MINUTES = 5.0
+"""The same on the Hub, where every save is a commit whose snapshot stays in the repo's history."""
 RESTART_PAUSES_S = (1, 2, 5, 10, 30, 60)
 """Pause before restarting a worker that died, by how many times in a row it died young."""
 WORKER_SETTLED_S = 60.0
@@ -96,9 +102,33 @@ def _stop(proc: subprocess.Popen, grace: float) -> None:
             proc.kill()
 
 
+def _restore_state(target: BackupTarget, data_dir: Path) -> str:
+    """The saved server state goes in place before the server (and the token) exist; a
+    storage that cannot be read stops the start: a new empty lab would later replace the
+    good backup with itself. Returns the lab's id."""
+    if os.environ.get("DATABASE_URL", database_url_from_env(data_dir)) != database_url_from_env(data_dir):
+        raise SystemExit("dlite up: --backup-dir/--hub-repo save the embedded SQLite database in the data directory; "
+                         "with DATABASE_URL back the database up with its own tools (pg_dump) and leave these "
+                         "flags out")
+    try:
+        restored = restore(target, data_dir, use_saved_token=not os.environ.get("DLITE_TOKEN"))
+    except BackupError as e:
+        raise SystemExit(f"dlite up: the saved server state cannot be restored: {e}") from None
+    except Exception as e:  # no network at all, a storage library's own error: say so, start nothing
+        raise SystemExit(f"dlite up: the saved server state cannot be read from {target.where()}: "
+                         f"{type(e).__name__}: {e}") from None
+    print(f"dlite up: {restored.message}", flush=True)
+    return restored.lab_id
+
+
 def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, device: str | None,
-       tunnel: str | None = None) -> int:
+       tunnel: str | None = None, backup_dir: str | None = None, hub_repo: str | None = None,
+       state_every_minutes: float | None = None) -> int:
+    hf_token = next((os.environ[n] for n in sorted(HF_TOKEN_VARS) if os.environ.get(n)), None)
+    state_storage = state_target(backup_dir, hub_repo, hf_token)
+    lab_id = _restore_state(state_storage, data_dir_from_env(data_dir)) if state_storage else ""
     settings = settings_from_env(data_dir)
+    (settings.data_dir / STATE_STATUS_FILE).unlink(missing_ok=True)  # an earlier launch's word is not this one's
     env = {**os.environ, "DLITE_TOKEN": settings.token, "DLITE_DATA_DIR": str(settings.data_dir)}
     for name in HF_TOKEN_VARS:  # from here on only the worker's env has it: not the server, not tunnels
         os.environ.pop(name, None)
@@ -110,8 +140,13 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
                                "--data-dir", str(settings.data_dir)], env=server_env)
     local = f"http://127.0.0.1:{port}"
     local_worker: LocalWorker | None = None
+    every = state_every_minutes or (HUB_STATE_EVERY_MINUTES if hub_repo else STATE_EVERY_MINUTES)
+    state = state_storage and StateBackup(state_storage, settings.data_dir, lab_id, every_s=every * 60,
+                                          token=None if settings.token_file is None else settings.token)
     try:
         _wait_healthy(local, server)
+        if state:
+            state.start()
         if tunnel:
             open_tunnel(tunnel, port, Path(settings.data_dir))
         if demo:
@@ -123,6 +158,10 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
         while server.poll() is None:
             if local_worker:
                 local_worker.watch()
+            if state and state.superseded.is_set():
+                print("dlite up: another machine started this lab from the same storage; stopping this one so "
+                      "that the two do not overwrite each other's state and backups", flush=True)
+                return 1
             time.sleep(0.5)
         print(f"dlite up: the server exited with code {server.returncode}; stopping", flush=True)
         return server.returncode or 1
@@ -133,3 +172,6 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
         if local_worker:
             _stop(local_worker.proc, grace=120)
         _stop(server, grace=10)
+        if state:  # also when stopped before it was seen healthy: a browser may have been quicker
+            print("dlite up: saving the server state ...", flush=True)
+            print(f"dlite up: server state {state.close()}", flush=True)

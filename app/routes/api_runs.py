@@ -18,6 +18,7 @@ from app.routes.run_list_query import RunListQuery
 from app.services import NotFound, dashboard, figures, metrics, run_list, runs
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
+from app.urls import url
 from dlite.config import FIELDS, schema
 from dlite.config import json_schema as config_json_schema
 from dlite.tasks import TASKS
@@ -89,7 +90,7 @@ def get_charts(run_id: RunId, max_points: int = Query(1000, ge=4, le=20_000),
 def make_figures(run_id: RunId, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Write the run's PNG figures under <data_dir>/results/<run_id>/."""
     names = figures.write_run_figures(db, request.app.state.settings.data_dir, run_id)
-    return {"files": [{"name": n, "url": f"/api/runs/{run_id}/figures/{n}"} for n in names]}
+    return {"files": [{"name": n, "url": url(request, f"/api/runs/{run_id}/figures/{n}")} for n in names]}
 
 
 @router.get("/runs/{run_id}/figures/{name}", response_class=FileResponse,

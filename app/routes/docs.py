@@ -10,6 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 from app.auth import require_api, require_page
+from app.urls import url
 
 router = APIRouter(tags=["docs"])
 
@@ -20,5 +21,5 @@ def openapi(request: Request) -> dict[str, Any]:
 
 
 @router.get("/docs", dependencies=[Depends(require_page)], include_in_schema=False)
-def docs() -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/api/openapi.json", title="DiffuserLite Lab API")
+def docs(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url=url(request, "/api/openapi.json"), title="DiffuserLite Lab API")

@@ -11,7 +11,7 @@ from app.db import Database
 from app.deps import get_db, get_settings
 from app.routes.params import CommandId, RunId, WorkerId
 from app.routes.responses import API, problems
-from app.services import Conflict, claims, figures, metrics, progress
+from app.services import Conflict, claims, figures, metrics, progress, runs
 from app.services.events import log_event
 from app.settings import Settings
 
@@ -32,9 +32,12 @@ def claim(worker_id: WorkerId, db: Database = Depends(get_db),
     run = claims.claim_next(db, worker_id, settings.lease_seconds)
     if run is None:
         return Response(status_code=204)
+    with db.read() as session:
+        checklist = [p.ChecklistRecord(key=i.key, failed=i.failed, attempt=i.attempt)
+                     for i in runs.checklist_items(session, run.id)]
     return p.ClaimResponse(run_id=run.id, run_uuid=run.uuid, attempt=run.attempt, task=run.task, name=run.name,
                            config=run.config, lease_seconds=settings.lease_seconds,
-                           lease_expires_at=run.lease_expires_at, is_demo=run.is_demo)
+                           lease_expires_at=run.lease_expires_at, is_demo=run.is_demo, checklist=checklist)
 
 
 @router.post("/runs/{run_id}/heartbeat", responses=problems(404, 409))

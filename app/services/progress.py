@@ -31,7 +31,7 @@ def verify_checklist(session: Session, run: Run, key: str, detail: str | None,
         ChecklistItem.run_id == run.id, ChecklistItem.key == key)).first()
     if item is None:
         item = ChecklistItem(run_id=run.id, key=key, verified_at=now())
-    item.detail, item.verified_at, item.failed = detail, now(), failed
+    item.detail, item.verified_at, item.failed, item.attempt = detail, now(), failed, run.attempt
     session.add(item)
     session.flush()
     label = checklist_label(key, run.config)

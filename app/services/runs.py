@@ -79,10 +79,15 @@ def backup_target(config: dict[str, Any]) -> str | None:
     return next((config[f] for f in BACKUP_TARGET_FIELDS if config.get(f)), None)
 
 
+def checklist_items(session: Session, run_id: int) -> list[ChecklistItem]:
+    """The items a run's attempts have verified (✓ or ✗) so far."""
+    return list(session.exec(select(ChecklistItem).where(ChecklistItem.run_id == run_id)))
+
+
 def checklist(session: Session, run: Run) -> list[dict[str, Any]]:
     """All checklist keys in order, verified or not, with labels from the run's config.
     `skipped` says why an item will never be ticked (a backup with no backup target)."""
-    done = {i.key: i for i in session.exec(select(ChecklistItem).where(ChecklistItem.run_id == run.id))}
+    done = {i.key: i for i in checklist_items(session, run.id)}
     no_target = backup_target(run.config) is None
     return [{"key": key, "label": checklist_label(key, run.config),
              "detail": done[key].detail if key in done else None,

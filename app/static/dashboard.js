@@ -7,6 +7,11 @@
 const Dashboard = (() => {
   const banner = () => document.getElementById("api-error");
 
+  // The path prefix the server is served under (DLITE_ROOT_PATH, "" at the root), from the
+  // page. URLs in the markup carry it already; every URL built here goes through url().
+  const ROOT = document.documentElement.dataset.root || "";
+  const url = (path) => ROOT + path;
+
   function showError(message) {
     const el = banner();
     el.textContent = message;
@@ -18,9 +23,10 @@ const Dashboard = (() => {
     return m ? decodeURIComponent(m[1]) : "";
   }
 
-  // fetch() for the JSON API; a failure is thrown as an Error with the server's message
-  // and `detail` (FastAPI's list for 422s) so callers can show it by the field.
-  async function api(method, url, body) {
+  // fetch() for the JSON API (`href` from the markup or from url()); a failure is thrown as an
+  // Error with the server's message and `detail` (FastAPI's list for 422s) so callers can show
+  // it by the field.
+  async function api(method, href, body) {
     const init = {method, credentials: "same-origin", headers: {"X-CSRF-Token": csrf()}};
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -28,7 +34,7 @@ const Dashboard = (() => {
     }
     let response;
     try {
-      response = await fetch(url, init);
+      response = await fetch(href, init);
     } catch (e) {
       throw new Error(`Cannot reach the server (${e.message}).`);
     }
@@ -53,7 +59,7 @@ const Dashboard = (() => {
       timer = setTimeout(async () => {
         try {
           const r = await fetch(el.dataset.refresh, {credentials: "same-origin"});
-          if (r.redirected && new URL(r.url).pathname === "/login") {
+          if (r.redirected && new URL(r.url).pathname === url("/login")) {
             window.location.reload();  // the session expired: let the server send us to the login page
             return;
           }
@@ -104,8 +110,8 @@ const Dashboard = (() => {
       const button = form.querySelector("button[type=submit]");
       button.disabled = true;
       try {
-        const run = await api("POST", "/api/runs", body);
-        window.location.href = `/runs/${run.id}`;
+        const run = await api("POST", url("/api/runs"), body);
+        window.location.href = url(`/runs/${run.id}`);
       } catch (e) {
         button.disabled = false;
         const problems = Array.isArray(e.detail) ? e.detail : [];
@@ -301,7 +307,7 @@ const Dashboard = (() => {
       const none = () => ({steps: [], values: [], walls: []});
       for (const chart of charts) for (const key of chart.keys) series[key] = {...none(), bad: none()};
       try {
-        const data = await api("GET", `/api/runs/${runId}/charts?max_points=1000`);
+        const data = await api("GET", url(`/api/runs/${runId}/charts?max_points=1000`));
         for (const [key, s] of Object.entries(data.series)) {
           const bad = s.nonfinite;
           if (series[key]) {
@@ -345,12 +351,12 @@ const Dashboard = (() => {
       return false;  // metric points never change the panels
     });
     const actions = {
-      backup: () => api("POST", `/api/runs/${runId}/backup`).then((c) => {
+      backup: () => api("POST", url(`/api/runs/${runId}/backup`)).then((c) => {
         document.getElementById("backup-state").textContent = `backup ${c.state}`;
       }),
-      cancel: () => (window.confirm("Cancel this run?") ? api("POST", `/api/runs/${runId}/cancel`) : null),
-      retry: () => api("POST", `/api/runs/${runId}/retry`),
-      figures: () => api("POST", `/api/runs/${runId}/figures`),
+      cancel: () => (window.confirm("Cancel this run?") ? api("POST", url(`/api/runs/${runId}/cancel`)) : null),
+      retry: () => api("POST", url(`/api/runs/${runId}/retry`)),
+      figures: () => api("POST", url(`/api/runs/${runId}/figures`)),
     };
     panels.addEventListener("click", async (event) => {
       const button = event.target.closest("button[data-action]");
@@ -369,5 +375,5 @@ const Dashboard = (() => {
     });
   }
 
-  return {api, liveFragment, newRunForm, runPage};
+  return {api, url, liveFragment, newRunForm, runPage};
 })();

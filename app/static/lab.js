@@ -29,7 +29,7 @@ const Lab = (() => {
     });
     new MutationObserver(sync).observe(table, {childList: true});
     button.addEventListener("click", () => {
-      window.location.href = `/compare?runs=${[...picked].join(",")}`;
+      window.location.href = Dashboard.url(`/compare?runs=${[...picked].join(",")}`);
     });
     sync();
   }
@@ -65,8 +65,8 @@ const Lab = (() => {
                     variants: [...form.querySelectorAll("input[name=variants]:checked")].map((b) => b.value),
                     config};
       try {
-        const sweep = await Dashboard.api("POST", "/api/sweeps", body);
-        window.location.href = `/sweeps/${sweep.id}`;
+        const sweep = await Dashboard.api("POST", Dashboard.url("/api/sweeps"), body);
+        window.location.href = Dashboard.url(`/sweeps/${sweep.id}`);
       } catch (e) {
         const problems = Array.isArray(e.detail) ? e.detail.map((p) => `${p.loc.slice(1).join(".")}: ${p.msg}`) : [e.message];
         error.textContent = problems.join("; ");
@@ -145,7 +145,7 @@ const Lab = (() => {
   // The run page's score chart: its evaluations and, for its task, a reference curve.
   async function runScoreExtras(runId, set) {
     try {
-      const table = await Dashboard.api("GET", `/api/runs/${runId}/charts/score.json`);
+      const table = await Dashboard.api("GET", Dashboard.url(`/api/runs/${runId}/charts/score.json`));
       set(scoreTraces(table, () => "#374151", false));
     } catch (e) {
       showError(`Could not load the evaluations: ${e.message}`);
@@ -181,7 +181,7 @@ const Lab = (() => {
     const status = document.getElementById("compare-status");
     let data;
     try {
-      data = await Dashboard.api("GET", `/api/compare?runs=${ids}&max_points=1000`);
+      data = await Dashboard.api("GET", Dashboard.url(`/api/compare?runs=${ids}&max_points=1000`));
     } catch (e) {
       status.textContent = `Could not load the charts: ${e.message}`;
       return;

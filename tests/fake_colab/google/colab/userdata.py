@@ -1,5 +1,11 @@
-"""Colab's secrets. The test sets none: a run backed up to a folder must not need a
-Hugging Face token, so asking for one fails the way Colab fails."""
+"""Colab's secrets: the test sets them as JSON in FAKE_COLAB_SECRETS (none by default, so
+a run backed up to a folder must not need a Hugging Face token); a missing one fails the
+way Colab fails."""
+
+from __future__ import annotations
+
+import json
+import os
 
 
 class SecretNotFoundError(Exception):
@@ -7,4 +13,7 @@ class SecretNotFoundError(Exception):
 
 
 def get(key: str) -> str:
-    raise SecretNotFoundError(f"Secret {key} does not exist.")
+    secrets = json.loads(os.environ.get("FAKE_COLAB_SECRETS") or "{}")
+    if key not in secrets:
+        raise SecretNotFoundError(f"Secret {key} does not exist.")
+    return secrets[key]
