@@ -31,6 +31,10 @@ class Sweep(SQLModel, table=True):
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: float
     cancelled_at: Optional[float] = None
+    ablation_setting: Optional[str] = None
+    """The one config key an ablation sweep varies, its runs taking each of `ablation_values`;
+    None for a plain sweep (migration 0008)."""
+    ablation_values: Optional[list[Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(SQLModel, table=True):

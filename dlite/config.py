@@ -52,6 +52,15 @@ MAX_REPO_ID = 96 * 2 + 1
 """Longest Hugging Face repo id: a namespace and a name of at most 96 characters each."""
 MAX_LEVELS = 8
 """Most plan levels `horizons` may list (the paper uses 3)."""
+D4RL_EPISODE_STEPS = 1000
+"""Steps of a full D4RL MuJoCo episode: episodes are padded to it, as in the reference, and
+no plan may span more (its windows would lie mostly in the padding past every episode)."""
+
+
+def level_loss_keys(levels: int) -> tuple[str, ...]:
+    """`loss0` (the coarsest level) to `loss<levels-1>` (the finest): the keys training logs
+    and the dashboard charts, here because the server reads them without torch."""
+    return tuple(f"loss{i}" for i in range(levels))
 
 
 def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None,
@@ -84,7 +93,7 @@ class Config:
     next_obs_loss_weight: float = _f(10.0, "loss weight of the point after the current state", 0, 1e6, group="model")
 
     batch_size: int = _f(256, "windows per gradient step and level", 1, 65_536)
-    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the three level models", 1, MAX_STEPS)
+    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the level models", 1, MAX_STEPS)
     invdyn_gradient_steps: int = _f(1_000_000, "gradient steps of the inverse-dynamics model", 0, MAX_STEPS)
     diffusion_lr: float = _f(2e-4, "AdamW learning rate of the level models (cosine annealed)", 0, 1, True)
     weight_decay: float = _f(1e-5, "AdamW weight decay of the level models", 0, 10)
@@ -119,7 +128,7 @@ class Config:
     reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", 0, MAX_STEPS, group="reflow")
     reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", 1, 1000, group="reflow")
     reflow_pair_batch: int = _f(5000, "pairs generated per batch", 1, 1_000_000, group="reflow")
-    reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the three level models",
+    reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the level models",
                                     1, MAX_STEPS, group="reflow")
     reflow_lr: float = _f(2e-4, "constant AdamW learning rate of reflow (the reference's effective 2e-4)", 0,
                           1, True, group="reflow")
@@ -156,6 +165,13 @@ class Config:
         rules = (
             ("n_heads", ("d_model",), lambda: self.d_model % self.n_heads,
              lambda: f"must divide d_model ({self.d_model})"),
+            # a finer level is given both ends (the coarser plan's neighbouring points)
+            ("horizons", (), lambda: min(self.horizons[1:]) < 3,
+             lambda: "every level after the first is given both its end points, so it needs at least 3 points "
+                     f"(got {list(self.horizons)})"),
+            ("horizons", (), lambda: self.spans[0] > D4RL_EPISODE_STEPS,
+             lambda: f"plans {self.spans[0]} steps ahead (spans {list(self.spans)}), longer than a D4RL episode "
+                     f"({D4RL_EPISODE_STEPS} steps): use fewer levels or fewer points per level"),
             ("emb_dim", (), lambda: self.emb_dim % 8,
              lambda: "must be a multiple of 8 (Fourier features use emb_dim/8)"),
             # backups go out at checkpoints and quick evaluations at log steps, so other

@@ -1,4 +1,4 @@
-"""Training windows for the three plan levels, held entirely on the training device.
+"""Training windows for every plan level, held entirely on the training device.
 
 Episodes are laid out as padded (episodes, length, dim) tensors and every window
 start's value is computed once, so a batch for all levels is a few gathers.
@@ -11,10 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from dlite.config import Config
+from dlite.config import D4RL_EPISODE_STEPS, Config
 from dlite.d4rl import DatasetError, RawDataset
 
-D4RL_EPISODE_STEPS = 1000
 """Episodes are padded to at least this length, as in the reference: a window may start
 at any step up to min(len - 1, pad - span) and run into the zero padding."""
 
@@ -79,7 +78,7 @@ class WindowDataset:
         self.normalizer = Normalizer.fit(raw.observations)
         (episode, position), rewards = split_episodes(raw, cfg.terminal_penalty)
         lengths = np.bincount(episode)
-        self.pad = max(int(lengths.max()), D4RL_EPISODE_STEPS, cfg.spans[0])
+        self.pad = max(int(lengths.max()), D4RL_EPISODE_STEPS)
         n_ep = len(lengths)
         obs = np.zeros((n_ep, self.pad, self.obs_dim), np.float32)
         act = np.zeros((n_ep, self.pad, self.act_dim), np.float32)

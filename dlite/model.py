@@ -1,4 +1,4 @@
-"""The trained object: three level models, their EMA copies, inverse dynamics and
+"""The trained object: one model per plan level, their EMA copies, inverse dynamics and
 the observation normaliser, built from one config."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Planning one decision for a batch of environments: three levels coarse to fine,
+"""Planning one decision for a batch of environments: every level coarse to fine,
 then inverse dynamics on the first two points of the finest plan.
 
 With a fixed target return, everything that depends only on (time, condition) — the

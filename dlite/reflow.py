@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dlite import checkpoint
-from dlite.config import Config
+from dlite.config import Config, level_loss_keys
 from dlite.dataset import WindowDataset
 from dlite.files import atomic_path
 from dlite.flow import fix_mask, flow_loss, sample
@@ -198,7 +198,7 @@ def load_r1(state: dict[str, Any], cfg: Config, data: WindowDataset, path: Path)
 
 
 class ReflowTrainer(Trainer):
-    """Fine-tunes the three level models on stored pairs, from the R1 weights (training
+    """Fine-tunes the level models on stored pairs, from the R1 weights (training
     and EMA), with a fresh AdamW at a constant rate: the reference sets a 2e-5 rate on an
     attribute its optimiser never reads, so it trained at 2e-4 (reflow_lr). Every
     `reflow_uncond_every`-th step trains on unconditional pairs. Inverse dynamics is R1's.
@@ -207,7 +207,6 @@ class ReflowTrainer(Trainer):
     Steps continue R1's count (reflow step k of an R1 model trained n steps is step n + k),
     so checkpoints, curves and backups of one run never reuse a step."""
 
-    loss_keys = ("loss0", "loss1", "loss2")
     variant = "R2"
 
     def __init__(self, cfg: Config, data: WindowDataset, pairs: PairStore, r1: DiffuserLite, r1_step: int,
@@ -220,6 +219,11 @@ class ReflowTrainer(Trainer):
                                        weight_decay=cfg.weight_decay, **fused)
         self.pair_spec = pairs.spec
         self.pairs = pairs.tensors(self.device)
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """One per level: inverse dynamics is R1's and not trained here."""
+        return level_loss_keys(len(self.cfg.horizons))
 
     @property
     def total_steps(self) -> int:
@@ -249,7 +253,7 @@ class ReflowTrainer(Trainer):
                             for net, (x0, x1, v), m, w in zip(self.model.levels, batch, self.masks, self.weights)])
 
     def train_step(self) -> None:
-        """One reflow step of the three levels. No host sync."""
+        """One reflow step of every level. No host sync."""
         self.model.train()
         conditional = self.conditional_step()
         batch = self._batch(conditional)

@@ -1,13 +1,14 @@
 """The nine D4RL MuJoCo tasks of the paper, in one table.
 
 Every per-task number the method or the dashboard needs (return scale, target
-return, guidance weight, D4RL reference returns, published scores) lives here so
+return, guidance weight, D4RL reference returns, published scores and ablations) lives here so
 that no other module re-declares it. Kept free of torch so the server can import it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{file}"
 
@@ -129,6 +130,50 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     _task("walker2d-medium-v2", 1300, (0.9, 8.0), (0.9, 2.0), (88.8, 0.6, 85.1, 0.5, 83.7, 1.0)),
     _task("walker2d-medium-replay-v2", 1300, (0.9, 1.0), (1.0, 1.0), (90.2, 0.5, 84.6, 1.7, 78.2, 1.7)),
 ]}
+
+
+ABLATION_SOURCE = ("DiffuserLite, NeurIPS 2024, Table 6 \"PRP design choices\" (an image: static/images/table4.png "
+                   "of the project page's repository diffuserlite/diffuserlite.github.io); D4RL normalised score, "
+                   "mean ± s.e. over 5 seeds, of DiffuserLite-D")
+ABLATION_VARIANT = "Lite-D"
+"""The variant the paper's ablations ran: their default column equals its Lite-D score of the task
+(88.5 ± 0.4 on halfcheetah-medium-expert), the DDIM variant with no public code, not R1 or R2."""
+
+
+@dataclass(frozen=True)
+class PaperAblation:
+    """One of the paper's ablations: a setting varied on one task at a fixed planning
+    horizon (the first level's span), with the published score of each value."""
+
+    title: str
+    task: str
+    setting: str
+    planning_horizon: int
+    scores: tuple[tuple[Any, PaperScore], ...]
+    variant: str = ABLATION_VARIANT
+
+
+def _ablation(title: str, setting: str, scores: dict[Any, tuple[float, float]]) -> PaperAblation:
+    return PaperAblation(title, "halfcheetah-medium-expert-v2", setting, 129,
+                         tuple((value, PaperScore(mean, sem, ABLATION_SOURCE))
+                               for value, (mean, sem) in scores.items()))
+
+
+PAPER_ABLATIONS: dict[str, PaperAblation] = {
+    "levels": _ablation("number of plan levels", "horizons",
+                        {(9, 17): (75.6, 8.3), (5, 5, 9): (88.5, 0.4), (5, 3, 5, 5): (88.3, 0.5)}),
+    "level-horizons": _ablation("points per level", "horizons",
+                                {(3, 5, 17): (85.6, 0.6), (9, 5, 5): (88.6, 0.7), (17, 5, 3): (89.0, 1.7)}),
+}
+"""The paper's ablations (Antmaze and Kitchen rows exist too; the lab runs MuJoCo only). A
+`horizons` value is the tuple of points per level, as `dlite.config.Config.horizons`."""
+
+
+def paper_ablation_score(task: str, setting: str, value: Any) -> PaperScore | None:
+    """The paper's score of `task` with `setting` at `value`, from any of its ablations."""
+    key = tuple(value) if isinstance(value, list) else value
+    return next((score for a in PAPER_ABLATIONS.values() if a.task == task and a.setting == setting
+                 for v, score in a.scores if v == key), None)
 
 
 class UnknownTaskError(ValueError):

@@ -1,4 +1,4 @@
-"""The training loop: one gradient step updates the three level models and the
+"""The training loop: one gradient step updates every level model and the
 inverse-dynamics model; losses stay on the device until the log interval."""
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from dlite import checkpoint
-from dlite.config import Config
+from dlite.config import Config, level_loss_keys
 from dlite.dataset import Batch, WindowDataset
 from dlite.flow import fix_mask, flow_loss, loss_weight
 from dlite.model import DiffuserLite
 
-LOSS_KEYS = ("loss0", "loss1", "loss2", "invdyn_loss")
 
 
 @dataclass
@@ -101,8 +100,12 @@ class Trainer:
             mode = "max-autotune" if self.device.type == "cuda" else "default"
             self._losses = torch.compile(self._compute_losses, mode=mode)
 
-    loss_keys: tuple[str, ...] = LOSS_KEYS
     variant = "R1"
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        """What a log record reports, in the order `_compute_losses` stacks them."""
+        return level_loss_keys(len(self.cfg.horizons)) + ("invdyn_loss",)
 
     @property
     def total_steps(self) -> int:
@@ -129,7 +132,7 @@ class Trainer:
         batch = self.data.sample(cfg.batch_size)
         with self.autocast():
             losses = self._losses(batch)
-        total = losses[:3].sum() * train_levels + losses[3] * train_invdyn
+        total = losses[:-1].sum() * train_levels + losses[-1] * train_invdyn
         self.optim.zero_grad(set_to_none=True)
         self.invdyn_optim.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services import metrics
-from app.services.dashboard import CHART_KEYS, CHARTS, FIGURE_FILES
+from app.services.dashboard import FIGURE_FILES, charts
 from app.services.events import changes_since
 from tests.app_helpers import claim, create_run, register
-from dlite.config import schema
+from dlite.config import from_dict, schema
 from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS
 
+CHARTS = charts(3)  # a run with the default horizons, 5,5,9
+CHART_KEYS = tuple(k for c in CHARTS for k in c["keys"])
 PAGES = ("/", "/runs/new", "/runs/table", "/runs/1", "/runs/1/panels", "/vendor/plotly.min.js")
 
 
@@ -123,7 +126,9 @@ def test_cookie_session_creates_runs_with_csrf_and_422_names_the_field(browser_c
 
 def test_loss_charts_plot_what_dlite_reports() -> None:
     train = pytest.importorskip("dlite.train")
-    assert set(train.LOSS_KEYS) <= set(CHART_KEYS)
+    for horizons in ([9, 17], [5, 5, 9], [5, 3, 5, 5]):  # the losses a trainer of that config logs
+        logged = train.Trainer.loss_keys.fget(types.SimpleNamespace(cfg=from_dict({"horizons": horizons})))
+        assert set(logged) <= {k for c in charts(len(horizons)) for k in c["keys"]}
     logged = {"lr", "steps_per_s"}  # the worker reports these LogRecord fields as metrics
     assert logged <= {f.name for f in dataclasses.fields(train.LogRecord)} and logged <= set(CHART_KEYS)
     assert FIGURE_FILES == ("loss_curve.png", "invdyn_loss_curve.png", "normalized_score.png")

@@ -179,7 +179,7 @@ def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
         assert row["mean"] == pytest.approx(mean) and row["sem"] == pytest.approx(sem)
         assert row["difference"] == pytest.approx(diff) and row["agreement"]["verdict"] == verdict
         assert row["paper"] == {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
-                                "label": "mean ± s.e. over 5 seeds"}
+                                "label": "mean ± s.e. over 5 seeds", "variant": variant}
         assert row["per_episode"] is None and row["differing_config_keys"] == []
         assert row["planning"]["paper_hz"] == PAPER_PLANNING_HZ[variant] and row["planning"]["devices"] == ["cpu"]
     assert rows[("hopper-medium-v2", "R1")]["planning"]["hz_1env"] == pytest.approx(1000 / 12.5)

@@ -8,7 +8,7 @@ import re
 from tests.app_helpers import register
 from tests.test_dashboard_pages import browser_client  # noqa: F401  (fixture)
 from tests.test_lab_api import SMALL, final, finish, run_next, sweep
-from app.services.dashboard import CHARTS
+from app.services.dashboard import charts
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
 
@@ -67,7 +67,7 @@ def test_sweeps_results_and_compare_pages(client, browser_client) -> None:  # no
 def test_score_figure_marks_quick_and_final_evaluations_and_draws_the_reference() -> None:
     from app.services.figures import chart_figure
 
-    score = next(c for c in CHARTS if c["id"] == "score")
+    score = next(c for c in charts(3) if c["id"] == "score")
     evaluations = [{"step": 100, "kind": "quick", "variant": "R1", "score_mean": 40.0, "score_std": 2.0},
                    {"step": 200, "kind": "final", "variant": "R1", "score_mean": 80.0, "score_std": 3.0},
                    {"step": 200, "kind": "final", "variant": "R2", "score_mean": 75.0, "score_std": 3.0}]

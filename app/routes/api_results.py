@@ -40,16 +40,18 @@ def _bad_query(name: str, message: str) -> RequestValidationError:
 @router.get("/results")
 def get_results(sweep: SweepFilter = None, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Finished runs by task and variant: seeds, mean ± s.e. over seeds, the paper's value
-    ± s.e. with its source, the difference and whether they agree, planning frequency."""
+    ± s.e. with its source, the difference and whether they agree, planning frequency.
+    `ablations`: each ablation sweep's runs (left out of `rows`) by the value of the setting
+    it varies, beside the paper's ablation numbers (Lite-D's, which `caveat` says)."""
     with db.read() as session:
-        return {"rows": results.aggregate(session, sweep)}
+        return {"rows": results.aggregate(session, sweep), "ablations": results.ablations(session, sweep)}
 
 
 @router.get("/results.md", response_class=PlainTextResponse, responses=body("text/markdown", "The results table."))
 def results_md(sweep: SweepFilter = None, db: Database = Depends(get_db)) -> PlainTextResponse:
     with db.read() as session:
-        return PlainTextResponse(results.markdown(results.aggregate(session, sweep)),
-                                 media_type="text/markdown; charset=utf-8")
+        text = results.markdown(results.aggregate(session, sweep), results.ablations(session, sweep))
+    return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 
 @router.get("/compare", responses=problems(404))

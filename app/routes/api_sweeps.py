@@ -1,10 +1,12 @@
-"""Sweeps: queue tasks × seeds × variants as ordinary runs, follow them, cancel them as one."""
+"""Sweeps: queue tasks × seeds × variants (× the values of one setting, for an ablation) as
+ordinary runs, follow them, cancel them as one."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, Path
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth import require_api
@@ -23,18 +25,34 @@ SweepId = Annotated[int, Path(ge=1, le=MAX_INT, description="the sweep's id")]
 MAX_SEEDS = 100
 
 
+MAX_ABLATION_VALUES = 20
+
+
+class AblationBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    setting: Literal[sweeps.ABLATION_SETTINGS] = Field(  # type: ignore[valid-type]
+        description="the config setting the ablation varies; the other settings stay as `config` sets them")
+    values: list[Any] = Field(min_length=2, max_length=MAX_ABLATION_VALUES,
+                              description="its values, each checked as in a run's config, e.g. [[9, 17], [5, 5, 9]] "
+                                          "for horizons")
+
+
 class CreateSweep(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: Optional[str] = Field(None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9._-]+$",
                                 description="prefix of the runs' names (their backup folders); letters, digits, . _ -")
     tasks: list[str] = Field(min_length=1, max_length=len(TASKS))
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field([0, 1, 2, 3, 4], min_length=1, max_length=MAX_SEEDS)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(sweeps.PAPER_SEEDS, min_length=1,
+                                                                   max_length=MAX_SEEDS)
     variants: list[Literal["R1", "R2"]] = Field(["R1"], min_length=1, max_length=2,
                                                 description="R2 runs train R1, reflow, and evaluate both")
     config: dict[str, Any] = Field({}, max_length=len(FIELDS),
                                    description="overrides shared by every run: GET /api/config/schema lists them")
     is_demo: bool = False
+    ablation: Optional[AblationBody] = Field(None, description="vary one setting over values (one task only): "
+                                                               "one run per value × variant × seed")
 
     @field_validator("tasks")
     @classmethod
@@ -52,11 +70,17 @@ class CreateSweep(BaseModel):
 
 @router.post("/sweeps", status_code=201, responses=problems(409))
 def create_sweep(body: CreateSweep, db: Database = Depends(get_db)) -> dict[str, Any]:
-    """Queues one run per task × variant × seed; a bad override (422 naming it) queues none."""
-    with db.write() as session:
-        sweep = sweeps.create_sweep(session, body.name, body.tasks, body.seeds, body.variants, body.config,
-                                    body.is_demo)
-        return sweeps.sweep_detail(session, sweep)
+    """Queues one run per task × variant × seed (× ablation value); a bad override or value
+    (422 naming it) queues none."""
+    ablation = None if body.ablation is None else sweeps.Ablation(body.ablation.setting, body.ablation.values)
+    try:
+        with db.write() as session:
+            sweep = sweeps.create_sweep(session, body.name, body.tasks, body.seeds, body.variants, body.config,
+                                        body.is_demo, ablation)
+            return sweeps.sweep_detail(session, sweep)
+    except sweeps.SweepErrors as e:
+        raise RequestValidationError([{"loc": ("body", *loc), "msg": message, "type": "value_error"}
+                                      for loc, message in e.errors]) from None
 
 
 @router.get("/sweeps")

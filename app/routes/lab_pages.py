@@ -18,7 +18,7 @@ from app.routes.pages import _page
 from app.routes.responses import PAGE_NOT_FOUND, TO_LOGIN
 from app.services import NotFound, compare, results, sweeps
 from app.services.claims import sweep_leases
-from dlite.config import schema
+from dlite.config import FIELDS, schema
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
 router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"], responses=TO_LOGIN)
@@ -31,7 +31,9 @@ def sweeps_page(request: Request, db: Database = Depends(get_db)) -> HTMLRespons
     with db.read() as session:
         listed = sweeps.list_sweeps(session)
     fields = [f for f in schema() if f["name"] not in sweeps.SWEEP_KEYS]
-    return _page(request, "sweeps.html", {"sweeps": listed, "tasks": list(TASKS), "fields": fields})
+    return _page(request, "sweeps.html", {
+        "sweeps": listed, "tasks": list(TASKS), "fields": fields, "presets": sweeps.paper_presets(),
+        "ablation_fields": [f for f in fields if f["name"] in sweeps.ABLATION_SETTINGS]})
 
 
 def _sweep_page(request: Request, db: Database, sweep_id: int, template: str) -> HTMLResponse:
@@ -42,7 +44,8 @@ def _sweep_page(request: Request, db: Database, sweep_id: int, template: str) ->
             sweep = sweeps.sweep_detail(session, sweeps.get_sweep(session, sweep_id))
         except NotFound:
             return not_found_page(request, f"There is no sweep {sweep_id}.")
-        context = {"sweep": sweep, "rows": results.aggregate(session, sweep_id)}
+        context = {"sweep": sweep, "rows": results.aggregate(session, sweep_id),
+                   "ablations": results.ablations(session, sweep_id)}
     return _page(request, template, context)
 
 
@@ -60,27 +63,36 @@ def sweep_progress(sweep_id: int, request: Request, db: Database = Depends(get_d
 def results_page(request: Request, db: Database = Depends(get_db),
                  sweep: Optional[int] = Query(None, ge=1, le=MAX_INT)) -> HTMLResponse:
     with db.read() as session:
-        rows = results.aggregate(session, sweep)
-    return _page(request, "results.html", {"rows": rows, "sweep": sweep})
+        rows, ablations = results.aggregate(session, sweep), results.ablations(session, sweep)
+    return _page(request, "results.html", {"rows": rows, "ablations": ablations, "sweep": sweep})
 
 
 @router.get("/compare", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
 def compare_page(request: Request, db: Database = Depends(get_db),
-                 runs: str = Query("", max_length=400)) -> HTMLResponse:
+                 runs: str = Query("", max_length=400),
+                 color_by: Optional[str] = Query(None, max_length=100,
+                                                 description="a config key (or task): one colour per value")
+                 ) -> HTMLResponse:
     """The runs' table and differing config keys come with the page; the charts' data
-    from GET /api/compare, the same answer scripts get."""
+    from GET /api/compare, the same answer scripts get. The page picks the colours."""
     try:
         ids = compare.parse_ids(runs)
     except ValueError as e:
         return not_found_page(request, f"Cannot compare: {e}. Tick runs in the runs list and press Compare.")
+    if color_by is not None and color_by not in FIELDS:
+        return not_found_page(request, f"Cannot colour runs by {color_by!r}: it is not a config setting.")
     with db.read() as session:
         try:
             picked = compare.get_runs(session, ids)
         except NotFound as e:
             return not_found_page(request, f"Cannot compare: {e}.")
+        colours = compare.colour_indices(picked, color_by)
         table = [{"id": r.id, "label": compare.label(r), "task": r.task, "status": r.status,
-                  "variant": r.config.get("variant"), "seed": r.config.get("seed"), "step": r.step} for r in picked]
+                  "variant": r.config.get("variant"), "seed": r.config.get("seed"), "step": r.step,
+                  "colour": colour, "coloured_by": None if color_by is None else compare.setting(r, color_by)}
+                 for r, colour in zip(picked, colours)]
         diff = compare.config_diff(picked)
     references = {r.task: REFERENCE_CURVES[r.task] for r in picked if r.task in REFERENCE_CURVES and not r.is_demo}
     return _page(request, "compare.html", {"runs": table, "diff": diff, "ids": ",".join(map(str, ids)),
-                                           "charts": compare.COMPARED, "references": references})
+                                           "charts": compare.compared_charts(picked), "references": references,
+                                           "color_by": color_by})

@@ -121,7 +121,7 @@ def run_page(run_id: int, request: Request, db: Database = Depends(get_db),
     context = _panels_context(db, settings, run_id)
     if context is None:
         return not_found_page(request, f"There is no run {run_id}.")
-    charts = [{**c, "keys": list(c["keys"])} for c in dashboard.CHARTS]
+    charts = [{**c, "keys": list(c["keys"])} for c in dashboard.charts(dashboard.levels([context["run"]["config"]]))]
     return _page(request, "run.html", {**context, "charts": charts})
 
 

@@ -19,18 +19,15 @@ from sqlmodel import Session, col, select
 from app.db import Database
 from app.models import MetricNonFinite, MetricPoint, Run
 from app.services import NotFound
-from app.services.dashboard import CHARTS
+from app.services.dashboard import CHART_IDS, charts, levels
 from app.services.metrics import chart_series, metric_keys
 from app.services.runs import evaluations, get_run, run_summary
 from dlite.tasks import REFERENCE_CURVES
 
 MAX_COMPARED = 12
-METRIC_CHARTS = {c["id"]: c for c in CHARTS if c["id"] != "score"}
 SCORE = {"id": "score", "title": "Normalised score (evaluations)"}
-CHART_IDS = (*METRIC_CHARTS, SCORE["id"])
-COMPARED = (("loss", METRIC_CHARTS["loss"]["title"]), ("invdyn", METRIC_CHARTS["invdyn"]["title"]),
-            (SCORE["id"], SCORE["title"]))
-"""The charts of the comparison page: (id, title)."""
+COMPARED = ("loss", "invdyn", SCORE["id"])
+"""The charts of the comparison page."""
 METRIC_COLUMNS = ["run_id", "run", "key", "step", "value", "wall_time"]
 SCORE_COLUMNS = ["run_id", "run", "kind", "variant", "step", "score_mean", "score_std", "n_episodes", "source"]
 
@@ -56,11 +53,25 @@ def label(run: Run) -> str:
     return f"#{run.id} {run.name or run.task}"
 
 
+def setting(run: Run, key: str) -> Any:
+    """The run's value of a config key, or its task."""
+    return run.task if key == "task" else run.config.get(key)
+
+
 def config_diff(runs: list[Run]) -> list[dict[str, Any]]:
     """The config keys (and task) whose values are not the same in every run."""
     keys = ["task", *sorted({k for r in runs for k in r.config} - {"task"})]
-    values = {k: [r.task if k == "task" else r.config.get(k) for r in runs] for k in keys}
+    values = {k: [setting(r, k) for r in runs] for k in keys}
     return [{"key": k, "values": v} for k, v in values.items() if len({repr(x) for x in v}) > 1]
+
+
+def colour_indices(runs: list[Run], key: str | None) -> list[int]:
+    """Each run's colour: its own (key None), or one per value of `key`, so the runs of an
+    ablation that share a value (several seeds) share a colour."""
+    if key is None:
+        return list(range(len(runs)))
+    values = list(dict.fromkeys(repr(setting(r, key)) for r in runs))
+    return [values.index(repr(setting(r, key))) for r in runs]
 
 
 def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: int) -> dict[str, Any]:
@@ -74,9 +85,9 @@ def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: in
                 rows += [[None, f"reference: {task}", "reference", curve.variant, step, score, None, None,
                           curve.source] for step, score in zip(curve.steps, curve.scores)]
         return {"chart": SCORE["id"], "title": SCORE["title"], "columns": SCORE_COLUMNS, "rows": rows}
-    if chart_id not in METRIC_CHARTS:
+    if chart_id not in CHART_IDS:
         raise NotFound(f"no chart {chart_id!r}; the charts are {', '.join(CHART_IDS)}")
-    chart = METRIC_CHARTS[chart_id]
+    chart = _metric_charts(runs)[chart_id]
     rows = []
     for run in runs:
         for key in chart["keys"]:
@@ -87,11 +98,23 @@ def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: in
             "log_y": chart["log_y"]}
 
 
+def _metric_charts(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """The metric charts for these runs: the loss chart has a series per level of the run
+    with the most levels (a run with fewer simply has no series for the others)."""
+    return {c["id"]: c for c in charts(levels(r.config for r in runs)) if c["id"] != SCORE["id"]}
+
+
+def compared_charts(runs: list[Run]) -> list[tuple[str, str]]:
+    """The comparison page's charts for these runs: (id, title)."""
+    titles = {**{i: c["title"] for i, c in _metric_charts(runs).items()}, SCORE["id"]: SCORE["title"]}
+    return [(i, titles[i]) for i in COMPARED]
+
+
 def comparison(session: Session, runs: list[Run], max_points: int) -> dict[str, Any]:
     """Everything the comparison page draws, in one answer."""
     return {"runs": [{**run_summary(r), "label": label(r), "config": r.config} for r in runs],
             "config_diff": config_diff(runs),
-            "charts": {c: chart_table(session, runs, c, max_points) for c, _ in COMPARED}}
+            "charts": {c: chart_table(session, runs, c, max_points) for c in COMPARED}}
 
 
 def to_csv(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[str]:

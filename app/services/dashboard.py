@@ -3,6 +3,7 @@ run list, the results table, and the series behind the run page's charts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -11,15 +12,17 @@ from app.models import Evaluation, Event, Run, Worker
 from app.services.events import now
 from app.services.metrics import chart_series
 from app.services.runs import paper_numbers, run_summary
+from dlite.config import level_loss_keys
 from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 
 # The run page's charts and the metric keys each one plots. The loss keys are the ones
-# dlite.train.LOSS_KEYS reports, `lr` and `steps_per_s` the worker's training log (a test
-# keeps them in step; app/ cannot import torch code). `smooth`: the smoothing slider applies
-# (noisy measurements, not a schedule or sparse evaluations); `file`: the PNG figure written.
-CHARTS: tuple[dict[str, Any], ...] = (
-    {"id": "loss", "title": "Diffusion loss (levels 0, 1, 2)", "keys": ("loss0", "loss1", "loss2"),
-     "log_y": True, "smooth": True, "file": "loss_curve.png"},
+# dlite.train reports (dlite.config.level_loss_keys, one per plan level, so `charts` builds
+# the loss chart for a run's number of levels), `lr` and `steps_per_s` the worker's training
+# log (a test keeps them in step; app/ cannot import torch code). `smooth`:
+# the smoothing slider applies (noisy measurements, not a schedule or sparse evaluations);
+# `file`: the PNG figure written.
+LOSS_CHART: dict[str, Any] = {"id": "loss", "log_y": True, "smooth": True, "file": "loss_curve.png"}
+OTHER_CHARTS: tuple[dict[str, Any], ...] = (
     {"id": "invdyn", "title": "Inverse-dynamics loss", "keys": ("invdyn_loss",),
      "log_y": True, "smooth": True, "file": "invdyn_loss_curve.png"},
     {"id": "score", "title": "Normalised score", "keys": ("score",),
@@ -28,16 +31,28 @@ CHARTS: tuple[dict[str, Any], ...] = (
     {"id": "speed", "title": "Training speed (steps/s)", "keys": ("steps_per_s",),
      "log_y": False, "smooth": True, "file": None},
 )
-CHART_KEYS: tuple[str, ...] = tuple(k for c in CHARTS for k in c["keys"])
-FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in CHARTS if c["file"])
+CHART_IDS: tuple[str, ...] = (LOSS_CHART["id"], *(c["id"] for c in OTHER_CHARTS))
+FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in (LOSS_CHART, *OTHER_CHARTS) if c["file"])
 
 
-def chart_data(session: Session, run_id: int, max_points: int) -> dict[str, dict[str, Any]]:
+def levels(configs: Iterable[dict[str, Any]]) -> int:
+    """The most plan levels of these run configs: their loss chart has one series per level."""
+    return max(len(c["horizons"]) for c in configs)
+
+
+def charts(n_levels: int) -> tuple[dict[str, Any], ...]:
+    """The run page's charts for runs of `n_levels` plan levels."""
+    loss = {**LOSS_CHART, "keys": level_loss_keys(n_levels),
+            "title": f"Diffusion loss (levels {', '.join(map(str, range(n_levels)))})"}
+    return (loss, *OTHER_CHARTS)
+
+
+def chart_data(session: Session, run: Run, max_points: int) -> dict[str, dict[str, Any]]:
     """Every chart series the run has, downsampled to at most `max_points` each, with its
     non-finite points (never downsampled; a series may have only those)."""
     out = {}
-    for key in CHART_KEYS:
-        s = chart_series(session, run_id, key, max_points)
+    for key in (k for c in charts(levels([run.config])) for k in c["keys"]):
+        s = chart_series(session, run.id, key, max_points)
         if s["total"] or s["nonfinite"]["steps"]:
             out[key] = s
     return out

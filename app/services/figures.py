@@ -16,7 +16,7 @@ from matplotlib.ticker import FuncFormatter, LogFormatter
 from app.db import Database
 from app.models import Run
 from app.services import runs
-from app.services.dashboard import CHARTS, FIGURE_FILES, chart_data
+from app.services.dashboard import FIGURE_FILES, chart_data, charts, levels
 from dlite.tasks import REFERENCE_CURVES, ReferenceCurve
 
 EVAL_MARKERS = {("quick", "R1"): "o", ("quick", "R2"): "s", ("final", "R1"): "D", ("final", "R2"): "P"}
@@ -93,7 +93,7 @@ def write_figures(out_dir: Path, run: Run, series: dict[str, dict[str, Any]],
     """One PNG per chart of the run page that has a `file` (FIGURE_FILES)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     label = runs.run_label(run).replace("$", r"\$")  # a user's name is text, not matplotlib math
-    for chart in CHARTS:
+    for chart in charts(levels([run.config])):
         if not chart["file"]:
             continue
         fig = chart_figure(chart, label, series, evaluations, paper, reference)
@@ -108,7 +108,7 @@ def write_run_figures(db: Database, data_dir: Path, run_id: int) -> list[str]:
     """Read the run's curves and evaluations, then write its PNGs (outside the transaction)."""
     with db.read() as session:
         run = runs.get_run(session, run_id)
-        series = chart_data(session, run_id, FIGURE_POINTS)
+        series = chart_data(session, run, FIGURE_POINTS)
         evaluations = [runs.evaluation_dict(e) for e in runs.evaluations(session, run_id)]
     return write_figures(results_dir(data_dir, run_id), run, series, evaluations,
                          None if run.is_demo else runs.paper_numbers(run.task)["r1"],

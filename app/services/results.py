@@ -1,11 +1,13 @@
 """Results the way the paper reports them: finished runs grouped by task and variant,
 the mean over seeds of each run's mean normalised score with its standard error over
-seeds, beside the paper's mean ± standard error over 5 seeds.
+seeds, beside the paper's mean ± standard error over 5 seeds; and an ablation sweep's runs
+grouped by the value of the setting it varies, beside the paper's ablation numbers.
 
 Every ± carries a label saying what it is. One run has no standard error over seeds:
 its ± is the spread over its own episodes, which is not comparable with the paper's
 standard error, so no agreement is claimed for it. Demo runs are left out (they train
-on locally made data).
+on locally made data), and so are ablation runs from the main table: their settings differ
+on purpose, so they are shown in their ablation's view instead.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.models import Evaluation, Run
+from app.models import Evaluation, Run, Sweep
 from app.protocol import plural
+from app.services.compare import MAX_COMPARED
 from app.services.dashboard import planning_speed
 from app.services.runs import evaluation_dict
 from dlite.config import schema
-from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS
+from dlite.tasks import (ABLATION_SOURCE, ABLATION_VARIANT, PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS,
+                         PaperScore, paper_ablation_score)
 
 VARIANTS = ("R1", "R2")
 SEM_OVER_SEEDS = "mean ± s.e. over seeds"
 STD_OVER_EPISODES = "mean ± std over the episodes of one run"
+PAPER_LABEL = "mean ± s.e. over 5 seeds"
 IGNORED_KEYS = frozenset({"seed"} | {f["name"] for f in schema() if f["group"] == "backup"})
 """Config keys that may differ between the runs of one row without making them different experiments."""
 
@@ -64,10 +69,17 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _sem(values: list[float]) -> float | None:
+    """Standard error of the mean; None below two values."""
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
+
+
 def _planning(evaluations: list[Evaluation], variant: str) -> dict[str, Any]:
-    """Mean planning frequency of the row's final evaluations, one environment and batched."""
+    """Mean planning frequency of the row's final evaluations, one environment (with its
+    standard error over the runs) and batched."""
     speeds = [row for e in evaluations for row in planning_speed([evaluation_dict(e)])]
-    return {"hz_1env": _mean([s["hz_1env"] for s in speeds if s["hz_1env"]]),
+    hz = [s["hz_1env"] for s in speeds if s["hz_1env"]]
+    return {"hz_1env": _mean(hz), "hz_1env_sem": _sem(hz),
             "decisions_per_s": _mean([s["decisions_per_s"] for s in speeds if s["decisions_per_s"]]),
             "n_envs": sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]}),
             "devices": sorted({s["device"] for s in speeds if s["device"]}),
@@ -79,40 +91,96 @@ def _differing_keys(runs: list[Run]) -> list[str]:
     return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
 
 
+def _ablation_sweeps(session: Session, sweep_id: int | None = None) -> list[Sweep]:
+    stmt = select(Sweep).where(col(Sweep.ablation_setting).is_not(None))
+    if sweep_id is not None:
+        stmt = stmt.where(Sweep.id == sweep_id)
+    return list(session.exec(stmt.order_by(col(Sweep.id).desc())))
+
+
 def aggregate(session: Session, sweep_id: int | None = None) -> list[dict[str, Any]]:
-    """One row per (task, variant) with a finished run, in the paper's task order."""
+    """One row per (task, variant) with a finished run, in the paper's task order; runs of
+    ablation sweeps are left out (see `ablations`)."""
+    ablation_ids = {s.id for s in _ablation_sweeps(session)}
     groups: dict[tuple[str, str], list[tuple[Run, Evaluation]]] = {}
     for run, evaluation in final_evaluations(session, sweep_id):
-        groups.setdefault((run.task, evaluation.variant), []).append((run, evaluation))
+        if run.sweep_id not in ablation_ids:
+            groups.setdefault((run.task, evaluation.variant), []).append((run, evaluation))
     rows = []
     for task in TASKS:
         for variant in VARIANTS:
             members = sorted(groups.get((task, variant), []), key=lambda m: m[0].id)
             if members:
-                rows.append(_row(task, variant, members))
+                paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
+                rows.append({"task": task, "variant": variant, **_stats(members, variant, paper, variant)})
     return rows
 
 
-def _row(task: str, variant: str, members: list[tuple[Run, Evaluation]]) -> dict[str, Any]:
+def _stats(members: list[tuple[Run, Evaluation]], variant: str, paper: PaperScore | None,
+           paper_variant: str) -> dict[str, Any]:
+    """Mean ± s.e. over seeds of the members' final scores beside the paper's score (of
+    `paper_variant`, which the labels name), and whether they agree. No members (an
+    ablation value whose runs have not finished) gives no numbers, only the paper's."""
     scores = [e.score_mean for _, e in members]
     n = len(scores)
-    mean = statistics.fmean(scores)
-    sem = statistics.stdev(scores) / math.sqrt(n) if n > 1 else None
-    paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
-    difference = mean - paper.mean
+    mean, sem = _mean(scores), _sem(scores)
     single = members[0][1] if n == 1 else None
+    difference = None if mean is None or paper is None else mean - paper.mean
+    if difference is None:
+        judged = {"verdict": "not judged", "text": "no finished run yet" if n == 0 else
+                  "the paper has no score for this value"}
+    else:
+        judged = agreement(difference, sem, paper.sem)
     return {
-        "task": task, "variant": variant, "n": n,
-        "seeds": [r.config.get("seed") for r, _ in members], "run_ids": [r.id for r, _ in members],
-        "mean": mean, "sem": sem, "label": SEM_OVER_SEEDS if n > 1 else STD_OVER_EPISODES,
+        "n": n, "seeds": [r.config.get("seed") for r, _ in members], "run_ids": [r.id for r, _ in members],
+        "mean": mean, "sem": sem, "label": None if n == 0 else SEM_OVER_SEEDS if n > 1 else STD_OVER_EPISODES,
         "per_episode": None if single is None else {
             "mean": single.score_mean, "std": single.score_std, "n_episodes": len(single.scores),
             "label": f"std over the {plural(len(single.scores), 'episode')} of one run (not a standard error)"},
-        "paper": {"mean": paper.mean, "sem": paper.sem, "source": paper.source, "label": "mean ± s.e. over 5 seeds"},
-        "difference": difference, "agreement": agreement(difference, sem, paper.sem),
+        "paper": None if paper is None else {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
+                                             "label": PAPER_LABEL, "variant": paper_variant},
+        "difference": difference, "agreement": judged,
         "differing_config_keys": _differing_keys([r for r, _ in members]),
         "planning": _planning([e for _, e in members], variant),
     }
+
+
+def ablations(session: Session, sweep_id: int | None = None) -> list[dict[str, Any]]:
+    """The view of every ablation sweep (only `sweep_id`'s when given), newest first."""
+    return [_ablation_view(session, s) for s in _ablation_sweeps(session, sweep_id)]
+
+
+def _ablation_view(session: Session, sweep: Sweep) -> dict[str, Any]:
+    """An ablation sweep's final scores grouped by the value of the setting it varies: a row
+    per value and variant (R2 runs evaluate R1 too), with the paper's score of that value
+    where its ablations have one. Those are Lite-D's (see dlite.tasks.ABLATION_VARIANT), so
+    the view says so next to every agreement. `compare_run_ids` picks up to MAX_COMPARED runs,
+    as many of each value as fit, for the comparison page coloured by the setting."""
+    [task], setting = sweep.tasks, sweep.ablation_setting
+    groups: dict[tuple[str, str], list[tuple[Run, Evaluation]]] = {}
+    for run, evaluation in final_evaluations(session, sweep.id):
+        groups.setdefault((repr(run.config.get(setting)), evaluation.variant), []).append((run, evaluation))
+    variants = VARIANTS if "R2" in sweep.variants else ("R1",)
+    rows = []
+    for value in sweep.ablation_values:
+        paper = paper_ablation_score(task, setting, value)
+        for variant in variants:
+            members = sorted(groups.get((repr(value), variant), []), key=lambda m: m[0].id)
+            rows.append({"value": value, "value_text": str(value), "variant": variant,
+                         **_stats(members, variant, paper, ABLATION_VARIANT)})
+    runs = list(session.exec(select(Run).where(Run.sweep_id == sweep.id).order_by(col(Run.id))))
+    per_value = max(MAX_COMPARED // max(len(sweep.ablation_values), 1), 1)
+    picked = [r.id for value in sweep.ablation_values
+              for r in [r for r in runs if r.config.get(setting) == value][:per_value]][:MAX_COMPARED]
+    with_paper = any(r["paper"] for r in rows)
+    return {"sweep_id": sweep.id, "sweep_name": sweep.name, "task": task, "setting": setting,
+            "values": sweep.ablation_values, "variants": list(variants), "rows": rows,
+            "paper_variant": ABLATION_VARIANT if with_paper else None,
+            "paper_source": ABLATION_SOURCE if with_paper else None,
+            "caveat": None if not with_paper else (
+                f"The paper's numbers are {ABLATION_VARIANT}'s (DiffuserLite-D, DDIM sampling, no public code); this "
+                f"lab runs {' and '.join(variants)}, so the agreement compares different variants."),
+            "compare_run_ids": picked}
 
 
 def _pm(mean: float | None, spread: float | None) -> str:
@@ -130,17 +198,39 @@ def _hz(value: float | None) -> str:
     return "–" if value is None else f"{value:,.1f}"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """results.md: the table plus what every ± means and where the paper's numbers come from."""
+def _mine(r: dict[str, Any]) -> str:
+    """A row's own score in words: mean ± s.e. over seeds, or one run's spread over episodes."""
+    if r["n"] > 1:
+        return f"{_pm(r['mean'], r['sem'])} (s.e. over seeds)"
+    if r["n"] == 0:
+        return "– (no finished run yet)"
+    ep = r["per_episode"]
+    return f"{_pm(ep['mean'], ep['std'])} (std over {plural(ep['n_episodes'], 'episode')}, one run)"
+
+
+def _ablation_markdown(view: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Ablation: {view['setting']} on {view['task']} (sweep {view['sweep_name']})", "",
+             f"| {view['setting']} | variant | seeds (n) | mine | paper ({ABLATION_VARIANT}) | difference | agreement "
+             "| planning Hz, 1 env |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in view["rows"]:
+        paper = "–" if r["paper"] is None else f"{_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds)"
+        p = r["planning"]
+        lines.append(f"| {r['value_text']} | {r['variant']} | {', '.join(map(str, r['seeds']))} ({r['n']}) "
+                     f"| {_mine(r)} | {paper} | {'–' if r['difference'] is None else _signed(r['difference'])} "
+                     f"| {r['agreement']['text']} | {_pm(p['hz_1env'], p['hz_1env_sem'])} |")
+    if view["caveat"]:
+        lines += ["", f"{view['caveat']} Paper scores: {view['paper_source']}."]
+    return lines
+
+
+def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]]) -> str:
+    """results.md: the table plus what every ± means and where the paper's numbers come from,
+    then each ablation's table."""
     lines = ["| task | variant | seeds (n) | mine | paper | difference | agreement "
              "| planning Hz, 1 env | decisions/s, batch | device | paper Hz |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        if r["n"] > 1:
-            mine = f"{_pm(r['mean'], r['sem'])} (s.e. over seeds)"
-        else:
-            ep = r["per_episode"]
-            mine = f"{_pm(ep['mean'], ep['std'])} (std over {plural(ep['n_episodes'], 'episode')}, one run)"
+        mine = _mine(r)
         seeds = ", ".join(str(s) for s in r["seeds"])
         p = r["planning"]
         batch = _hz(p["decisions_per_s"]) + (f" ({', '.join(str(n) for n in p['n_envs'])} envs)" if p["n_envs"] else "")
@@ -156,4 +246,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
               "Planning frequency: decisions per second, 1000 / latency of one planning call for one environment; "
               "batch: one call plans for all evaluation environments at once.",
               *(f"Paper scores: {s}." for s in sources), f"Paper Hz: {PAPER_PLANNING_SOURCE}."]
+    for view in ablation_views:
+        lines += _ablation_markdown(view)
     return "\n".join(lines) + "\n"

@@ -83,14 +83,18 @@ const Dashboard = (() => {
     return refresh;
   }
 
-  function readValue(input) {
-    const raw = input.value.trim();
+  // A form's text as the config schema's type (int, float, str, int_list: "5,5,9"); what is
+  // not a number stays text, so the server's 422 names it.
+  function typedValue(text, type) {
+    const raw = text.trim();
     if (raw === "") return null;
     const number = (s) => (s !== "" && Number.isFinite(Number(s)) ? Number(s) : s);
-    if (input.dataset.type === "int_list") return raw.split(",").map((s) => number(s.trim()));
-    if (input.dataset.type === "int" || input.dataset.type === "float") return number(raw);
+    if (type === "int_list") return raw.replace(/^\[|\]$/g, "").split(",").map((s) => number(s.trim()));
+    if (type === "int" || type === "float") return number(raw);
     return raw;
   }
+
+  const readValue = (input) => typedValue(input.value, input.dataset.type);
 
   // Sends only the fields changed from their defaults; the server resolves the rest with
   // dlite's config and names a bad field in its 422, shown next to that field.
@@ -375,5 +379,5 @@ const Dashboard = (() => {
     });
   }
 
-  return {api, url, liveFragment, newRunForm, runPage};
+  return {api, url, liveFragment, newRunForm, runPage, typedValue};
 })();

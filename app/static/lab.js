@@ -47,31 +47,49 @@ const Lab = (() => {
     return out;
   }
 
+  const problemText = (e) => (Array.isArray(e.detail)
+    ? e.detail.map((p) => `${p.loc.slice(1).join(".")}: ${p.msg}`) : [e.message]).join("; ");
+
+  // Queues a sweep (a request body for POST /api/sweeps) and opens its page; a 422 is shown in `error`.
+  async function queueSweep(body, error) {
+    error.hidden = true;
+    try {
+      const sweep = await Dashboard.api("POST", Dashboard.url("/api/sweeps"), body);
+      window.location.href = Dashboard.url(`/sweeps/${sweep.id}`);
+    } catch (e) {
+      error.textContent = problemText(e);
+      error.hidden = false;
+    }
+  }
+
+  // The sweep form, and the paper's ablations as one-click presets (buttons with data-sweep:
+  // the request body). Values are typed by the config schema (each option's data-type).
   function sweepForm(form) {
     const error = document.getElementById("sweep-error");
-    form.addEventListener("submit", async (event) => {
+    const typeOf = (select) => (select.selectedOptions[0] || {dataset: {}}).dataset.type;
+    form.addEventListener("submit", (event) => {
       event.preventDefault();
-      error.hidden = true;
       const config = {};
       for (const row of form.querySelectorAll(".override")) {
-        const key = row.querySelector("select").value;
-        const raw = row.querySelector("input").value.trim();
-        if (!key || raw === "") continue;
-        config[key] = raw !== "" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
+        const select = row.querySelector("select");
+        const value = Dashboard.typedValue(row.querySelector("input").value, typeOf(select));
+        if (select.value && value !== null) config[select.value] = value;
       }
       const body = {name: form.name.value.trim() || null,
                     tasks: [...form.querySelectorAll("input[name=tasks]:checked")].map((b) => b.value),
                     seeds: seeds(form.seeds.value),
                     variants: [...form.querySelectorAll("input[name=variants]:checked")].map((b) => b.value),
                     config};
-      try {
-        const sweep = await Dashboard.api("POST", Dashboard.url("/api/sweeps"), body);
-        window.location.href = Dashboard.url(`/sweeps/${sweep.id}`);
-      } catch (e) {
-        const problems = Array.isArray(e.detail) ? e.detail.map((p) => `${p.loc.slice(1).join(".")}: ${p.msg}`) : [e.message];
-        error.textContent = problems.join("; ");
-        error.hidden = false;
+      const setting = form.ablation_setting.value;
+      if (setting) {
+        const type = typeOf(form.ablation_setting);
+        body.ablation = {setting, values: form.ablation_values.value.split("\n")
+          .map((line) => Dashboard.typedValue(line, type)).filter((v) => v !== null)};
       }
+      queueSweep(body, error);
+    });
+    document.querySelectorAll("button[data-sweep]").forEach((button) => {
+      button.addEventListener("click", () => queueSweep(JSON.parse(button.dataset.sweep), error));
     });
   }
 
@@ -102,8 +120,7 @@ const Lab = (() => {
         state.textContent = "saved";
         showError("");
       } catch (e) {
-        const problems = Array.isArray(e.detail) ? e.detail.map((p) => `${p.loc.slice(1).join(".")}: ${p.msg}`) : [e.message];
-        state.textContent = `not saved: ${problems.join("; ")}`;
+        state.textContent = `not saved: ${problemText(e)}`;
       }
     });
     postButtons(form);
@@ -186,7 +203,11 @@ const Lab = (() => {
       status.textContent = `Could not load the charts: ${e.message}`;
       return;
     }
-    const colorOf = (runId) => COLORS[data.runs.findIndex((r) => r.id === runId) % COLORS.length];
+    // The page picks each run's colour (its swatch's index): one per run, or one per value of
+    // the setting the page is coloured by (?color_by=).
+    const colorIndex = new Map([...document.querySelectorAll("tr[data-run-id]")].map((row) =>
+      [Number(row.dataset.runId), Number(row.querySelector(".swatch").dataset.index)]));
+    const colorOf = (runId) => COLORS[colorIndex.get(runId) % COLORS.length];
     document.querySelectorAll(".swatch").forEach((el) => {
       el.style.background = COLORS[Number(el.dataset.index) % COLORS.length];
     });
@@ -218,5 +239,49 @@ const Lab = (() => {
     root.dataset.ready = "true";
   }
 
-  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras};
+  // ---- ablation view -----------------------------------------------------------------
+
+  // Each ablation's score against planning frequency (the speed/score trade-off): one point
+  // per value of the varied setting and variant, error bars = standard error over seeds, drawn
+  // from GET /api/results (the same answer scripts get). A row without a measured latency has no x.
+  async function ablationCharts(root) {
+    const status = document.getElementById("ablation-status");
+    const sweep = root.dataset.sweep;
+    let data;
+    try {
+      data = await Dashboard.api("GET", Dashboard.url(`/api/results${sweep ? `?sweep=${sweep}` : ""}`));
+    } catch (e) {
+      status.textContent = `Could not load the charts: ${e.message}`;
+      return;
+    }
+    const views = new Map(data.ablations.map((v) => [String(v.sweep_id), v]));
+    const draws = [...root.querySelectorAll(".ablation-chart")].map((div) => {
+      const view = views.get(div.dataset.sweep);
+      const traces = view.variants.map((variant, i) => {
+        const rows = view.rows.filter((r) => r.variant === variant && r.mean !== null && r.planning.hz_1env);
+        return {type: "scatter", mode: "markers+text", name: `${variant} (± s.e. over seeds)`,
+                x: rows.map((r) => r.planning.hz_1env), y: rows.map((r) => r.mean),
+                text: rows.map((r) => r.value_text), textposition: "top right",
+                hovertemplate: `${view.setting} = %{text}<br>score %{y:.1f}<br>%{x:.1f} Hz<extra>${variant}</extra>`,
+                error_y: {type: "data", array: rows.map((r) => r.sem || 0), visible: true, thickness: 1},
+                error_x: {type: "data", array: rows.map((r) => r.planning.hz_1env_sem || 0), visible: true, thickness: 1},
+                marker: {size: 10, color: COLORS[i]}};
+      }).filter((t) => t.x.length);
+      const empty = !traces.length;
+      div.dataset.points = String(traces.reduce((n, t) => n + t.x.length, 0));
+      return Plotly.react(div, traces, {
+        autosize: true, height: empty ? 120 : 340, margin: {l: 60, r: 12, t: 10, b: 50}, showlegend: !empty,
+        xaxis: {visible: !empty, title: {text: "planning Hz (1000 / one-environment latency)", standoff: 4},
+                automargin: true},
+        yaxis: {visible: !empty, title: {text: "D4RL normalised score"}, automargin: true},
+        annotations: empty ? [{text: "no finished run with a measured planning latency yet", showarrow: false,
+                               xref: "paper", yref: "paper", x: 0.5, y: 0.5}] : [],
+      }, CONFIG);
+    });
+    await Promise.all(draws);
+    status.textContent = "";
+    root.dataset.ready = "true";
+  }
+
+  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras, ablationCharts};
 })();
