@@ -66,13 +66,20 @@ def load_or_create_token(data_dir: Path) -> str:
         token = path.read_text().strip()
         if token:
             return token
-    data_dir.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
+    write_token(data_dir, token)
+    return token
+
+
+def write_token(data_dir: Path, token: str) -> None:
+    """The token file, mode 0600 from the start so only its owner can ever read it: the
+    generated token, or one a restored lab brings back (worker.state_backup)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / TOKEN_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     os.chmod(path, 0o600)
-    return token
 
 
 def token_source(settings: Settings) -> str:

@@ -313,7 +313,7 @@ def test_a_backup_export_replays_its_non_finite_points_and_missing_evaluations_t
     posted: list[tuple[str, dict]] = []
     fake = SimpleNamespace(outbox=SimpleNamespace(post=lambda kind, body: posted.append((kind, body))),
                            claim=SimpleNamespace(run_id=1),
-                           client=SimpleNamespace(evaluations=lambda run_id: [{**evaluation, "step": 20}]))
+                           client=SimpleNamespace(run=lambda run_id: {"evaluations": [{**evaluation, "step": 20}]}))
     RunExecutor._replay_backup(fake, export, upto=40)  # type: ignore[arg-type]
     points = [MetricPointIn.model_validate(p) for kind, body in posted if kind == "metrics" for p in body["points"]]
     replayed = [EvaluationRequest.model_validate({**body, "attempt": 1}) for kind, body in posted

@@ -203,16 +203,14 @@ class BackupTarget(ABC):
                          if p.startswith(f"{self.prefix}/checkpoints/") and p not in kept_files)
         manifest = json.dumps({"checkpoints": {str(s): e for s, e in kept.items()}}, indent=2).encode()
         adds: Extras = {ckpt_path: checkpoint, **extra_paths, self.manifest_path: manifest}
-        try:
-            self._commit(adds, deleted, f"{self.prefix}: checkpoint step {step}")
-        finally:
-            self._last_commit_at = self._clock()
+        self.write_files(adds, f"{self.prefix}: checkpoint step {step}", deleted)
         log.info("backed up step %d to %s (deleted %d old checkpoints)", step, self.description, len(deleted))
         return BackupResult(step=step, sha256=sha256, size=size, url=self.url_of(ckpt_path), deleted=deleted)
 
     def write_files(self, adds: Extras, what: str, deletes: list[str] | None = None) -> None:
-        """Writes storage paths outside any run's folder (the server's own state) in one
-        commit, the last path last, then removes `deletes`; shares the commit spacing."""
+        """Writes storage paths (a backup's, or the server's own state outside every run's
+        folder) in one commit, the last path last, then removes `deletes`; every commit
+        goes through here, so all keep `min_interval_s` apart."""
         if not self._ready:
             self.prepare()
         self.wait_for_commit_slot()

@@ -55,13 +55,10 @@ class ServerClient:
         body = {"attempt": attempt, "step": step, "steps_per_s": steps_per_s}
         return HeartbeatResponse.model_validate(self.request("POST", f"/api/runs/{run_id}/heartbeat", body).json())
 
-    def checkpoints(self, run_id: int) -> list[dict[str, Any]]:
-        """The server's checkpoint list of a run (step, size, sha256, backup_state, pruned, ...)."""
-        return self.request("GET", f"/api/runs/{run_id}").json()["checkpoints"]
-
-    def evaluations(self, run_id: int) -> list[dict[str, Any]]:
-        """The server's evaluations of a run (step, kind, variant, scores, ...)."""
-        return self.request("GET", f"/api/runs/{run_id}").json()["evaluations"]
+    def run(self, run_id: int) -> dict[str, Any]:
+        """What the server holds of a run: its checkpoints (step, size, sha256, backup_state,
+        pruned, ...), evaluations (step, kind, variant, scores, ...), checklist, ..."""
+        return self.request("GET", f"/api/runs/{run_id}").json()
 
     def export(self, run_id: int) -> bytes:
         return self.request("GET", f"/api/runs/{run_id}/export").content

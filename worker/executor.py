@@ -202,7 +202,7 @@ class RunExecutor:
         and listed ones no longer on disk are marked pruned. Only steps in (after, upto]
         belong to this stage's folder (R1's, or R2's whose steps continue R1's)."""
         try:
-            listed = {c["step"]: c for c in self.client.checkpoints(self.claim.run_id)
+            listed = {c["step"]: c for c in self.client.run(self.claim.run_id)["checkpoints"]
                       if after < c["step"] and (upto is None or c["step"] <= upto)}
         except ServerUnavailable as e:
             log.warning("run %s: checkpoint list not reconciled, the server is unavailable: %s", self.claim.run_id, e)
@@ -400,7 +400,7 @@ class RunExecutor:
         for i in range(0, len(points), batch):
             self.outbox.post("metrics", {"points": points[i:i + batch]})
         try:
-            known = {(e["step"], e["kind"], e["variant"]) for e in self.client.evaluations(self.claim.run_id)}
+            known = {(e["step"], e["kind"], e["variant"]) for e in self.client.run(self.claim.run_id)["evaluations"]}
         except ServerUnavailable as e:  # post them all: an evaluation is an upsert, the outbox retries
             log.warning("run %s: the server's evaluations are unknown (%s); replaying all", self.claim.run_id, e)
             known = set()

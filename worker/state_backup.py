@@ -42,7 +42,7 @@ from typing import Any
 
 from huggingface_hub import HfApi, get_token
 
-from app.settings import DATABASE_FILE, STATE_STATUS_FILE, TOKEN_FILE
+from app.settings import DATABASE_FILE, STATE_STATUS_FILE, TOKEN_FILE, write_token
 from dlite.files import atomic_path
 from worker.backup import BackupError, BackupTarget, file_sha256
 from worker.backup_dir import DirectoryBackup
@@ -215,8 +215,8 @@ class StateBackup:
         if current is not None:
             state["previous"] = current["database"]
             older = current.get("previous")
-            if older and older["file"] not in (name, current["database"]["file"]) and SNAPSHOT.fullmatch(
-                    str(older.get("file"))):
+            if isinstance(older, dict) and SNAPSHOT.fullmatch(str(older.get("file"))) \
+                    and older["file"] not in (name, current["database"]["file"]):
                 deletes.append(older["file"])
         if self.token is not None and self._private():
             state["token"] = self.token
@@ -279,9 +279,7 @@ def restore(target: BackupTarget, data_dir: Path, use_saved_token: bool) -> Rest
     lab_file.write_text(state["lab_id"] + "\n")
     token = state.get("token")
     if use_saved_token and isinstance(token, str) and token and not (data_dir / TOKEN_FILE).exists():
-        fd = os.open(data_dir / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
+        write_token(data_dir, token)
     saved_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(state["saved_at"])))
     return Restored(f"restored the server state saved at {saved_at} from {target.where()}", True, state["lab_id"])
 
