@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from dlite.config import FIELDS
 from dlite.demo import DEMO_TASK
 from tests.app_helpers import ROOT, free_port, wait_for
 from tests.conftest import TINY
+from tests.test_state_backup import runs_in_backup
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "colab" / "DiffuserLite_Lab.ipynb"
 
@@ -268,11 +268,6 @@ def test_demo_needs_no_token_or_drive_and_the_dashboard_shows_in_the_notebook(tm
         assert_logged_in_with_relative_assets(link.group(1))
 
 
-def saved_state_time(backup_dir: Path) -> float:
-    state = backup_dir / "server" / "state.json"
-    return json.loads(state.read_text())["saved_at"] if state.exists() else 0.0
-
-
 def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp_path: Path) -> None:
     drive = tmp_path / "drive" / "MyDrive"
     drive.mkdir(parents=True)
@@ -287,10 +282,9 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
         token = (colab.data / "token").read_text().strip()
         api = colab.api()
         run_id = demo_run_id(api)
-        labelled = time.time()
         assert api.patch(f"/api/runs/{run_id}", json={"note": "from VM 1", "tags": ["colab"]}).status_code == 200
-        colab.wait(lambda: bool(manifest_steps(backup_dir)) and saved_state_time(backup_dir) > labelled, 300,
-                   "the first backup of training and a saved state with the note")
+        colab.wait(lambda: bool(manifest_steps(backup_dir)) and (RUN_KEY, "from VM 1") in runs_in_backup(
+            backup_dir, tmp_path / "peek"), 300, "the first backup of training and a saved state with the note")
     assert len(colab.killed) >= 4, f"kernel, dlite up, server and worker: {colab.killed}"
     last = max(manifest_steps(backup_dir))
     assert last < total, "the disconnect came before the end of training"

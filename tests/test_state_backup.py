@@ -195,16 +195,19 @@ def start_up(data_dir: Path, port: int, drive: Path, log: Path, every_minutes: s
                             start_new_session=True)
 
 
-def names_in_backup(drive: Path, scratch: Path) -> list[str]:
-    """The run names in the saved snapshot, read the way a restore reads it."""
+def runs_in_backup(drive: Path, scratch: Path) -> list[tuple[str, str | None]]:
+    """(name, note) of each run in the saved snapshot, read the way a restore reads it."""
     try:
         restore(folder(drive), scratch, use_saved_token=False)
     except BackupError:
         return []
-    names = run_names(scratch / "dlite.db") if (scratch / "dlite.db").exists() else []
+    rows = []
+    if (scratch / "dlite.db").exists():
+        with sqlite3.connect(scratch / "dlite.db") as c:
+            rows = list(c.execute("SELECT name, note FROM runs ORDER BY id"))
     for f in scratch.iterdir():
         f.unlink()
-    return names
+    return rows
 
 
 def test_dlite_up_saves_the_state_and_a_fresh_machine_gets_the_same_lab(tmp_path: Path) -> None:
@@ -223,8 +226,9 @@ def test_dlite_up_saves_the_state_and_a_fresh_machine_gets_the_same_lab(tmp_path
                for i in range(3)]
         assert api.patch(f"/api/runs/{ids[1]}", json={"note": "keep me", "tags": ["paper"]}).status_code == 200
         assert api.delete(f"/api/runs/{ids[2]}").status_code == 200
-        wait_for(lambda: names_in_backup(drive / "lab", tmp_path / "peek") == ["r0", "r1"], 60,
-                 "a saved state with the deletion")
+        # the note and the deletion both: a snapshot taken before r2 existed also lists r0 and r1 alone
+        wait_for(lambda: runs_in_backup(drive / "lab", tmp_path / "peek") == [("r0", None), ("r1", "keep me")], 60,
+                 "a saved state with the note and the deletion")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -243,4 +247,5 @@ def test_dlite_up_saves_the_state_and_a_fresh_machine_gets_the_same_lab(tmp_path
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     assert "server state saved to the backup folder" in log.read_text()
-    assert names_in_backup(drive / "lab", tmp_path / "peek") == ["r0", "r1", "late"], "Ctrl-C saved the last run"
+    assert [name for name, _ in runs_in_backup(drive / "lab", tmp_path / "peek")] == ["r0", "r1", "late"], \
+        "Ctrl-C saved the last run"
