@@ -68,6 +68,9 @@ class Run(SQLModel, table=True):
     note: Optional[str] = Field(default=None, sa_type=Text)
     archived: bool = False
     """Hidden from the runs list unless asked for; still counted in results."""
+    device_check: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    """The latest attempt's device check report (app.protocol.DeviceCheckRequest without its
+    attempt); None until a worker has checked its device for the run (migration 0009)."""
 
 
 class ChecklistItem(SQLModel, table=True):

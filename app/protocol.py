@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # A noun after the colon ("{num_envs:env}") is counted: "1 env", "50 envs".
 CHECKLIST: tuple[tuple[str, str], ...] = (
     ("data.ready", "dataset downloaded and checked"),
+    ("device.check", "fast paths verified against eager and timed on this device"),
     ("smoke.steps", "{smoke_steps:training step} done"),
     ("smoke.checkpoint", "checkpoint written"),
     ("smoke.reload", "checkpoint reloads"),
@@ -33,7 +34,7 @@ CHECKLIST_KEYS: tuple[str, ...] = tuple(key for key, _ in CHECKLIST)
 R2_ONLY_KEYS = frozenset({"reflow.pairs", "reflow.done"})
 """Checklist items that only runs with variant R2 pass."""
 
-Stage = Literal["data", "smoke", "train", "reflow_pairs", "reflow_train", "eval"]
+Stage = Literal["data", "check", "smoke", "train", "reflow_pairs", "reflow_train", "eval"]
 Variant = Literal["R1", "R2"]
 FinalStatus = Literal["succeeded", "failed", "cancelled"]
 BackupState = Literal["local", "uploading", "hub", "error"]
@@ -230,6 +231,64 @@ class EvaluationRequest(_Fenced):
     latency_ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     latency_ms_1env: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+
+
+CheckStatus = Literal["reference", "ok", "failed", "skipped"]
+"""A path's outcome in the device check: the plain path others are held to, verified,
+refused (raised or differed beyond its tolerance), or not measured (with the reason)."""
+MAX_CHECK_PATHS = 64
+
+
+class CheckedPath(_Body):
+    """One execution path of the device check (dlite.device_check.PathResult)."""
+
+    stage: Literal["train", "plan"]
+    name: str = Field(min_length=1, max_length=SHORT_TEXT)
+    status: CheckStatus
+    ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    """Median ms of one training step, or of one planning decision for one environment."""
+    ms_batch: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    """Planning only: median ms of one decision for the whole evaluation batch."""
+    ms_reflow: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    """Training only, R2 runs: median ms of one reflow step."""
+    warmup_s: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    """The untimed first calls (compilation, graph capture, allocator), apart from `ms`."""
+    max_diff: Optional[float] = Field(default=None, ge=0)
+    """Largest difference from the reference: relative for losses, absolute for actions."""
+    tolerance: Optional[float] = Field(default=None, ge=0)
+    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    """Why it failed or was skipped (the error's first line), or what it was held to."""
+
+
+class Projection(_Body):
+    """What the rest of the run costs at the chosen paths' measured rates."""
+
+    train_steps: int = Field(ge=0, le=MAX_INT)
+    train_s: float = Field(ge=0)
+    reflow_pairs_s: float = Field(default=0.0, ge=0)
+    reflow_s: float = Field(default=0.0, ge=0)
+    eval_s: float = Field(ge=0)
+    """Planning time of the quick and final evaluations (the simulator's own time excluded)."""
+    total_s: float = Field(ge=0)
+
+
+class DeviceCheckRequest(_Fenced):
+    """The device check's report (dlite.device_check.CheckReport.to_dict()), stored with the run."""
+
+    device: str = Field(max_length=SHORT_TEXT)
+    device_name: str = Field(max_length=SHORT_TEXT)
+    memory_gb: Optional[float] = Field(default=None, ge=0)
+    peak_memory_gb: Optional[float] = Field(default=None, ge=0)
+    torch: str = Field(max_length=SHORT_TEXT)
+    cuda: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    cpu_capability: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    requested: dict[Literal["train", "plan"], Annotated[str, Field(max_length=SHORT_TEXT)]]
+    """The run's train_accel and plan_accel settings."""
+    chosen: dict[Literal["train", "plan"], Annotated[str, Field(max_length=SHORT_TEXT)]]
+    """The paths the run uses: the fastest verified one for `auto`."""
+    paths: list[CheckedPath] = Field(max_length=MAX_CHECK_PATHS)
+    projection: Projection
+    check_s: float = Field(ge=0)
 
 
 class EventRequest(_Fenced):

@@ -18,9 +18,10 @@ log = logging.getLogger(__name__)
 FORMAT = "dlite-checkpoint-v1"
 
 RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup", "reflow"}
-RESUME_SAFE_FIELDS = {"log_interval", "save_interval", "on_nonfinite"} | {
+RESUME_SAFE_FIELDS = {"log_interval", "save_interval", "on_nonfinite", "train_accel"} | {
     name for name, f in FIELDS.items() if f.metadata["group"] in RESUME_SAFE_GROUPS}
-"""Settings that may change on resume: none of them alters a gradient step."""
+"""Settings that may change on resume: none of them alters a gradient step (train_accel picks
+how a step runs, verified against eager; mixed precision is held by the checkpoint's `amp`)."""
 REFLOW_TRAINING_FIELDS = {"reflow_pairs_cond", "reflow_pairs_uncond", "reflow_pair_steps", "reflow_pair_batch",
                           "reflow_gradient_steps", "reflow_lr", "reflow_uncond_every"}
 """Reflow settings that shape its pairs or gradient steps: fixed once a reflow run started."""

@@ -57,6 +57,12 @@ D4RL_EPISODE_STEPS = 1000
 no plan may span more (its windows would lie mostly in the padding past every episode)."""
 
 
+TRAIN_ACCEL = ("auto", "eager", "fused", "compile", "amp", "compile_amp")
+"""Settings of `train_accel`: auto, then the training paths the device check knows."""
+PLAN_ACCEL = ("auto", "eager", "packed", "cuda_graph", "compile", "bf16")
+"""Settings of `plan_accel`: auto, then the planning paths the device check knows."""
+
+
 def level_loss_keys(levels: int) -> tuple[str, ...]:
     """`loss0` (the coarsest level) to `loss<levels-1>` (the finest): the keys training logs
     and the dashboard charts, here because the server reads them without torch."""
@@ -101,6 +107,11 @@ class Config:
     invdyn_lr: float = _f(1e-3, "Adam learning rate of inverse dynamics (the reference's effective 1e-3)", 0, 1, True)
     invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1, 16_384)
     invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", 0, 1)
+    train_accel: str = _f("auto", "how a training step runs, verified against 'eager' and timed by the device check "
+                          "before training: 'auto' (the fastest verified full-precision path), 'eager', 'fused' "
+                          "(fused optimisers), 'compile' (torch.compile, with CUDA graphs on a GPU), 'amp' (mixed "
+                          "precision: bf16, or fp16 with a grad scaler; not the paper's precision) or 'compile_amp'",
+                          choices=TRAIN_ACCEL)
     log_interval: int = _f(1000, "steps between loss read-backs and reports", 1, MAX_STEPS)
     save_interval: int = _f(10_000, "steps between local checkpoints", 1, MAX_STEPS)
     on_nonfinite: str = _f("stop", "when a logged loss is NaN or infinite: 'stop' (the run fails, naming the step "
@@ -109,6 +120,11 @@ class Config:
 
     sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", 1, 1000, group="planning")
     temperature: float = _f(0.5, "scale of the initial noise when planning", 0, 100, group="planning")
+    plan_accel: str = _f("auto", "how a planning decision runs, verified against the textbook loop and timed by "
+                         "the device check: 'auto' (the fastest verified full-precision path), 'eager', 'packed' "
+                         "(oneDNN-packed weights, CPU), 'cuda_graph' (GPU), 'compile' (torch.compile) or 'bf16' "
+                         "(faster on some CPUs and GPUs; not the paper's precision)", group="planning",
+                         choices=PLAN_ACCEL)
     target_return: float | None = _f(None, "value condition when planning (task table if empty)",
                                      -10, 10, group="planning")
     w_cfg: float | None = _f(None, "classifier-free guidance weight (task table if empty)", 0, 100, group="planning")

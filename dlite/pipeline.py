@@ -56,10 +56,10 @@ def refuse_existing(out_dir: Path, resume: bool, what: str = "checkpoints") -> N
 
 
 def build_trainer(data: WindowDataset, cfg: Config, out_dir: Path, resume: bool, found: Found | None,
-                  compile: bool = False, amp: bool = False) -> Trainer:
-    """A trainer for out_dir; with `resume`, continued from `found` (the newest readable
-    checkpoint, already loaded by the caller to read its settings), if there is one."""
-    trainer = Trainer(cfg, data, out_dir, compile=compile, amp=amp)
+                  path: str = "eager") -> Trainer:
+    """A trainer for out_dir on training path `path`; with `resume`, continued from `found` (the
+    newest readable checkpoint, already loaded by the caller to read its settings), if there is one."""
+    trainer = Trainer(cfg, data, out_dir, path)
     refuse_existing(out_dir, resume)
     if resume and found:
         trainer.load_state(found[1], found[0])

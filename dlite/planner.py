@@ -57,6 +57,15 @@ def _cast(mods: Modulations, dtype: torch.dtype) -> Modulations:
     return [tuple(m.to(dtype) for m in block) for block in blocks], (shift.to(dtype), scale.to(dtype))
 
 
+def checkpoint_model(path: Path, device: str | torch.device = "cpu") -> tuple[DiffuserLite, Config, Variant]:
+    """The model of an R1 or R2 checkpoint, its settings and which variant it is."""
+    state = checkpoint.read(path, device)
+    cfg = checkpoint.config_of(state)
+    model = DiffuserLite(cfg, state["dataset"]["obs_dim"], state["dataset"]["act_dim"]).to(device)
+    model.load_state_dict(state["model"])
+    return model, cfg, checkpoint.variant_of(state)  # type: ignore[return-value]
+
+
 class Planner:
     """Turns raw observations (N, obs_dim) into actions (N, act_dim) with the EMA weights.
 
@@ -67,15 +76,17 @@ class Planner:
     `dtype=torch.bfloat16` plans with bf16 copies of the networks (faster on a CPU with
     AVX512-BF16; not the paper's precision, so never the default). On a CPU the planning
     copies have oneDNN-packed weights (`dlite.packed`); `pack=False` keeps PyTorch's Linear
-    (for counting FLOPs, which the packed op does not report).
+    (for counting FLOPs, which the packed op does not report). `plain=True` makes `act` the
+    textbook loop: the last fallback when no fast path passes the device check.
     """
 
     def __init__(self, model: DiffuserLite, cfg: Config, w_cfg: float | None = None,
                  target_return: float | None = None, temperature: float | None = None,
                  sampling_steps: int | None = None, variant: Variant = "R1",
                  compile: bool = False, cuda_graph: bool = False, dtype: torch.dtype = torch.float32,
-                 pack: bool = True) -> None:
+                 pack: bool = True, plain: bool = False) -> None:
         self.model = model.eval()
+        self.plain = plain
         self.dtype = dtype
         self.cfg = cfg
         self.variant = variant
@@ -108,11 +119,8 @@ class Planner:
     @classmethod
     def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu", **overrides: object) -> "Planner":
         """A planner for an R1 or R2 checkpoint; the file says which it is."""
-        state = checkpoint.read(path, device)
-        cfg = checkpoint.config_of(state)
-        model = DiffuserLite(cfg, state["dataset"]["obs_dim"], state["dataset"]["act_dim"]).to(device)
-        model.load_state_dict(state["model"])
-        return cls(model, cfg, variant=checkpoint.variant_of(state), **overrides)  # type: ignore[arg-type]
+        model, cfg, variant = checkpoint_model(path, device)
+        return cls(model, cfg, variant=variant, **overrides)  # type: ignore[arg-type]
 
     @property
     def guided(self) -> bool:
@@ -244,6 +252,8 @@ class Planner:
         return self.model.invdyn(finest[:, 0], finest[:, 1]).cpu().numpy()
 
     def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.plain:
+            return self.act_plain(obs)
         return self.plan(self._normalized(obs)).cpu().numpy()
 
     def _normalized(self, obs: np.ndarray) -> torch.Tensor:

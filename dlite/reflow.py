@@ -210,13 +210,12 @@ class ReflowTrainer(Trainer):
     variant = "R2"
 
     def __init__(self, cfg: Config, data: WindowDataset, pairs: PairStore, r1: DiffuserLite, r1_step: int,
-                 out_dir: Path | None = None, compile: bool = False, amp: bool = False) -> None:
-        super().__init__(cfg, data, out_dir, compile=compile, amp=amp)
+                 out_dir: Path | None = None, path: str = "eager") -> None:
+        super().__init__(cfg, data, out_dir, path)
         self.model.load_state_dict(r1.state_dict())
         self.start_step = self.step = r1_step
-        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.reflow_lr,
-                                       weight_decay=cfg.weight_decay, **fused)
+                                       weight_decay=cfg.weight_decay, **self.optimizer_kind)
         self.pair_spec = pairs.spec
         self.pairs = pairs.tensors(self.device)
 

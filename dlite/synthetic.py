@@ -64,3 +64,16 @@ def rollouts(task: str, n_episodes: int, length: int, policy: str = "random", se
         "terminals": np.asarray(out["terminals"], bool),
         "timeouts": np.asarray(out["timeouts"], bool),
     }
+
+
+def random_arrays(obs_dim: int, act_dim: int, episodes: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random D4RL arrays of full 1000-step episodes, no simulator needed: what a speed
+    measurement trains and plans on (its cost depends on shapes, not on content)."""
+    rng = np.random.default_rng(seed)
+    n = episodes * 1000
+    timeouts = np.zeros(n, bool)
+    timeouts[999::1000] = True
+    return {"observations": rng.standard_normal((n, obs_dim), dtype=np.float32),
+            "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+            "rewards": rng.standard_normal(n, dtype=np.float32),
+            "terminals": np.zeros(n, bool), "timeouts": timeouts}

@@ -68,23 +68,41 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+@dataclass(frozen=True)
+class StepPath:
+    """How a training step runs; `train_accel` names one, and the device check verifies it
+    against eager on the user's device before a run uses it."""
+
+    compile: bool = False
+    amp: bool = False
+    fused: bool = False
+
+
+STEP_PATHS = {"eager": StepPath(), "fused": StepPath(fused=True), "compile": StepPath(compile=True, fused=True),
+              "amp": StepPath(amp=True, fused=True), "compile_amp": StepPath(compile=True, amp=True, fused=True)}
+"""Every training path by name (train_accel's choices but 'auto')."""
+
+
 class Trainer:
     """Owns the model, optimisers and schedule; `fit` runs steps and saves checkpoints."""
 
     def __init__(self, cfg: Config, data: WindowDataset, out_dir: Path | None = None,
-                 compile: bool = False, amp: bool = False) -> None:
+                 path: str = "eager") -> None:
         self.cfg, self.data, self.out_dir = cfg, data, out_dir
+        self.path = path
+        how = STEP_PATHS[path]
         self.device = data.device
         seed_everything(cfg.seed)
         self.model = DiffuserLite(cfg, data.obs_dim, data.act_dim).to(self.device)
         self.model.obs_mean.copy_(torch.from_numpy(data.normalizer.mean))
         self.model.obs_std.copy_(torch.from_numpy(data.normalizer.std))
-        fused = {"fused": True} if self.device.type == "cuda" else {}
         self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.diffusion_lr,
-                                       weight_decay=cfg.weight_decay, **fused)
+                                       weight_decay=cfg.weight_decay, **self.optimizer_kind)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, T_max=cfg.diffusion_gradient_steps)
-        self.invdyn_optim = torch.optim.Adam(self.model.invdyn.parameters(), lr=cfg.invdyn_lr, **fused)
-        self.amp = amp_dtype(self.device) if amp else None
+        self.invdyn_optim = torch.optim.Adam(self.model.invdyn.parameters(), lr=cfg.invdyn_lr, **self.optimizer_kind)
+        self.amp = amp_dtype(self.device) if how.amp else None
+        if how.amp and self.amp is None:
+            raise ValueError(f"training path {path!r}: mixed precision needs a CUDA device here, not {self.device}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.masks = [fix_mask(h, data.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
         self.weights = [loss_weight(h, data.obs_dim, cfg.next_obs_loss_weight, self.device) for h in cfg.horizons]
@@ -94,13 +112,20 @@ class Trainer:
         self.save_requested = False
         """Set by `request_save`: `fit` writes a checkpoint after the current step."""
         self._losses = self._compute_losses
-        self.compiled = compile and self.device.type == "cuda"
-        if compile:
-            # a step is ~2,500 small kernels: on CUDA only graphs (max-autotune) end launch-bound
-            mode = "max-autotune" if self.device.type == "cuda" else "default"
-            self._losses = torch.compile(self._compute_losses, mode=mode)
+        self.compiled = how.compile and self.device.type == "cuda"
+        if how.compile:
+            # a step is ~2,500 small kernels: on CUDA only graphs (reduce-overhead) end launch-bound;
+            # fallback_random draws PyTorch's own noise, so compiled losses equal eager ones
+            mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+            self._losses = torch.compile(self._compute_losses, options={
+                **torch._inductor.list_mode_options(mode), "fallback_random": True})
 
     variant = "R1"
+
+    @property
+    def optimizer_kind(self) -> dict[str, bool]:
+        """fused or foreach (PyTorch's default): one kernel per step for all tensors, or a few."""
+        return {"fused": True} if STEP_PATHS[self.path].fused else {"foreach": True}
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
@@ -202,6 +227,7 @@ class Trainer:
             "invdyn_optim": self.invdyn_optim.state_dict(),
             "scaler": self.scaler.state_dict(),
             "amp": str(self.amp) if self.amp else None,
+            "train_path": self.path,
             "loss_sum": self.loss_sum.cpu(),
             "loss_count": self.loss_count,
             "rng": rng_state(),
@@ -227,7 +253,7 @@ class Trainer:
         checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path)
         self._load(state, path)
         self.sched.load_state_dict(state["sched"])
-        self.invdyn_optim.load_state_dict(state["invdyn_optim"])
+        self._load_optimizer(self.invdyn_optim, state["invdyn_optim"])
 
     def _load(self, state: dict[str, Any], path: Path) -> None:
         """What R1 and reflow checkpoints share: weights, the level optimiser, the grad
@@ -236,14 +262,22 @@ class Trainer:
         if state.get("amp") != amp:
             raise checkpoint.CheckpointError(
                 f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
-                f"resume with the same --amp setting")
+                f"resume with the same mixed precision (train_accel amp or compile_amp, or neither)")
         self.model.load_state_dict(state["model"])
-        self.optim.load_state_dict(state["optim"])
+        self._load_optimizer(self.optim, state["optim"])
         self.scaler.load_state_dict(state["scaler"])
         self.loss_sum = state["loss_sum"].to(self.device)
         self.loss_count = state["loss_count"]
         self.step = state["step"]
         set_rng_state(state["rng"])
+
+    def _load_optimizer(self, optim: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        """A saved optimizer brings its fused/foreach flags: this attempt's path (verified on this
+        device, perhaps another than the one that saved it) decides instead. The flags are set
+        before loading, as they decide where PyTorch puts the step counts (a fused step reads
+        them on the GPU, a foreach one on the CPU)."""
+        flags = {"fused": self.optimizer_kind.get("fused"), "foreach": self.optimizer_kind.get("foreach")}
+        optim.load_state_dict({**state, "param_groups": [{**g, **flags} for g in state["param_groups"]]})
 
     def resume_latest(self, on_skip: Callable[[Path, checkpoint.CheckpointError], None] | None = None
                       ) -> Path | None:

@@ -28,8 +28,8 @@ def test_create_list_get_store_the_full_resolved_config(client) -> None:
     assert client.get("/api/runs").json()[0]["id"] == run["id"]
     got = client.get(f"/api/runs/{run['id']}").json()
     assert got["config"] == run["config"]
-    assert [i["key"] for i in got["checklist"]][:2] == ["data.ready", "smoke.steps"]
-    assert got["checklist"][1]["label"] == f"{expected.smoke_steps} training steps done"
+    assert [i["key"] for i in got["checklist"]][:3] == ["data.ready", "device.check", "smoke.steps"]
+    assert got["checklist"][2]["label"] == f"{expected.smoke_steps} training steps done"
     assert got["paper"]["r1"]["mean"] == 99.5 and got["checkpoints"] == [] and got["evaluations"] == []
 
 

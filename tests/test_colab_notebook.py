@@ -51,7 +51,7 @@ def test_notebook_cells_parse_and_use_real_settings() -> None:
 
 FAKE_COLAB = Path(__file__).resolve().parent / "fake_colab"
 PACKAGE = ("pyproject.toml", "README.md", "dlite", "app", "worker")
-RUN_SETTINGS = {**TINY, "variant": "R1", "diffusion_gradient_steps": 150, "invdyn_gradient_steps": 150,
+RUN_SETTINGS = {**TINY, "variant": "R1", "diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000,
                 "smoke_steps": 10, "log_interval": 10, "save_interval": 50, "backup_every": 50, "keep_every": 50,
                 "eval_every": 0, "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
 RUN_KEY = f"demo-{DEMO_TASK}-r1-seed0"
@@ -256,6 +256,7 @@ def test_demo_needs_no_token_or_drive_and_the_dashboard_shows_in_the_notebook(tm
     colab.boot()
     with colab.session(nb) as printed:
         assert f"running: {RUN_KEY}" in printed[0]
+        assert "device check on" in printed[0] and "chosen: training" in printed[0], "the check, before training"
         token = (colab.data / "token").read_text().strip()
         api = colab.api()
         run_id = demo_run_id(api)
@@ -295,6 +296,7 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
         assert (colab.data / "token").read_text().strip() == token, "the same token"
         assert "restored the server state saved at" in colab.log()
         assert f"running: {RUN_KEY}" in printed[0]
+        assert "device check on" in printed[0], "this VM's own check, printed before it trains"
         api = colab.api()
         runs = api.get("/api/runs").json()
         assert [r["id"] for r in runs] == [run_id], "the same run, not a second one"
@@ -303,6 +305,7 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
                    "the resumed run to finish")
         run = api.get(f"/api/runs/{run_id}").json()
         assert run["status"] == "succeeded", (run.get("error"), colab.log())
+        assert run["device_check"]["attempt"] == run["attempt"] == 2
         start = next(i for i in run["checklist"] if i["key"] == "train.start")
         assert start["detail"] == f"resumed from step {last} (backup folder {backup_dir})"
         export = api.get(f"/api/runs/{run_id}/export").json()

@@ -134,3 +134,52 @@ def restart_server(data_dir: Path, old: LiveServer, port: int, lease_seconds: fl
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for(lambda: httpx.get(f"{old.url}/healthz", timeout=1).status_code == 200, 30, "the server restart")
     return LiveServer(old.url, old.token, proc)
+
+
+def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_path: Path, dataset_cache: Path) -> None:
+    """Real server and worker: the check is on the checklist, in the run's API, page and
+    results.md; a broken planning path and a failing training path are warnings naming them
+    and their fallback, and the run trains and evaluates on the fallbacks."""
+    server = start_server(tmp_path / "server")
+    worker = start_worker(server, tmp_path / "w", dataset_cache, module="tests.faulty_path_worker")
+    try:
+        api = server.client()
+        run_id = create(api, 100)
+        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"), 180, "the run")
+        run = api.get(f"/api/runs/{run_id}").json()
+        assert run["status"] == "succeeded", run.get("error")
+        item = next(i for i in run["checklist"] if i["key"] == "device.check")
+        assert item["verified_at"] and not item["failed"]
+        assert "refused: train fused, plan packed" in item["detail"], item["detail"]
+        check = run["device_check"]
+        assert check["chosen"] == {"train": "eager", "plan": "eager"}
+        status = {(p["stage"], p["name"]): (p["status"], p["detail"]) for p in check["paths"]}
+        assert status["train", "fused"] == ("failed", "RuntimeError: fused AdamW is not supported on this device")
+        assert status["plan", "packed"][0] == "failed" and "differ from the textbook loop's" in status["plan", "packed"][1]
+        assert check["projection"]["train_steps"] == 100 and check["projection"]["total_s"] > 0
+        warnings = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()
+                    if e["level"] == "warning"]
+        assert any("train path fused refused (RuntimeError: fused AdamW" in w and "using eager instead" in w
+                   for w in warnings), warnings
+        assert any("plan path packed refused" in w and "using eager instead" in w for w in warnings), warnings
+        assert api.get(f"/api/runs/{run_id}/export").json()["device_check"] == check
+        assert any("training started fresh, to step 100 on cpu (training path eager, planning path eager)" in e["message"]
+                   for e in api.get(f"/api/runs/{run_id}/events").json())
+        page = api.get(f"/runs/{run_id}").text
+        assert "Device check" in page and "fused AdamW is not supported" in page
+        assert "## Devices" in api.get("/api/results.md").text
+
+        # asked for explicitly, the broken path stops the run before it trains
+        r = api.post("/api/runs", json={"task": TASK, "name": "fused", "config": {**tiny_run_config(100),
+                                                                                  "train_accel": "fused"}})
+        explicit = r.json()["id"]
+        wait_for(lambda: api.get(f"/api/runs/{explicit}").json()["status"] in ("succeeded", "failed"), 120, "it")
+        run = api.get(f"/api/runs/{explicit}").json()
+        assert run["status"] == "failed" and "train_accel=fused failed the device check: RuntimeError: fused AdamW" \
+            in run["error"], run["error"]
+        items = {i["key"]: i for i in run["checklist"] if i["verified_at"]}
+        assert items["device.check"]["failed"] and "set train_accel=auto" in items["device.check"]["detail"]
+        assert "train.start" not in items and "smoke.steps" not in items, "nothing trained"
+    finally:
+        stop(worker)
+        stop_server(server)

@@ -1,6 +1,7 @@
-"""Executes one claimed run: data, stage 0 smoke test (once per run: a later attempt skips
-one an earlier attempt passed), stage 1 training, stage 2 evaluation, reporting every
-verified checklist item to the server."""
+"""Executes one claimed run: data; stage 0, the device check (every attempt: the machine may
+have changed) and the smoke test (once per run: a later attempt skips one an earlier attempt
+passed); stage 1 training; for R2 the reflow pairs and reflow training; stage 2 evaluation;
+reporting every verified checklist item to the server."""
 
 from __future__ import annotations
 
@@ -20,14 +21,14 @@ import torch
 
 from app.protocol import (CHECKLIST_KEYS, ChecklistRecord, ClaimResponse, EvaluationRequest, metric_point,
                           plural)
-from dlite import checkpoint
+from dlite import checkpoint, device_check
 from dlite.config import Config, from_dict
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
 from dlite.pipeline import load_dataset
 from dlite.model import DiffuserLite
-from dlite.planner import Planner
+from dlite.planner import Planner, checkpoint_model
 from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
 from dlite.train import LogRecord, Trainer
 from worker.client import ServerClient, ServerUnavailable
@@ -118,6 +119,8 @@ class RunExecutor:
         self.backups = BackupQueue(self.target) if self.target else None
         self.schedule = BackupSchedule(self.cfg.backup_every, self.cfg.backup_every_minutes, clock)
         self.trainer: Trainer | None = None
+        self.paths = {"train": "eager", "plan": "eager"}
+        """The training and planning paths the device check chose."""
         self.hashes: dict[int, tuple[str, int]] = {}
         self.pruned: set[int] = set()
         self.diverged: str | None = None
@@ -235,6 +238,7 @@ class RunExecutor:
         """Runs every stage; returns the final status sent (or 'stopped' / 'lost')."""
         try:
             data = self.stage_data()
+            self.stage_check(data)
             self.stage_smoke(data)
             finals = {"R1": self.stage_train(data)}
             if self.cfg.variant == "R2":
@@ -242,7 +246,7 @@ class RunExecutor:
                 finals["R2"] = self.stage_reflow_train(data, store, r1, r1_step)
             self.stage_eval(finals)
             return self.finish("succeeded")
-        except (Diverged, SmokeBackupFailed) as e:
+        except (Diverged, SmokeBackupFailed, device_check.DeviceCheckError) as e:
             return self.finish("failed", str(e))
         except RunStopped as e:
             if self.cancelled.is_set() and not self.lost():
@@ -285,6 +289,38 @@ class RunExecutor:
         self.verified("data.ready", f"{plural(data.n_episodes, 'episode')}, {plural(int(data.lengths.sum()), 'step')}")
         return data
 
+    def stage_check(self, data: WindowDataset) -> None:
+        """Verify and time every path this run may use on this machine, and use the fastest that
+        passed. A refused path is a warning naming it and its fallback; only an explicit
+        train_accel/plan_accel that cannot run here fails the run, before it trains."""
+        self.stage("check")
+        try:
+            report = device_check.run_check(self.cfg, data, journal_file=self.run_dir / device_check.JOURNAL_FILE,
+                                            resumes=self._resumed_path(),
+                                            progress=lambda line: self.event(f"device check: {line}"))
+        except device_check.DeviceCheckError as e:
+            self.outbox.post("checklist", {"key": "device.check", "detail": str(e), "failed": True})
+            raise
+        self.outbox.post("device-check", report.to_dict())
+        self.paths = dict(report.chosen)
+        for path in report.refused():
+            self.event(f"device check: {path.stage} path {path.name} refused ({path.detail}); "
+                       f"using {report.chosen[path.stage]} instead", "warning")
+        self.verified("device.check", report.summary())
+
+    def _resumed_path(self) -> str | None:
+        """The training path of the checkpoint this attempt resumes from on this disk (reflow's,
+        else R1's): kept when it passes the check, so the run goes on bit-exactly."""
+        for folder in (self.run_dir / "reflow" / "checkpoints", self.ckpt_dir):
+            found = checkpoint.newest_readable(folder)
+            if found:
+                return found[1].get("train_path")
+        return None
+
+    def planner(self, model: DiffuserLite, cfg: Config, variant: str) -> Planner:
+        """A planner on the path the device check chose."""
+        return device_check.planner_for(self.paths["plan"], model, cfg, variant)  # type: ignore[arg-type]
+
     def stage_smoke(self, data: WindowDataset) -> None:
         passed = earlier_smoke_test(self.claim.checklist, self.smoke_target is not None, self.cfg.on_backup_failure)
         if passed:
@@ -296,7 +332,7 @@ class RunExecutor:
                                      log_interval=min(self.cfg.log_interval, n))
         scratch = self.run_dir / "smoke"
         shutil.rmtree(scratch, ignore_errors=True)
-        trainer = Trainer(smoke_cfg, data, scratch)
+        trainer = Trainer(smoke_cfg, data, scratch, self.paths["train"])
         trainer.fit(callbacks=(self._Stopper(self),))
         if trainer.step < n:
             raise RunStopped(f"stopped during the smoke test at step {trainer.step}")
@@ -305,12 +341,12 @@ class RunExecutor:
         if not path.exists():
             raise RuntimeError(f"smoke test: no checkpoint at {path}")
         self.verified("smoke.checkpoint", f"{path.stat().st_size / 1e6:.1f} MB")
-        reloaded = Trainer(smoke_cfg, data, scratch)
+        reloaded = Trainer(smoke_cfg, data, scratch, self.paths["train"])
         reloaded.resume_latest()
         for (key, a), b in zip(trainer.model.state_dict().items(), reloaded.model.state_dict().values()):
             if not torch.equal(a, b):
                 raise RuntimeError(f"smoke test: reloaded weights differ at {key}")
-        actions = Planner(reloaded.model, smoke_cfg).act(data.normalizer.mean[None])
+        actions = self.planner(reloaded.model, smoke_cfg, "R1").act(data.normalizer.mean[None])
         if actions.shape != (1, data.act_dim):
             raise RuntimeError(f"smoke test: planner returned shape {actions.shape}")
         self.verified("smoke.reload", "weights equal, one planning call works")
@@ -411,11 +447,12 @@ class RunExecutor:
 
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")
-        trainer = self.trainer = Trainer(self.cfg, data, self.ckpt_dir)
+        trainer = self.trainer = Trainer(self.cfg, data, self.ckpt_dir, self.paths["train"])
         how = self._restore(trainer)
         self.reconcile_checkpoints(upto=self.cfg.total_steps)
         self.verified("train.start", how)
-        self.event(f"training {how}, to step {self.cfg.total_steps} on {self.device}")
+        self.event(f"training {how}, to step {self.cfg.total_steps} on {self.device} "
+                   f"(training path {self.paths['train']}, planning path {self.paths['plan']})")
         return self._fit(trainer, "train.done", "step")
 
     def _fit(self, trainer: Trainer, done_key: str, what: str) -> Path:
@@ -442,7 +479,7 @@ class RunExecutor:
             cfg = ex.cfg
             trainer = ex.trainer
             if cfg.eval_every and record.step % cfg.eval_every == 0 and record.step < trainer.total_steps:
-                ex.report_evaluation(Planner(trainer.model, cfg, variant=trainer.variant), record.step, "quick",
+                ex.report_evaluation(ex.planner(trainer.model, cfg, trainer.variant), record.step, "quick",
                                      cfg.eval_envs, cfg.eval_episodes)
                 ex.trainer.model.train()
             if ex.backups and ex.schedule.time_due():
@@ -534,7 +571,7 @@ class RunExecutor:
     def stage_reflow_train(self, data: WindowDataset, store: PairStore, r1: DiffuserLite, r1_step: int) -> Path:
         self.stage("reflow_train")
         self._enter_reflow()
-        trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, self.ckpt_dir)
+        trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, self.ckpt_dir, self.paths["train"])
         how = self._restore(trainer)
         self.reconcile_checkpoints(after=r1_step)
         self.event(f"reflow {how}, to step {trainer.total_steps} on {self.device}")
@@ -546,7 +583,7 @@ class RunExecutor:
         cfg = self.cfg
         scores = {}
         for variant, final in finals.items():
-            planner = Planner.from_checkpoint(final, self.device, cuda_graph=True)
+            planner = self.planner(*checkpoint_model(final, self.device))
             scores[variant] = self.report_evaluation(planner, checkpoint.step_of(final), "final",
                                                      cfg.num_envs, cfg.num_episodes)
         episodes = f"{plural(cfg.num_envs, 'env')} × {plural(cfg.num_episodes, 'episode')}"

@@ -50,7 +50,8 @@ def get_results(sweep: SweepFilter = None, db: Database = Depends(get_db)) -> di
 @router.get("/results.md", response_class=PlainTextResponse, responses=body("text/markdown", "The results table."))
 def results_md(sweep: SweepFilter = None, db: Database = Depends(get_db)) -> PlainTextResponse:
     with db.read() as session:
-        text = results.markdown(results.aggregate(session, sweep), results.ablations(session, sweep))
+        rows = results.aggregate(session, sweep)
+        text = results.markdown(rows, results.ablations(session, sweep), results.devices(session, rows))
     return PlainTextResponse(text, media_type="text/markdown; charset=utf-8")
 
 

@@ -30,8 +30,8 @@ from dlite.tasks import TASKS
 router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"], responses=TO_LOGIN)
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
-STAGES = (("data", "Data"), ("smoke", "Stage 0: smoke test"), ("train", "Stage 1: training"),
-          ("reflow", "R2: reflow"), ("eval", "Stage 2: evaluation"))
+STAGES = (("data", "Data"), ("device", "Stage 0: device check"), ("smoke", "Stage 0: smoke test"),
+          ("train", "Stage 1: training"), ("reflow", "R2: reflow"), ("eval", "Stage 2: evaluation"))
 GROUP_ORDER = ("task", "data", "model", "training", "planning", "reflow", "evaluation", "backup")
 
 
@@ -109,6 +109,7 @@ def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, 
     figure_dir = figures.results_dir(settings.data_dir, run_id)
     return {"run": detail, "stages": stages, "results": results, "events": dashboard.event_rows(log), "facts": facts,
             "planning": dashboard.planning_speed(detail["evaluations"], dashboard.device_label(facts)),
+            "device_check": dashboard.device_check(detail["device_check"]),
             "backup_target": runs.backup_target(detail["config"]), "no_backup_target": runs.NO_BACKUP_TARGET,
             "params": [(k, v, help_text.get(k, "")) for k, v in detail["config"].items()],
             "backup": backups[-1] if backups else None,

@@ -81,6 +81,14 @@ def checklist(run_id: RunId, body: p.ChecklistRequest, db: Database = Depends(ge
         return p.Ok()
 
 
+@router.post("/runs/{run_id}/device-check", responses=problems(404, 409))
+def device_check(run_id: RunId, body: p.DeviceCheckRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        progress.record_device_check(session, run, body.model_dump())
+        return p.Ok()
+
+
 @router.post("/runs/{run_id}/checkpoints", responses=problems(404, 409))
 def checkpoint(run_id: RunId, body: p.CheckpointRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:

@@ -4,11 +4,12 @@ run list, the results table, and the series behind the run page's charts."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, get_args
 
 from sqlmodel import Session, col, select
 
 from app.models import Evaluation, Event, Run, Worker
+from app.protocol import Stage
 from app.services.events import now
 from app.services.metrics import chart_series
 from app.services.runs import paper_numbers, run_summary
@@ -103,11 +104,34 @@ def results(session: Session, run: Run) -> dict[str, Any]:
             "mine": final, "difference": final["mean"] - paper["r1"]["mean"] if comparable else None, "r2": r2}
 
 
+STAGE_ORDER: tuple[str, ...] = get_args(Stage)
+"""The stages in the order a run passes them."""
+
+
 def _eta(run: Run) -> float | None:
-    """Seconds left at the current speed; only a running run has one."""
-    if run.status != "running" or not run.steps_per_s:
+    """Seconds left at the current speed; only a running run has one. Until a heartbeat
+    brings a measured speed, the device check's projection stands in, so a run has an ETA
+    from step 0."""
+    if run.status != "running":
         return None
-    return max(run.total_steps - run.step, 0) / run.steps_per_s
+    if run.steps_per_s:
+        return max(run.total_steps - run.step, 0) / run.steps_per_s
+    return None if run.device_check is None else _projected_eta(run, run.device_check["projection"])
+
+
+def _projected_eta(run: Run, projection: dict[str, Any]) -> float:
+    """The training steps left at the projection's time per step, the evaluations, and for
+    R2 the reflow stages the run has not passed yet (its `total_steps` counts reflow's
+    steps, which `reflow_s` already prices)."""
+    reflow_steps = run.config["reflow_gradient_steps"] if run.config.get("variant") == "R2" else 0
+    steps_left = max(run.total_steps - reflow_steps - run.step, 0)
+    per_step = projection["train_s"] / projection["train_steps"] if projection["train_steps"] else 0.0
+    seconds = steps_left * per_step + projection["eval_s"]
+    if reflow_steps:
+        at = STAGE_ORDER.index(run.stage) if run.stage in STAGE_ORDER else 0
+        seconds += projection["reflow_pairs_s"] if at <= STAGE_ORDER.index("reflow_pairs") else 0.0
+        seconds += projection["reflow_s"] if at <= STAGE_ORDER.index("reflow_train") else 0.0
+    return seconds
 
 
 def run_facts(session: Session, run: Run) -> dict[str, Any]:
@@ -144,6 +168,17 @@ def planning_speed(evaluations: list[dict[str, Any]], worker_device: str | None 
                      "latency_ms_1env": single, "hz_1env": 1000.0 / single if single else None,
                      "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE})
     return rows
+
+
+def device_check(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The device check as the run page and results.md show it: each path marked `used` when
+    the run goes on with it, and a planning path's speed also as a frequency (1000 / ms for
+    one environment), the unit the paper reports. `used` maps a stage to its path."""
+    if report is None:
+        return None
+    paths = [{**p, "used": report["chosen"].get(p["stage"]) == p["name"],
+              "hz": 1000.0 / p["ms"] if p["stage"] == "plan" and p["ms"] else None} for p in report["paths"]]
+    return {**report, "paths": paths, "used": {p["stage"]: p for p in paths if p["used"]}}
 
 
 def event_rows(events: list[Event]) -> list[dict[str, Any]]:

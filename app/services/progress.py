@@ -1,4 +1,5 @@
-"""What a worker reports about a run besides metrics: checklist, checkpoints, evaluations.
+"""What a worker reports about a run besides metrics: checklist, checkpoints, evaluations,
+the device check.
 
 Checklist items, checkpoints and evaluations are upserts keyed by (run, key),
 (run, step) and (run, step, kind, variant), so a worker that repeats a report after a
@@ -74,3 +75,12 @@ def record_evaluation(session: Session, run: Run, fields: dict[str, Any]) -> Eva
     log_event(session, run.id, "info", f"{evaluation.kind} evaluation at step {evaluation.step}: "
                                        f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f}")
     return evaluation
+
+
+def record_device_check(session: Session, run: Run, report: dict[str, Any]) -> None:
+    """Keeps only the newest report: a resumed attempt checks again, on what may be another
+    device, and its paths are the ones the run goes on with. The report keeps its `attempt`,
+    so a reader (the notebook) can tell this attempt's check from an earlier one's."""
+    run.device_check = report
+    touch(session, run)
+    record_change(session, run.id, "device_check", report)

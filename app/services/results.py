@@ -21,8 +21,8 @@ from sqlmodel import Session, col, select
 from app.models import Evaluation, Run, Sweep
 from app.protocol import plural
 from app.services.compare import MAX_COMPARED
-from app.services.dashboard import planning_speed
-from app.services.runs import evaluation_dict
+from app.services.dashboard import device_check, planning_speed
+from app.services.runs import evaluation_dict, run_label
 from dlite.config import schema
 from dlite.tasks import (ABLATION_SOURCE, ABLATION_VARIANT, PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS,
                          PaperScore, paper_ablation_score)
@@ -183,6 +183,30 @@ def _ablation_view(session: Session, sweep: Sweep) -> dict[str, Any]:
             "compare_run_ids": picked}
 
 
+def devices(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The device check of each run counted in `rows` that has one, oldest run first, so a
+    reader of the table sees what each run trained and planned on. An R2 run counts in its
+    R1 row too; it is listed once."""
+    ids = sorted({i for r in rows for i in r["run_ids"]})
+    runs = session.exec(select(Run).where(col(Run.id).in_(ids)).order_by(col(Run.id)))
+    return [{"run_id": r.id, "label": run_label(r), **device_check(r.device_check)} for r in runs if r.device_check]
+
+
+def _devices_markdown(checks: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Devices", "", "| run | device | training path | ms per step | planning path | Hz, 1 env "
+             "| projected total |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in checks:
+        train, plan = c["used"].get("train"), c["used"].get("plan")
+        step_ms = "–" if train is None or train["ms"] is None else f"{train['ms']:,.2f}"
+        lines.append(f"| #{c['run_id']} {c['label']} | {c['device_name']} ({c['device']}) "
+                     f"| {c['chosen'].get('train', '–')} | {step_ms} | {c['chosen'].get('plan', '–')} "
+                     f"| {_hz(None if plan is None else plan['hz'])} | {c['projection']['total_s'] / 3600:,.1f} h |")
+    lines += ["", "Each run's device check: the paths it verified against the reference and the run used, their "
+              "median ms per training step and planning decisions per second for one environment, and the whole "
+              "run (training, reflow, the evaluations' planning) projected at those rates."]
+    return lines
+
+
 def _pm(mean: float | None, spread: float | None) -> str:
     if mean is None:
         return "–"
@@ -223,9 +247,10 @@ def _ablation_markdown(view: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]],
+             checks: list[dict[str, Any]]) -> str:
     """results.md: the table plus what every ± means and where the paper's numbers come from,
-    then each ablation's table."""
+    then each ablation's table, then the devices the table's runs were checked on (`devices`)."""
     lines = ["| task | variant | seeds (n) | mine | paper | difference | agreement "
              "| planning Hz, 1 env | decisions/s, batch | device | paper Hz |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -248,4 +273,6 @@ def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]]) -
               *(f"Paper scores: {s}." for s in sources), f"Paper Hz: {PAPER_PLANNING_SOURCE}."]
     for view in ablation_views:
         lines += _ablation_markdown(view)
+    if checks:
+        lines += _devices_markdown(checks)
     return "\n".join(lines) + "\n"

@@ -135,6 +135,7 @@ def run_detail(session: Session, run: Run) -> dict[str, Any]:
             "commands": [command_dict(c) for c in session.exec(
                 select(Command).where(Command.run_id == run.id).order_by(col(Command.id)))],
             "metrics": latest_points(session, run.id),
+            "device_check": run.device_check,
             "paper": paper_numbers(run.task),
             "change_id": latest_change_id(session)}
 
@@ -203,4 +204,5 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
             "metrics": metrics, "nonfinite_metrics": nonfinite,
             "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
+            "device_check": run.device_check,
             "events": [event_dict(e) for e in events]}
