@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dlite import d4rl
-from dlite.config import from_dict
+from dlite import d4rl, stacked
+from dlite.config import Config, from_dict
 from dlite.dataset import WindowDataset
 from dlite.device_check import PLAN_OPTIONS, run_check, timed
 from dlite.evaluate import device_name, evaluate
@@ -43,6 +43,19 @@ TARGETS = Path(__file__).with_name("targets.json")
 def synthetic_raw(folder: Path, episodes: int) -> d4rl.RawDataset:
     """HalfCheetah-shaped random data: sampling cost depends on batch, not on content."""
     return d4rl.load(write_hdf5(folder / "bench.hdf5", random_arrays(17, 6, episodes)))
+
+
+def one_group_step_ops(cfg: Config, data: WindowDataset) -> int:
+    """Ops of a batched step in a GPU's layout (every level padded into one group), counted on
+    this device: the count a launch-bound GPU step scales with."""
+    pads = stacked.pads
+    stacked.pads = lambda device: True
+    try:
+        trainer = Trainer(cfg, data, None, "batched")
+    finally:
+        stacked.pads = pads
+    trainer.train_step()
+    return count_ops(trainer.train_step)
 
 
 def decision_gflop(planner: Planner, obs: np.ndarray) -> float:
@@ -97,6 +110,16 @@ def main() -> None:
         step_s = timed(trainer.train_step, args.repeats, args.steps, device)
         sample_s = timed(lambda: data.sample(cfg.batch_size), args.repeats, 20, device)
         step_ops = count_ops(trainer.train_step)
+        # the per-level step (eager) and the batched one, timed alternately in this run
+        paths = {name: Trainer(cfg, data, None, name) for name in ("eager", "batched")}
+        path_s = {name: [] for name in paths}
+        for _ in range(args.repeats):
+            for name, t in paths.items():
+                path_s[name].append(timed(t.train_step, 1, args.steps, device))
+        path_ms = {name: 1000 * statistics.median(times) for name, times in path_s.items()}
+        path_ops = {name: count_ops(t.train_step) for name, t in paths.items()}
+        del paths
+        gpu_layout = one_group_step_ops(cfg, data)
 
         fixed = data.sample(cfg.batch_size)
         params = list(trainer.model.levels.parameters())
@@ -172,6 +195,13 @@ def main() -> None:
         "train_steps_per_s": round(1 / step_s, 2),
         "train_step_ms": round(1000 * step_s, 3),
         "ops_per_train_step": step_ops,
+        "train_step_ms_per_level": round(path_ms["eager"], 3),
+        "train_step_ms_batched": round(path_ms["batched"], 3),
+        "batched_speedup_vs_per_level": round(path_ms["eager"] / path_ms["batched"], 3),
+        "ops_per_train_step_per_level": path_ops["eager"],
+        "ops_per_train_step_batched": path_ops["batched"],
+        "ops_per_train_step_batched_gpu_layout": gpu_layout,
+        "projected_hours_1M_steps_batched": round(path_ms["batched"] * 1000 / 3600, 2),
         "models_only_step_ms": round(1000 * model_s, 3),
         "step_over_models_only": round(step_s / model_s, 3),
         "sample_batch_ms": round(1000 * sample_s, 3),

@@ -57,7 +57,7 @@ D4RL_EPISODE_STEPS = 1000
 no plan may span more (its windows would lie mostly in the padding past every episode)."""
 
 
-TRAIN_ACCEL = ("auto", "eager", "fused", "compile", "amp", "compile_amp")
+TRAIN_ACCEL = ("auto", "eager", "fused", "batched", "compile", "amp", "compile_amp")
 """Settings of `train_accel`: auto, then the training paths the device check knows."""
 PLAN_ACCEL = ("auto", "eager", "packed", "cuda_graph", "compile", "bf16")
 """Settings of `plan_accel`: auto, then the planning paths the device check knows."""
@@ -108,9 +108,11 @@ class Config:
     invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1, 16_384)
     invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", 0, 1)
     train_accel: str = _f("auto", "how a training step runs, verified against 'eager' and timed by the device check "
-                          "before training: 'auto' (the fastest verified full-precision path), 'eager', 'fused' "
-                          "(fused optimisers), 'compile' (torch.compile, with CUDA graphs on a GPU), 'amp' (mixed "
-                          "precision: bf16, or fp16 with a grad scaler; not the paper's precision) or 'compile_amp'",
+                          "before training: 'auto' (the fastest verified full-precision path), 'eager' (one level after "
+                          "the other), 'fused' (fused optimisers), 'batched' (all levels in one computation, fused "
+                          "optimisers), 'compile' (batched under torch.compile, with CUDA graphs on a GPU), 'amp' "
+                          "(batched in mixed precision: bf16, or fp16 with a grad scaler; not the paper's precision) "
+                          "or 'compile_amp'",
                           choices=TRAIN_ACCEL)
     log_interval: int = _f(1000, "steps between loss read-backs and reports", 1, MAX_STEPS)
     save_interval: int = _f(10_000, "steps between local checkpoints", 1, MAX_STEPS)

@@ -330,7 +330,7 @@ def _unavailable_plan(name: str, device: torch.device) -> str | None:
 def _auto_train(device: torch.device) -> list[str]:
     """Compiling a training step on a CPU takes minutes on a few cores for little gain over
     PyTorch's eager kernels, so `auto` tries it on CUDA only (where it ends launch-bound steps)."""
-    return ["fused", "compile"] if device.type == "cuda" else ["fused"]
+    return ["fused", "batched", "compile"] if device.type == "cuda" else ["fused", "batched"]
 
 
 def _auto_plan(device: torch.device) -> list[str]:

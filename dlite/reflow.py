@@ -28,7 +28,7 @@ from dlite import checkpoint
 from dlite.config import Config, level_loss_keys
 from dlite.dataset import WindowDataset
 from dlite.files import atomic_path
-from dlite.flow import fix_mask, flow_loss, sample
+from dlite.flow import fix_mask, sample
 from dlite.model import DiffuserLite
 from dlite.train import Trainer
 
@@ -214,7 +214,7 @@ class ReflowTrainer(Trainer):
         super().__init__(cfg, data, out_dir, path)
         self.model.load_state_dict(r1.state_dict())
         self.start_step = self.step = r1_step
-        self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.reflow_lr,
+        self.optim = torch.optim.AdamW(self.level_parameters, lr=cfg.reflow_lr,
                                        weight_decay=cfg.weight_decay, **self.optimizer_kind)
         self.pair_spec = pairs.spec
         self.pairs = pairs.tensors(self.device)
@@ -248,8 +248,8 @@ class ReflowTrainer(Trainer):
         return out
 
     def _compute_losses(self, batch: list[tuple[torch.Tensor, ...]], conditional: bool) -> torch.Tensor:
-        return torch.stack([flow_loss(net, x0, v, m, w, self.cfg.label_dropout, x1=x1, conditional=conditional)
-                            for net, (x0, x1, v), m, w in zip(self.model.levels, batch, self.masks, self.weights)])
+        x0, x1, values = (list(parts) for parts in zip(*batch))
+        return self._level_losses(x0, values, x1, conditional)
 
     def train_step(self) -> None:
         """One reflow step of every level. No host sync."""

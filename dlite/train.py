@@ -14,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlite import checkpoint
+from dlite import checkpoint, stacked
 from dlite.config import Config, level_loss_keys
 from dlite.dataset import Batch, WindowDataset
 from dlite.flow import fix_mask, flow_loss, loss_weight
 from dlite.model import DiffuserLite
+from dlite.stacked import StackedLevels
 
 
 
@@ -76,11 +77,16 @@ class StepPath:
     compile: bool = False
     amp: bool = False
     fused: bool = False
+    batched: bool = False
+    """All levels in one computation (dlite.stacked) instead of one per level."""
 
 
-STEP_PATHS = {"eager": StepPath(), "fused": StepPath(fused=True), "compile": StepPath(compile=True, fused=True),
-              "amp": StepPath(amp=True, fused=True), "compile_amp": StepPath(compile=True, amp=True, fused=True)}
-"""Every training path by name (train_accel's choices but 'auto')."""
+_FAST = {"fused": True, "batched": True}
+STEP_PATHS = {"eager": StepPath(), "fused": StepPath(fused=True), "batched": StepPath(**_FAST),
+              "compile": StepPath(compile=True, **_FAST), "amp": StepPath(amp=True, **_FAST),
+              "compile_amp": StepPath(compile=True, amp=True, **_FAST)}
+"""Every training path by name (train_accel's choices but 'auto'); all but eager and fused
+batch the levels."""
 
 
 class Trainer:
@@ -96,7 +102,11 @@ class Trainer:
         self.model = DiffuserLite(cfg, data.obs_dim, data.act_dim).to(self.device)
         self.model.obs_mean.copy_(torch.from_numpy(data.normalizer.mean))
         self.model.obs_std.copy_(torch.from_numpy(data.normalizer.std))
-        self.optim = torch.optim.AdamW(self.model.levels.parameters(), lr=cfg.diffusion_lr,
+        self.masks = [fix_mask(h, data.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
+        self.weights = [loss_weight(h, data.obs_dim, cfg.next_obs_loss_weight, self.device) for h in cfg.horizons]
+        self.stacked = StackedLevels(self.model.levels, cfg.horizons, self.masks, self.weights,
+                                     pad=stacked.pads(self.device)) if how.batched else None
+        self.optim = torch.optim.AdamW(self.level_parameters, lr=cfg.diffusion_lr,
                                        weight_decay=cfg.weight_decay, **self.optimizer_kind)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.optim, T_max=cfg.diffusion_gradient_steps)
         self.invdyn_optim = torch.optim.Adam(self.model.invdyn.parameters(), lr=cfg.invdyn_lr, **self.optimizer_kind)
@@ -104,8 +114,6 @@ class Trainer:
         if how.amp and self.amp is None:
             raise ValueError(f"training path {path!r}: mixed precision needs a CUDA device here, not {self.device}")
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.masks = [fix_mask(h, data.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
-        self.weights = [loss_weight(h, data.obs_dim, cfg.next_obs_loss_weight, self.device) for h in cfg.horizons]
         self.step = 0
         self.loss_sum = torch.zeros(len(self.loss_keys), device=self.device)
         self.loss_count = 0
@@ -121,6 +129,11 @@ class Trainer:
                 **torch._inductor.list_mode_options(mode), "fallback_random": True})
 
     variant = "R1"
+
+    @property
+    def level_parameters(self) -> list[torch.nn.Parameter]:
+        """What the level optimiser trains: the stacked weights when batched, else each level's own."""
+        return self.stacked.parameters() if self.stacked else list(self.model.levels.parameters())
 
     @property
     def optimizer_kind(self) -> dict[str, bool]:
@@ -139,14 +152,21 @@ class Trainer:
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
 
+    def _level_losses(self, x0: list[torch.Tensor], values: list[torch.Tensor], x1: list[torch.Tensor] | None = None,
+                      conditional: bool = True) -> torch.Tensor:
+        """Every level's flow loss, (levels,): batched, or one level after the other."""
+        dropout = self.cfg.label_dropout
+        if self.stacked:
+            return self.stacked.losses(x0, values, dropout, x1, conditional)
+        return torch.stack([flow_loss(net, a, v, m, w, dropout, None if x1 is None else x1[i], conditional)
+                            for i, (net, a, v, m, w) in enumerate(zip(self.model.levels, x0, values, self.masks,
+                                                                      self.weights))])
+
     def _compute_losses(self, batch: Batch) -> torch.Tensor:
-        cfg = self.cfg
-        level_losses = [flow_loss(net, x0, v, m, w, cfg.label_dropout) for net, x0, v, m, w in
-                        zip(self.model.levels, batch.points, batch.values, self.masks, self.weights)]
         pred = self.model.invdyn(batch.obs, batch.next_obs)
         err = F.mse_loss(pred.float(), batch.act, reduction="none") * batch.pair_mask
         invdyn = err.sum() / (batch.pair_mask.sum() * batch.act.shape[1]).clamp(min=1)
-        return torch.stack(level_losses + [invdyn])
+        return torch.cat([self._level_losses(batch.points, batch.values), invdyn[None]])
 
     def train_step(self) -> None:
         """One gradient step of every model still within its step budget. No host sync."""
@@ -222,7 +242,8 @@ class Trainer:
             "dataset": {"fingerprint": self.data.fingerprint, "obs_dim": self.data.obs_dim,
                         "act_dim": self.data.act_dim},
             "model": self.model.state_dict(),
-            "optim": self.optim.state_dict(),
+            "optim": self.stacked.optimizer_state_to_levels(self.optim.state_dict()) if self.stacked
+            else self.optim.state_dict(),  # always the per-level layout: any path resumes it
             "sched": self.sched.state_dict(),
             "invdyn_optim": self.invdyn_optim.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -264,7 +285,8 @@ class Trainer:
                 f"{path} was trained with mixed precision {state.get('amp') or 'off'}, now {amp or 'off'}; "
                 f"resume with the same mixed precision (train_accel amp or compile_amp, or neither)")
         self.model.load_state_dict(state["model"])
-        self._load_optimizer(self.optim, state["optim"])
+        saved = state["optim"]
+        self._load_optimizer(self.optim, self.stacked.optimizer_state_from_levels(saved) if self.stacked else saved)
         self.scaler.load_state_dict(state["scaler"])
         self.loss_sum = state["loss_sum"].to(self.device)
         self.loss_count = state["loss_count"]

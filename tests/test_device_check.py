@@ -53,21 +53,24 @@ def test_a_path_that_differs_or_raises_is_refused_and_the_run_falls_back(
         data: WindowDataset, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(device_check.PLANNERS, "packed",
                         lambda model, cfg, variant, **kw: _WrongActions(model, cfg, variant=variant, **kw))
-    monkeypatch.setitem(device_check.TRAINERS, "fused", lambda cfg, d: _WrongLosses(cfg, d, None, "fused"))
+    for name in ("fused", "batched"):  # the fused optimiser is what is broken: both paths use it
+        monkeypatch.setitem(device_check.TRAINERS, name, lambda cfg, d, name=name: _WrongLosses(cfg, d, None, name))
     report = run_check(from_dict(CHECK), data)
     packed, fused = report.path("plan", "packed"), report.path("train", "fused")
     assert packed.status == "failed" and packed.max_diff == pytest.approx(1e-3, rel=1e-3)
     assert "differ from the textbook loop's by 1.0e-03, more than 1e-05" in packed.detail
     assert fused.status == "failed" and "differ from eager" in fused.detail and fused.max_diff > 1e-3
     assert report.chosen == {"train": "eager", "plan": "eager"}
-    assert {(p.stage, p.name) for p in report.refused()} == {("plan", "packed"), ("train", "fused")}
-    assert "refused: train fused, plan packed" in report.summary()
+    assert {(p.stage, p.name) for p in report.refused()} == {("plan", "packed"), ("train", "fused"),
+                                                             ("train", "batched")}
+    assert "refused: train fused, train batched, plan packed" in report.summary()
     assert report.path("plan", "eager").status == "ok" and report.path("plan", "eager").max_diff <= 1e-5
 
     monkeypatch.setitem(device_check.PLANNERS, "packed", _raises)
     monkeypatch.setitem(device_check.TRAINERS, "fused", _raises)
+    monkeypatch.setitem(device_check.TRAINERS, "batched", _raises)
     report = run_check(from_dict(CHECK), data)
-    for stage, name in (("plan", "packed"), ("train", "fused")):
+    for stage, name in (("plan", "packed"), ("train", "fused"), ("train", "batched")):
         p = report.path(stage, name)
         assert p.status == "failed"
         assert p.detail == "RuntimeError: CUDA error: an illegal memory access was encountered", "the first line"
@@ -98,7 +101,7 @@ def test_a_reference_that_diverges_verifies_nothing_and_the_run_trains_on_eager(
 
     monkeypatch.setitem(device_check.TRAINERS, "eager", lambda cfg, d: Diverging(cfg, d, None, "eager"))
     report = run_check(from_dict(CHECK), data)
-    assert report.path("train", "fused").detail == device_check.NO_REFERENCE
+    assert report.path("train", "fused").detail == report.path("train", "batched").detail == device_check.NO_REFERENCE
     assert report.chosen["train"] == "eager" and "not finite" in report.path("train", "eager").detail
 
 
@@ -223,7 +226,8 @@ def test_dlite_check_measures_every_path_of_this_cpu() -> None:
     status = {(p["stage"], p["name"]): p["status"] for p in report["paths"]}
     compiles = "ok" if device_check.has_compiler() else "skipped"
     packs = "ok" if torch.backends.mkldnn.is_available() else "skipped"
-    assert status == {("train", "eager"): "reference", ("train", "fused"): "ok", ("train", "compile"): compiles,
+    assert status == {("train", "eager"): "reference", ("train", "fused"): "ok", ("train", "batched"): "ok",
+                      ("train", "compile"): compiles,
                       ("train", "amp"): "skipped", ("train", "compile_amp"): "skipped",
                       ("plan", "plain"): "reference", ("plan", "eager"): "ok", ("plan", "packed"): packs,
                       ("plan", "compile"): compiles, ("plan", "bf16"): "ok", ("plan", "cuda_graph"): "skipped"}
@@ -232,7 +236,7 @@ def test_dlite_check_measures_every_path_of_this_cpu() -> None:
             assert p["ms"] > 0 and (p["stage"] == "train" or p["ms_batch"] > 0)
         if p["status"] == "ok":
             assert p["max_diff"] <= p["tolerance"]
-    assert report["chosen"]["train"] in ("eager", "fused", "compile")
+    assert report["chosen"]["train"] in ("eager", "fused", "batched", "compile")
     assert report["chosen"]["plan"] in ("eager", "packed", "compile"), "bf16 only when asked"
     assert report["projection"]["train_steps"] == 40 and report["projection"]["total_s"] > 0
     assert report["device"] == "cpu" and report["torch"] == torch.__version__ and report["check_s"] > 0

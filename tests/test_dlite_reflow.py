@@ -102,7 +102,7 @@ def test_reflow_batches_use_the_stored_noise_and_unconditional_pairs(r1: tuple, 
         calls.append((x0, x1, conditional))
         return (x0 - x1).pow(2).mean() * 0 + sum(p.sum() for p in net.parameters()) * 0
 
-    monkeypatch.setattr("dlite.reflow.flow_loss", recording_loss)
+    monkeypatch.setattr("dlite.train.flow_loss", recording_loss)  # the per-level (eager) step
     for _ in range(5):
         trainer.train_step()
     pairs = store.tensors(torch.device("cpu"))

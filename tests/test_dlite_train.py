@@ -76,10 +76,11 @@ def test_fresh_model_is_identity_at_init(tiny: tuple) -> None:
     assert torch.count_nonzero(out) == 0, "adaLN-Zero: output layer starts at zero"
 
 
-def test_loss_falls_on_tiny_dataset(tiny_hdf5: Path, tiny_overrides: dict) -> None:
+@pytest.mark.parametrize("path", ["eager", "batched"])
+def test_loss_falls_on_tiny_dataset(tiny_hdf5: Path, tiny_overrides: dict, path: str) -> None:
     cfg = from_dict({**tiny_overrides, "diffusion_lr": 2e-3, "batch_size": 64, "diffusion_gradient_steps": 300,
                      "invdyn_gradient_steps": 300, "log_interval": 50})
-    trainer = Trainer(cfg, WindowDataset(d4rl.load(tiny_hdf5), cfg))
+    trainer = Trainer(cfg, WindowDataset(d4rl.load(tiny_hdf5), cfg), path=path)
     logs = []
 
     class Keep:
@@ -145,12 +146,18 @@ def _train_cli(dataset: Path, out: Path, steps_to: int, resume: bool, tiny_overr
     subprocess.run(cmd + (["--resume"] if resume else []), check=True, capture_output=True)
 
 
-def test_exact_resume_across_processes(tiny_hdf5: Path, tiny_overrides: dict, tmp_path: Path) -> None:
-    """2N straight == N, save, new process, resume to 2N: bit-identical weights and optimiser."""
-    _train_cli(tiny_hdf5, tmp_path / "straight", 40, False, tiny_overrides)
-    _train_cli(tiny_hdf5, tmp_path / "split", 20, False, tiny_overrides)
+@pytest.mark.parametrize("accel", ["batched", "auto"])
+def test_exact_resume_across_processes(tiny_hdf5: Path, tiny_overrides: dict, tmp_path: Path, accel: str) -> None:
+    """2N straight == N, save, new process, resume to 2N: bit-identical weights and optimiser.
+    With `auto`, the resumed process keeps the path the checkpoint was trained on (the device
+    check would otherwise pick by timing, which differs from process to process)."""
+    _train_cli(tiny_hdf5, tmp_path / "split", 20, False, {**tiny_overrides, "train_accel": accel})
     assert checkpoint.list_checkpoints(tmp_path / "split")[-1].name == "ckpt_00000020.pt"
-    _train_cli(tiny_hdf5, tmp_path / "split", 40, True, tiny_overrides)
+    first = checkpoint.read(tmp_path / "split" / "ckpt_00000020.pt")["train_path"]
+    assert first == accel or accel == "auto"
+    _train_cli(tiny_hdf5, tmp_path / "straight", 40, False, {**tiny_overrides, "train_accel": first})
+    _train_cli(tiny_hdf5, tmp_path / "split", 40, True, {**tiny_overrides, "train_accel": accel})
+    assert checkpoint.read(tmp_path / "split" / "ckpt_00000040.pt")["train_path"] == first
     a = checkpoint.read(tmp_path / "straight" / "ckpt_00000040.pt")
     b = checkpoint.read(tmp_path / "split" / "ckpt_00000040.pt")
     for key in a["model"]:

@@ -150,7 +150,7 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
         assert run["status"] == "succeeded", run.get("error")
         item = next(i for i in run["checklist"] if i["key"] == "device.check")
         assert item["verified_at"] and not item["failed"]
-        assert "refused: train fused, plan packed" in item["detail"], item["detail"]
+        assert "refused: train fused, train batched, plan packed" in item["detail"], item["detail"]
         check = run["device_check"]
         assert check["chosen"] == {"train": "eager", "plan": "eager"}
         status = {(p["stage"], p["name"]): (p["status"], p["detail"]) for p in check["paths"]}
