@@ -4,6 +4,7 @@ continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprin
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -106,10 +107,11 @@ def check_compatible(state: dict[str, Any], cfg: Config, fingerprint: str, path:
                               f"resume with the same settings or start in a new folder")
 
 
-def prune(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints; returns what was deleted."""
+def prune(folder: Path, keep: int, protect: Collection[Path] = ()) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints, and never one in `protect` (one a backup
+    is still reading); returns what was deleted."""
     paths = list_checkpoints(folder)
-    doomed = paths[:-keep] if keep > 0 else paths
+    doomed = [p for p in (paths[:-keep] if keep > 0 else paths) if p not in protect]
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed

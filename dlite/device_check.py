@@ -650,16 +650,18 @@ def project(cfg: Config, train: PathResult, plan: PathResult, rates: Rates, pair
     steps, every, reflow = cfg.total_steps, cfg.eval_every, cfg.reflow_gradient_steps if cfg.variant == "R2" else 0
     quick = {"R1": (steps - 1) // every if every else 0,  # quick ones during R1, then during reflow
              "R2": (steps + reflow - 1) // every - steps // every if every and r2 else 0}
-    eval_s = plan.warmup_s or 0.0
+    quick_s, final_s = 0.0, plan.warmup_s or 0.0
     per_episode = cfg.max_episode_steps / 1000
     for variant in ("R1", "R2") if r2 else ("R1",):
-        eval_s += quick[variant] * rates[variant, cfg.eval_envs] * per_episode * cfg.eval_episodes
-        eval_s += rates[variant, cfg.num_envs] * per_episode * cfg.num_episodes
+        quick_s += quick[variant] * rates[variant, cfg.eval_envs] * per_episode * cfg.eval_episodes
+        final_s += rates[variant, cfg.num_envs] * per_episode * cfg.num_episodes
+    eval_s = quick_s + final_s
     train_s = steps * (train.ms or 0.0) / 1000
     reflow_s = reflow * (train.ms_reflow or train.ms or 0.0) / 1000
     pairs = pairs_s if r2 else 0.0
     return {"train_steps": steps, "train_s": train_s, "reflow_pairs_s": pairs, "reflow_s": reflow_s,
-            "eval_s": eval_s, "total_s": train_s + pairs + reflow_s + eval_s}
+            "eval_s": eval_s, "quick_eval_s": quick_s, "final_eval_s": final_s,
+            "total_s": train_s + pairs + reflow_s + eval_s}
 
 
 # -- the whole check ---------------------------------------------------------

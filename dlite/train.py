@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -119,6 +120,8 @@ class Trainer:
         self.loss_count = 0
         self.save_requested = False
         """Set by `request_save`: `fit` writes a checkpoint after the current step."""
+        self.protected: Callable[[], Collection[Path]] = tuple
+        """Checkpoints `keep_local` must not delete yet: the worker's backup still reads them."""
         self._losses = self._compute_losses
         self.compiled = how.compile and self.device.type == "cuda"
         if how.compile:
@@ -263,7 +266,7 @@ class Trainer:
         assert self.out_dir is not None
         self.save_requested = False
         path = checkpoint.write_atomic(self.state_dict(), self.out_dir / checkpoint.checkpoint_name(self.step))
-        checkpoint.prune(self.out_dir, self.cfg.keep_local)
+        checkpoint.prune(self.out_dir, self.cfg.keep_local, self.protected())
         return path
 
     def load_state(self, state: dict[str, Any], path: Path) -> None:

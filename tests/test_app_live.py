@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 
 import httpx
@@ -100,3 +102,30 @@ def test_sse_streams_metrics_and_resumes_after_last_event_id(live_server) -> Non
             [(_, run_msg)] = _messages(r, 1)  # the list stream skips metrics
         assert run_msg["type"] == "run" and run_msg["data"]["id"] == rid
         stream.close()
+
+
+def test_a_stream_opened_by_a_session_ends_when_the_session_is_revoked(live_server) -> None:
+    """Logout ends everything the session opened: a live stream stops delivering, and a copy
+    of the cookie cannot open a new one."""
+    browser = httpx.Client(base_url=live_server.url, timeout=httpx.Timeout(10))
+    assert browser.post("/login", data={"token": live_server.token, "next": "/"}).status_code in (200, 303)
+    rid = live_server.client().post("/api/runs", json={"task": "hopper-medium-v2"}).json()["id"]
+    cookies = dict(browser.cookies)
+    ended = threading.Event()
+
+    def read_stream() -> None:
+        with httpx.Client(base_url=live_server.url, cookies=cookies, timeout=httpx.Timeout(30)) as tab:
+            with tab.stream("GET", f"/api/runs/{rid}/events/stream", params={"since": 0}) as r:
+                assert r.status_code == 200
+                for _ in r.iter_lines():
+                    pass
+        ended.set()
+
+    reader = threading.Thread(target=read_stream, daemon=True)
+    reader.start()
+    time.sleep(1.5)
+    assert not ended.is_set(), "the stream stays open while the session lives"
+    assert browser.post("/logout", data={"csrf": browser.cookies["csrf"]}).status_code == 303
+    assert ended.wait(10), "the stream ended within seconds of the logout"
+    with httpx.Client(base_url=live_server.url, cookies=cookies, timeout=10) as copy:
+        assert copy.get(f"/api/runs/{rid}/events/stream").status_code == 401

@@ -306,9 +306,9 @@ def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_se
             "device": "cpu"}).raise_for_status()
         page = _login(browser, live_server, width=390)
         row = f"tr[data-run-id='{rid}']"
-        for cell in ("progress", "latest score", "best score", "paper", "difference"):
+        for cell in ("progress", "final score", "latest quick eval", "best quick eval", "paper", "difference"):
             assert _inside(page, f"{row} td[data-label='{cell}']", 390), cell
-        assert "61.5" in page.inner_text(f"{row} td[data-label='latest score']")
+        assert "61.5" in page.inner_text(f"{row} td[data-label='final score']")
 
         _open_run(page, live_server, rid)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390

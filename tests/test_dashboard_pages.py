@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 
 import pytest
@@ -76,6 +77,25 @@ def test_run_list_and_run_page_show_the_run(client, browser_client, settings) ->
     for field in schema():
         assert f"<code>{field['name']}</code>" in page
     assert "/vendor/plotly.min.js" in page and "cdn" not in page.lower()
+
+
+def test_the_run_list_compares_only_a_final_evaluation_with_the_paper(client, browser_client) -> None:
+    """Quick evaluations are a few noisy episodes: shown as such, their best never called a score."""
+    rid, attempt = _running_run(client)
+    for step, score in ((10, 40.0), (20, 95.0), (30, 60.0)):
+        client.post(f"/api/runs/{rid}/evaluations", json={
+            "attempt": attempt, "step": step, "kind": "quick", "score_mean": score, "score_std": 1.0,
+            "returns": [1.0], "scores": [score], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+    row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
+    cells = dict(re.findall(r'<td data-label="([^"]+)" class="num">([^<]*)</td>', row))
+    assert (cells["final score"], cells["latest quick eval"], cells["best quick eval"]) == ("–", "60.0", "95.0")
+    assert cells["difference"] == "–", "no final evaluation, no difference to the paper"
+    client.post(f"/api/runs/{rid}/evaluations", json={
+        "attempt": attempt, "step": 40, "kind": "final", "score_mean": 90.0, "score_std": 2.0,
+        "returns": [1.0], "scores": [90.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+    row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
+    cells = dict(re.findall(r'<td data-label="([^"]+)" class="num">([^<]*)</td>', row))
+    assert (cells["final score"], cells["best quick eval"], cells["difference"]) == ("90.0", "95.0", "-9.5")
 
 
 def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:

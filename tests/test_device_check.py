@@ -153,6 +153,7 @@ def test_the_projection_prices_each_evaluation_at_its_own_batch_and_variant() ->
     quick = 0.004 * 100 * 2 + 0.002 * 100 * 2
     final = 0.010 * 100 * 3 + 0.005 * 100 * 3
     assert pr["eval_s"] == pytest.approx(quick + final + 0.5)
+    assert (pr["quick_eval_s"], pr["final_eval_s"]) == (pytest.approx(quick), pytest.approx(final + 0.5))
     assert pr["total_s"] == pytest.approx(20 + 10 + 7 + pr["eval_s"])
 
 

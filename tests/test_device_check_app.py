@@ -33,7 +33,7 @@ REPORT = {
         {"stage": "plan", "name": "cuda_graph", "status": "ok", "ms": 1.25, "ms_batch": 2.1, "warmup_s": 0.5,
          "max_diff": 3e-7, "tolerance": 1e-5}],
     "projection": {"train_steps": 1000, "train_s": 600.0, "reflow_pairs_s": 0.0, "reflow_s": 0.0,
-                   "eval_s": 60.0, "total_s": 660.0},
+                   "eval_s": 60.0, "quick_eval_s": 20.0, "final_eval_s": 40.0, "total_s": 660.0},
     "check_s": 55.2}
 
 
@@ -158,16 +158,17 @@ def test_results_md_lists_the_devices_of_the_tables_runs(client) -> None:
 
 def test_eta_from_step_0_comes_from_the_projection_until_a_speed_is_measured(client, browser_client) -> None:
     rid, attempt = _checked_run(client)
-    # 1000 steps at 0.6 s each, plus 60 s of evaluation
+    # 1000 steps at 0.6 s each, plus 60 s of evaluation (20 s quick ones along the way, 40 s final)
     assert client.get("/api/runs").json()[0]["id"] == rid
     row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
     assert '<td data-label="ETA" class="num">11m 00s</td>' in row
     assert "· ETA 11m 00s" in browser_client.get(f"/runs/{rid}/panels").text
     client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 500}).raise_for_status()
     row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
-    assert '<td data-label="ETA" class="num">6m 00s</td>' in row  # 500 steps left
+    assert '<td data-label="ETA" class="num">5m 50s</td>' in row  # 500 steps left, half the quick evaluations
     client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 500, "steps_per_s": 2.0})
-    assert "2.0 steps/s · ETA 4m 10s" in browser_client.get(f"/runs/{rid}/panels").text  # measured: today's formula
+    # measured: 250 s of training at 2 steps/s, and the evaluations still ahead
+    assert "2.0 steps/s · ETA 5m 00s" in browser_client.get(f"/runs/{rid}/panels").text
 
 
 def test_an_r2_runs_projected_eta_counts_reflow_until_it_is_passed(client, browser_client) -> None:
@@ -178,8 +179,9 @@ def test_an_r2_runs_projected_eta_counts_reflow_until_it_is_passed(client, brows
     assert eta() == "14m 00s"  # 600 s training + 120 s pairs + 60 s reflow + 60 s evaluation
     client.post(f"/api/runs/{rid}/stage", json={"attempt": attempt, "stage": "reflow_train"}).raise_for_status()
     client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 1000}).raise_for_status()
-    assert eta() == "2m 00s"  # training and pairs done: reflow and evaluation left
+    assert eta() == "1m 41s"  # training and pairs done: reflow, 100/1100 of the quick evaluations, the final one
+    client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 1100}).raise_for_status()
     client.post(f"/api/runs/{rid}/stage", json={"attempt": attempt, "stage": "eval"}).raise_for_status()
-    assert eta() == "1m 00s"
+    assert eta() == "0m 40s"  # the final evaluation
     panels = browser_client.get(f"/runs/{rid}/panels").text
     assert "reflow pairs" in panels.split('aria-label="device check"')[1]

@@ -207,3 +207,47 @@ def test_time_based_backups_between_save_intervals(tmp_path: Path, root: Path, d
         assert page.status_code == 200 and "in the backup folder" in page.text
     finally:
         stop_server(server)
+
+
+class _SlowTarget:
+    """A backup target whose upload waits until released (a server outage holding the export)."""
+
+    prefix = "slow"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.read: list[bytes] = []
+
+    def wait_for_commit_slot(self) -> None:
+        pass
+
+    def backup(self, path: Path, step: int, extras: dict) -> object:
+        self.release.wait(30)
+        self.read.append(path.read_bytes())  # FileNotFoundError if keep_local deleted it meanwhile
+        return type("Result", (), {"step": step, "url": f"file:///{path.name}"})()
+
+
+def test_keep_local_never_deletes_a_checkpoint_a_backup_still_reads(tiny_hdf5: Path, tmp_path: Path) -> None:
+    from dlite import d4rl
+    from dlite.config import from_dict
+    from dlite.dataset import WindowDataset
+    from dlite.train import Trainer
+    from tests.conftest import TINY
+    from worker.backup import BackupQueue
+
+    cfg = from_dict({**TINY, "keep_local": 1, "save_interval": 10})
+    trainer = Trainer(cfg, WindowDataset(d4rl.load(tiny_hdf5), cfg), tmp_path)
+    target = _SlowTarget()
+    queue = BackupQueue(target)  # type: ignore[arg-type]
+    trainer.protected = queue.in_use
+    states: list[tuple[int, str]] = []
+    trainer.fit(until=10)
+    queue.request(tmp_path / "ckpt_00000010.pt", 10, dict, lambda step, state, *_: states.append((step, state)))
+    trainer.fit(until=30)  # two more checkpoints while the upload of step 10 waits
+    assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000010.pt", "ckpt_00000030.pt"]
+    target.release.set()
+    assert queue.close(30)
+    assert states == [(10, "uploading"), (10, "hub")] and target.read
+    assert queue.in_use() == set()
+    trainer.fit(until=40)
+    assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000040.pt"], "then it goes"

@@ -319,6 +319,7 @@ class BackupQueue:
         self.target = target
         self._cond = threading.Condition()
         self._pending: _Request | None = None
+        self._current: _Request | None = None
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"backup-{target.prefix}", daemon=True)
         self._thread.start()
@@ -336,6 +337,11 @@ class BackupQueue:
             listeners[on_state] = listeners.get(on_state, []) + ([command_id] if command_id is not None else [])
             self._pending = _Request(Path(checkpoint), step, extra, listeners)
             self._cond.notify_all()
+
+    def in_use(self) -> set[Path]:
+        """The checkpoints queued or being uploaded: pruning them would lose the backup."""
+        with self._cond:
+            return {r.checkpoint for r in (self._pending, self._current) if r is not None}
 
     def close(self, timeout: float | None = None) -> bool:
         """Finishes the pending upload, then stops the thread. True when it has stopped
@@ -357,6 +363,7 @@ class BackupQueue:
             self.target.wait_for_commit_slot()
             with self._cond:
                 request, self._pending = self._pending, None
+                self._current = request
             assert request is not None  # only this thread takes the pending request
             self._notify(request, request.step, "uploading", None)
             try:
@@ -367,6 +374,9 @@ class BackupQueue:
                 self._notify(request, request.step, "error", message)
             else:
                 self._notify(request, result.step, "hub", result.url)
+            finally:
+                with self._cond:
+                    self._current = None
 
     @staticmethod
     def _notify(request: _Request, step: int, state: str, detail: str | None) -> None:

@@ -171,6 +171,11 @@ class RunExecutor:
         self.schedule.backed_up()
         self.backups.request(path, step, self._extras, self._on_backup_state, command_id)
 
+    def _backing_up(self) -> set[Path]:
+        """Checkpoints a backup has queued or is reading (keep_local waits for them): with the
+        server down, a backup waits up to a minute for the metrics while training saves on."""
+        return self.backups.in_use() if self.backups else set()
+
     def _extras(self) -> dict[str, bytes]:
         """The metrics export and the figures; the weights matter more, so a failure here
         only leaves them out of this backup."""
@@ -448,6 +453,7 @@ class RunExecutor:
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")
         trainer = self.trainer = Trainer(self.cfg, data, self.ckpt_dir, self.paths["train"])
+        trainer.protected = self._backing_up
         how = self._restore(trainer)
         self.reconcile_checkpoints(upto=self.cfg.total_steps)
         self.verified("train.start", how)
@@ -572,6 +578,7 @@ class RunExecutor:
         self.stage("reflow_train")
         self._enter_reflow()
         trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, self.ckpt_dir, self.paths["train"])
+        trainer.protected = self._backing_up
         how = self._restore(trainer)
         self.reconcile_checkpoints(after=r1_step)
         self.event(f"reflow {how}, to step {trainer.total_steps} on {self.device}")

@@ -41,8 +41,18 @@ def _start_id(db: Database, last_event_id: Optional[str], since: Optional[int]) 
         return latest_change_id(session)
 
 
+SESSION_RECHECK_SECONDS = 1.0
+"""How soon a stream opened by a browser session ends after that session is revoked (logout)."""
+
+
 async def _messages(request: Request, db: Database, run_id: int | None, last: int) -> AsyncIterator[str]:
+    """The stream's messages until the client goes away, or until the browser session that
+    opened it is revoked: a logout ends everything the session opened (a bearer token's
+    streams live as long as the token, which only a restart with another token revokes)."""
     settings = request.app.state.settings
+    auth = request.app.state.auth
+    by_session = not auth.bearer_ok(request)
+    checked = time.monotonic()
 
     def fetch(after: int) -> list[tuple[int, str]]:
         with db.read() as session:
@@ -52,6 +62,10 @@ async def _messages(request: Request, db: Database, run_id: int | None, last: in
     yield "retry: 2000\n\n"
     quiet_since = time.monotonic()
     while not await request.is_disconnected():
+        if by_session and time.monotonic() - checked >= SESSION_RECHECK_SECONDS:
+            if await anyio.to_thread.run_sync(auth.session_id, request) is None:
+                return
+            checked = time.monotonic()
         batch = await anyio.to_thread.run_sync(fetch, last)
         for change_id, data in batch:
             yield f"id: {change_id}\ndata: {data}\n\n"

@@ -60,33 +60,39 @@ def chart_data(session: Session, run: Run, max_points: int) -> dict[str, dict[st
 
 
 def _scores(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any]]:
-    """Latest and best evaluation score, and the newest final evaluation, of each run:
-    `final` is R1's (what the paper's R1 number compares with), `final_r2` an R2 run's R2 one."""
+    """The newest final evaluation of each run (`final` is R1's, what the paper's R1 number
+    compares with; `final_r2` an R2 run's R2 one), and its latest and best quick evaluations:
+    a quick one has a few episodes, so its maximum is the luckiest draw, never the result."""
     out: dict[int, dict[str, Any]] = {}
     rows = session.exec(select(Evaluation).where(col(Evaluation.run_id).in_(run_ids))
                         .order_by(col(Evaluation.id)))
     for e in rows:
-        s = out.setdefault(e.run_id, {"latest": None, "best": None, "final": None, "final_r2": None})
-        s["latest"] = e.score_mean
-        s["best"] = e.score_mean if s["best"] is None else max(s["best"], e.score_mean)
+        s = out.setdefault(e.run_id, _no_scores())
         if e.kind == "final":
             s["final" if e.variant == "R1" else "final_r2"] = {
                 "mean": e.score_mean, "std": e.score_std, "step": e.step, "n_episodes": len(e.scores)}
+        else:
+            s["latest_quick"] = e.score_mean
+            s["best_quick"] = e.score_mean if s["best_quick"] is None else max(s["best_quick"], e.score_mean)
     return out
 
 
+def _no_scores() -> dict[str, Any]:
+    return {"latest_quick": None, "best_quick": None, "final": None, "final_r2": None}
+
+
 def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
-    """The run list's rows: summary plus progress, ETA, scores and the paper's number."""
+    """The run list's rows: summary plus progress, ETA, scores and the paper's number; the
+    difference to the paper is the final evaluation's, and none for a demo."""
     scores = _scores(session, [r.id for r in runs])
     rows = []
     for run in runs:
-        s = scores.get(run.id, {"latest": None, "best": None, "final": None})
+        s = scores.get(run.id, _no_scores())
         paper = paper_numbers(run.task)["r1"]["mean"]
-        eta = _eta(run)
-        shown = s["final"]["mean"] if s["final"] else s["latest"]
-        rows.append({**run_summary(run), **s, "paper": paper, "eta_s": eta,
+        final = s["final"]["mean"] if s["final"] else None
+        rows.append({**run_summary(run), **s, "final_score": final, "paper": paper, "eta_s": _eta(run),
                      "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
-                     "difference": None if shown is None or run.is_demo else shown - paper})
+                     "difference": None if final is None or run.is_demo else final - paper})
     return rows
 
 
@@ -109,29 +115,43 @@ STAGE_ORDER: tuple[str, ...] = get_args(Stage)
 
 
 def _eta(run: Run) -> float | None:
-    """Seconds left at the current speed; only a running run has one. Until a heartbeat
-    brings a measured speed, the device check's projection stands in, so a run has an ETA
-    from step 0."""
+    """Seconds left; only a running run has one. Training at its measured speed, else (until a
+    heartbeat brings one) at the device check's projected rate, so a run has an ETA from step
+    0; plus what the check projects for the rest: R2's pairs and the evaluations' planning."""
     if run.status != "running":
         return None
+    projection = run.device_check["projection"] if run.device_check else None
     if run.steps_per_s:
-        return max(run.total_steps - run.step, 0) / run.steps_per_s
-    return None if run.device_check is None else _projected_eta(run, run.device_check["projection"])
+        training = max(run.total_steps - run.step, 0) / run.steps_per_s
+        return training + (_besides_training(run, projection) if projection else 0.0)
+    return None if projection is None else _projected_eta(run, projection)
+
+
+def _passed(run: Run, stage: str) -> bool:
+    at = STAGE_ORDER.index(run.stage) if run.stage in STAGE_ORDER else 0
+    return at > STAGE_ORDER.index(stage)
+
+
+def _besides_training(run: Run, projection: dict[str, Any]) -> float:
+    """The evaluations' planning still ahead (the quick ones in proportion to the steps left,
+    the final one until it is over) and, for an R2 run that has not made them yet, its pairs.
+    A report without the split (older workers) counts all its evaluation time as final."""
+    share = max(run.total_steps - run.step, 0) / run.total_steps if run.total_steps else 0.0
+    quick = projection.get("quick_eval_s", 0.0)
+    final = projection.get("final_eval_s", 0.0) if "final_eval_s" in projection else projection["eval_s"]
+    pairs = projection["reflow_pairs_s"] if run.config.get("variant") == "R2" and not _passed(run, "reflow_pairs") \
+        else 0.0
+    return quick * share + (0.0 if _passed(run, "eval") else final) + pairs
 
 
 def _projected_eta(run: Run, projection: dict[str, Any]) -> float:
-    """The training steps left at the projection's time per step, the evaluations, and for
-    R2 the reflow stages the run has not passed yet (its `total_steps` counts reflow's
-    steps, which `reflow_s` already prices)."""
+    """The training steps left at the projection's time per step, reflow's at its own (R2's
+    `total_steps` counts them, `reflow_s` prices them), and the rest (`_besides_training`)."""
     reflow_steps = run.config["reflow_gradient_steps"] if run.config.get("variant") == "R2" else 0
     steps_left = max(run.total_steps - reflow_steps - run.step, 0)
     per_step = projection["train_s"] / projection["train_steps"] if projection["train_steps"] else 0.0
-    seconds = steps_left * per_step + projection["eval_s"]
-    if reflow_steps:
-        at = STAGE_ORDER.index(run.stage) if run.stage in STAGE_ORDER else 0
-        seconds += projection["reflow_pairs_s"] if at <= STAGE_ORDER.index("reflow_pairs") else 0.0
-        seconds += projection["reflow_s"] if at <= STAGE_ORDER.index("reflow_train") else 0.0
-    return seconds
+    reflow = projection["reflow_s"] if reflow_steps and not _passed(run, "reflow_train") else 0.0
+    return steps_left * per_step + reflow + _besides_training(run, projection)
 
 
 def run_facts(session: Session, run: Run) -> dict[str, Any]:
