@@ -269,10 +269,10 @@ class Projection(_Body):
     reflow_s: float = Field(default=0.0, ge=0)
     eval_s: float = Field(ge=0)
     """Planning time of the quick and final evaluations (the simulator's own time excluded)."""
-    quick_eval_s: float = Field(default=0.0, ge=0)
-    """The part of `eval_s` spent in quick evaluations along training."""
-    final_eval_s: float = Field(default=0.0, ge=0)
-    """The part of `eval_s` spent in the final evaluation (R1's and R2's)."""
+    quick_eval_s: Optional[float] = Field(default=None, ge=0)
+    """The part of `eval_s` spent in quick evaluations along training (null from older workers)."""
+    final_eval_s: Optional[float] = Field(default=None, ge=0)
+    """The part of `eval_s` spent in the final evaluation, R1's and R2's (null from older workers)."""
     total_s: float = Field(ge=0)
 
 

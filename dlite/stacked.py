@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlite.dit import DiT1d
+from dlite.dit import DiT1d, modulated_norm
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -35,10 +35,6 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
     g, *mid, n_in = x.shape
     out = torch.baddbmm(bias[:, None], x.reshape(g, -1, n_in), weight.transpose(1, 2))
     return out.reshape(g, *mid, weight.shape[1])
-
-
-def _modulated_norm(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift, F.layer_norm(x, x.shape[-1:], eps=1e-6), scale)
 
 
 def pads(device: torch.device) -> bool:
@@ -87,7 +83,7 @@ class _Group:
         self.nets, self.levels = nets, levels
         self.points = [horizons[i] for i in levels]
         self.width = max(self.points)
-        pad = [self.width - p for p in self.points]
+        padding = [self.width - p for p in self.points]
         self.names = [name for name, _ in nets[0].named_parameters()]
         self.weights: dict[str, nn.Parameter] = {}
         for name in self.names:
@@ -98,10 +94,11 @@ class _Group:
         self.pos = _stacked_buffer(nets, "pos", self.width)  # (G, P, d)
         self.freqs = _stacked_buffer(nets, "time.freqs")  # (G, emb/8)
         # padded points are "given": they never move, and weigh nothing in the loss
-        self.fixed = torch.stack([F.pad(masks[i], (0, 0, 0, k), value=1.0) for i, k in zip(levels, pad)])
-        self.loss_weight = torch.stack([F.pad(weights[i] * (1 - masks[i]), (0, 0, 0, k)) for i, k in zip(levels, pad)])
+        self.fixed = torch.stack([F.pad(masks[i], (0, 0, 0, k), value=1.0) for i, k in zip(levels, padding)])
+        self.loss_weight = torch.stack([F.pad(weights[i] * (1 - masks[i]), (0, 0, 0, k))
+                                        for i, k in zip(levels, padding)])
         self.sizes = torch.tensor([float(p) for p in self.points], device=self.pos.device)
-        self.keys = None if not any(pad) else torch.stack(  # (G, 1, 1, 1, P): which keys are real
+        self.keys = None if not any(padding) else torch.stack(  # (G, 1, 1, 1, P): which keys are real
             [torch.arange(self.width, device=self.pos.device) < p for p in self.points])[:, None, None, None]
         self.reference = nets[0].blocks[0].reference
         self.n_heads = nets[0].blocks[0].n_heads
@@ -125,22 +122,24 @@ class _Group:
         c = lin(F.mish(lin(time + cond, "t_proj.0")), "t_proj.2")
         c = F.silu(F.mish(c) if self.mish_end else c)  # every modulation starts with SiLU
         g, b, p, _ = x.shape
+        mask = None if self.keys is None else self.keys.expand(g, b, 1, 1, p).reshape(g * b, 1, 1, p)
         h = lin(x, "x_proj") + self.pos[:, None]
         for k in range(self.depth):
             shift1, scale1, gate1, shift2, scale2, gate2 = lin(c, f"blocks.{k}.ada.1")[:, :, None].chunk(6, -1)
-            normed = _modulated_norm(h, shift1, 1 + scale1)
+            normed = modulated_norm(h, shift1, 1 + scale1)
             if self.reference:
                 h = normed  # the reference replaces the residual stream here
             d = normed.shape[-1]
-            q, kk, v = lin(normed, f"blocks.{k}.qkv").view(g, b, p, 3, self.n_heads, d // self.n_heads) \
-                .permute(3, 0, 1, 4, 2, 5)
-            attn = F.scaled_dot_product_attention(q, kk, v, attn_mask=self.keys).transpose(2, 3).reshape(g, b, p, d)
+            # (G*B, heads, P, d/heads): the 4-D layout the fused attention kernels take
+            q, kk, v = lin(normed, f"blocks.{k}.qkv").view(g * b, p, 3, self.n_heads, d // self.n_heads) \
+                .permute(2, 0, 3, 1, 4)
+            attn = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask).transpose(1, 2).reshape(g, b, p, d)
             h = torch.addcmul(h, gate1, lin(attn, f"blocks.{k}.proj"))
-            mlp = lin(F.gelu(lin(_modulated_norm(h, shift2, 1 + scale2), f"blocks.{k}.mlp.0"), approximate="tanh"),
+            mlp = lin(F.gelu(lin(modulated_norm(h, shift2, 1 + scale2), f"blocks.{k}.mlp.0"), approximate="tanh"),
                       f"blocks.{k}.mlp.2")
             h = torch.addcmul(h, gate2, mlp)
         shift, scale = lin(c, "final_ada.1")[:, :, None].chunk(2, -1)
-        return lin(_modulated_norm(h, shift, 1 + scale), "out")
+        return lin(modulated_norm(h, shift, 1 + scale), "out")
 
 
 class StackedLevels:
@@ -164,14 +163,16 @@ class StackedLevels:
 
     def per_level(self, stacked: list[torch.Tensor]) -> list[torch.Tensor]:
         """Tensors aligned with `parameters()` (their gradients, say) as per-level ones, in the
-        order of the levels' own parameters."""
+        order of the levels' own parameters: what a comparison with the per-level step needs."""
         return [stacked[k][row] for k, row in self._slots]
 
     def optimizer_state_to_levels(self, state: dict[str, Any]) -> dict[str, Any]:
         """An optimiser's state over `parameters()` in the layout of one over the levels'
         parameters, as a per-level (eager) step would have saved it."""
         per_param = state["state"]
-        levels = {i: {key: v[row] if torch.is_tensor(v) and v.dim() > 0 else v for key, v in per_param[k].items()}
+        # each level gets its own step count: a shared one would be stepped once per level on resume
+        levels = {i: {key: (v[row] if v.dim() > 0 else v.clone()) if torch.is_tensor(v) else v
+                      for key, v in per_param[k].items()}
                   for i, (k, row) in enumerate(self._slots) if k in per_param}
         return {"state": levels, "param_groups": [{**g, "params": list(range(len(self._slots)))}
                                                   for g in state["param_groups"]]}
@@ -179,14 +180,14 @@ class StackedLevels:
     def optimizer_state_from_levels(self, state: dict[str, Any]) -> dict[str, Any]:
         """The inverse: a per-level optimiser's state for an optimiser over `parameters()`."""
         per_level = state["state"]
-        rows: dict[int, list[dict[str, Any]]] = {}
+        rows: dict[int, list[tuple[int, dict[str, Any]]]] = {}
         for i, (k, row) in enumerate(self._slots):
             if i in per_level:
-                rows.setdefault(k, []).append((row, per_level[i]))  # type: ignore[arg-type]
+                rows.setdefault(k, []).append((row, per_level[i]))
         stacked = {}
         for k, found in rows.items():
-            found.sort(key=lambda item: item[0])  # type: ignore[arg-type, return-value]
-            first = found[0][1]  # type: ignore[index]
+            found.sort(key=lambda item: item[0])
+            first = found[0][1]
             stacked[k] = {key: torch.stack([s[key] for _, s in found]) if torch.is_tensor(v) and v.dim() > 0 else v
                           for key, v in first.items()}
         return {"state": stacked, "param_groups": [{**g, "params": list(range(len(self.parameters())))}
@@ -204,7 +205,7 @@ class StackedLevels:
             times.append(torch.rand(b, device=points.device))
             keep = (torch.rand(b, 1, device=points.device) >= label_dropout).to(points.dtype)
             keeps.append(keep if conditional else torch.zeros_like(keep))
-        out = [torch.empty(0)] * self.n_levels
+        out: list[torch.Tensor | None] = [None] * self.n_levels
         for group in self.groups:
             a, n = group.pad(x0), group.pad(noise)
             t = torch.stack([times[i] for i in group.levels])
@@ -216,4 +217,4 @@ class StackedLevels:
             mean = err / (group.sizes * a.shape[1] * a.shape[3])
             for i, level in enumerate(group.levels):
                 out[level] = mean[i]
-        return torch.stack(out)
+        return torch.stack(out)  # type: ignore[arg-type]  # every level is in a group

@@ -166,10 +166,11 @@ class Trainer:
                                                                       self.weights))])
 
     def _compute_losses(self, batch: Batch) -> torch.Tensor:
+        levels = self._level_losses(batch.points, batch.values)  # first: its draws come before invdyn's dropout
         pred = self.model.invdyn(batch.obs, batch.next_obs)
         err = F.mse_loss(pred.float(), batch.act, reduction="none") * batch.pair_mask
         invdyn = err.sum() / (batch.pair_mask.sum() * batch.act.shape[1]).clamp(min=1)
-        return torch.cat([self._level_losses(batch.points, batch.values), invdyn[None]])
+        return torch.cat([levels, invdyn[None]])
 
     def train_step(self) -> None:
         """One gradient step of every model still within its step budget. No host sync."""

@@ -91,11 +91,12 @@ def test_the_run_list_compares_only_a_final_evaluation_with_the_paper(client, br
     assert (cells["final score"], cells["latest quick eval"], cells["best quick eval"]) == ("–", "60.0", "95.0")
     assert cells["difference"] == "–", "no final evaluation, no difference to the paper"
     client.post(f"/api/runs/{rid}/evaluations", json={
-        "attempt": attempt, "step": 40, "kind": "final", "score_mean": 90.0, "score_std": 2.0,
-        "returns": [1.0], "scores": [90.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+        "attempt": attempt, "step": 40, "kind": "final", "score_mean": 99.0, "score_std": 2.0,
+        "returns": [1.0], "scores": [99.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
     row = browser_client.get("/").text.split(f'data-run-id="{rid}"')[1].split("</tr>")[0]
     cells = dict(re.findall(r'<td data-label="([^"]+)" class="num">([^<]*)</td>', row))
-    assert (cells["final score"], cells["best quick eval"], cells["difference"]) == ("90.0", "95.0", "-9.5")
+    assert (cells["final score"], cells["latest quick eval"], cells["best quick eval"], cells["difference"]) == \
+        ("99.0", "60.0", "95.0", "-0.5"), "the final evaluation is neither a quick one nor their best"
 
 
 def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:

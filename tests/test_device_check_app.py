@@ -171,6 +171,15 @@ def test_eta_from_step_0_comes_from_the_projection_until_a_speed_is_measured(cli
     assert "2.0 steps/s · ETA 5m 00s" in browser_client.get(f"/runs/{rid}/panels").text
 
 
+def test_a_report_without_the_evaluation_split_counts_it_all_as_final(client, browser_client) -> None:
+    """Older workers send `eval_s` alone: the ETA still counts it (until the run ends)."""
+    rid, attempt = _claimed(client)
+    projection = {k: v for k, v in REPORT["projection"].items() if k not in ("quick_eval_s", "final_eval_s")}
+    _post_check(client, rid, attempt, {**REPORT, "projection": projection})
+    client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": attempt, "step": 500}).raise_for_status()
+    assert "· ETA 6m 00s" in browser_client.get(f"/runs/{rid}/panels").text  # 300 s training + 60 s evaluation
+
+
 def test_an_r2_runs_projected_eta_counts_reflow_until_it_is_passed(client, browser_client) -> None:
     rid, attempt = _claimed(client, variant="R2", reflow_gradient_steps=100)
     _post_check(client, rid, attempt, {**REPORT, "projection": {

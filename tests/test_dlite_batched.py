@@ -134,6 +134,25 @@ def test_a_per_level_checkpoint_goes_on_batched(data: WindowDataset, tmp_path: P
     assert all(abs(a[k] - b[k]) <= 1e-5 * max(abs(b[k]), 1.0) for k in a), (a, b)
 
 
+@pytest.mark.parametrize(("first", "then"), [("batched", "eager"), ("eager", "batched"), ("batched", "fused")])
+def test_a_checkpoint_resumes_across_layouts_with_every_optimiser_state_intact(
+        data: WindowDataset, tmp_path: Path, first: str, then: str) -> None:
+    """The optimiser's state is saved per level: a resume on the other layout has every moment of
+    every level and one step count per parameter (a shared one would be stepped once per level)."""
+    cfg = from_dict(TINY)
+    Trainer(cfg, data, tmp_path, first).fit(until=20)
+    saved = torch.load(tmp_path / "ckpt_00000020.pt", weights_only=False)["optim"]
+    resumed = Trainer(cfg, data, tmp_path, then)
+    resumed.resume_latest()
+    resumed.fit(until=23)
+    state = resumed.stacked.optimizer_state_to_levels(resumed.optim.state_dict()) if resumed.stacked \
+        else resumed.optim.state_dict()
+    assert sorted(state["state"]) == sorted(saved["state"]) == list(range(len(list(resumed.model.levels.parameters()))))
+    for i, entry in state["state"].items():
+        assert float(entry["step"]) == 23.0, (i, entry["step"])
+        assert entry["exp_avg"].shape == saved["state"][i]["exp_avg"].shape
+
+
 def test_a_seed_size_training_step_is_at_most_a_third_of_the_per_level_ops(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Counted at the seed configuration, in the GPU's layout (every level in one group): on a

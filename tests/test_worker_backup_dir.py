@@ -215,11 +215,12 @@ class _SlowTarget:
     prefix = "slow"
 
     def __init__(self) -> None:
+        self.slot = threading.Event()
         self.release = threading.Event()
         self.read: list[bytes] = []
 
     def wait_for_commit_slot(self) -> None:
-        pass
+        self.slot.wait(30)
 
     def backup(self, path: Path, step: int, extras: dict) -> object:
         self.release.wait(30)
@@ -243,11 +244,15 @@ def test_keep_local_never_deletes_a_checkpoint_a_backup_still_reads(tiny_hdf5: P
     states: list[tuple[int, str]] = []
     trainer.fit(until=10)
     queue.request(tmp_path / "ckpt_00000010.pt", 10, dict, lambda step, state, *_: states.append((step, state)))
-    trainer.fit(until=30)  # two more checkpoints while the upload of step 10 waits
+    trainer.fit(until=30)  # two more checkpoints while step 10 waits for its commit slot (queued)
     assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000010.pt", "ckpt_00000030.pt"]
+    target.slot.set()
+    wait_for(lambda: states == [(10, "uploading")], 10, "the upload to start")
+    trainer.fit(until=40)  # and while it uploads
+    assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000010.pt", "ckpt_00000040.pt"]
     target.release.set()
     assert queue.close(30)
     assert states == [(10, "uploading"), (10, "hub")] and target.read
     assert queue.in_use() == set()
-    trainer.fit(until=40)
-    assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000040.pt"], "then it goes"
+    trainer.fit(until=50)
+    assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000050.pt"], "then it goes"

@@ -78,6 +78,7 @@ def _scores(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any]]:
 
 
 def _no_scores() -> dict[str, Any]:
+    """A run without any evaluation yet."""
     return {"latest_quick": None, "best_quick": None, "final": None, "final_r2": None}
 
 
@@ -127,30 +128,31 @@ def _eta(run: Run) -> float | None:
     return None if projection is None else _projected_eta(run, projection)
 
 
-def _passed(run: Run, stage: str) -> bool:
-    at = STAGE_ORDER.index(run.stage) if run.stage in STAGE_ORDER else 0
-    return at > STAGE_ORDER.index(stage)
+def _stage_at(run: Run) -> int:
+    """Where the run is in the stages' order (before the first when it has no stage yet)."""
+    return STAGE_ORDER.index(run.stage) if run.stage in STAGE_ORDER else 0
 
 
 def _besides_training(run: Run, projection: dict[str, Any]) -> float:
     """The evaluations' planning still ahead (the quick ones in proportion to the steps left,
-    the final one until it is over) and, for an R2 run that has not made them yet, its pairs.
-    A report without the split (older workers) counts all its evaluation time as final."""
+    the final one, which a running run has not finished) and, for an R2 run that has not made
+    them yet, its pairs. A report without the split (older workers) counts it all as final."""
     share = max(run.total_steps - run.step, 0) / run.total_steps if run.total_steps else 0.0
-    quick = projection.get("quick_eval_s", 0.0)
-    final = projection.get("final_eval_s", 0.0) if "final_eval_s" in projection else projection["eval_s"]
-    pairs = projection["reflow_pairs_s"] if run.config.get("variant") == "R2" and not _passed(run, "reflow_pairs") \
-        else 0.0
-    return quick * share + (0.0 if _passed(run, "eval") else final) + pairs
+    split = projection.get("final_eval_s") is not None
+    quick = (projection.get("quick_eval_s") or 0.0) if split else 0.0
+    final = projection["final_eval_s"] if split else projection["eval_s"]
+    r2_before_pairs = run.config.get("variant") == "R2" and _stage_at(run) <= STAGE_ORDER.index("reflow_pairs")
+    return quick * share + final + (projection["reflow_pairs_s"] if r2_before_pairs else 0.0)
 
 
 def _projected_eta(run: Run, projection: dict[str, Any]) -> float:
     """The training steps left at the projection's time per step, reflow's at its own (R2's
-    `total_steps` counts them, `reflow_s` prices them), and the rest (`_besides_training`)."""
+    `total_steps` counts them, `reflow_s` prices them all), and the rest (`_besides_training`)."""
     reflow_steps = run.config["reflow_gradient_steps"] if run.config.get("variant") == "R2" else 0
     steps_left = max(run.total_steps - reflow_steps - run.step, 0)
     per_step = projection["train_s"] / projection["train_steps"] if projection["train_steps"] else 0.0
-    reflow = projection["reflow_s"] if reflow_steps and not _passed(run, "reflow_train") else 0.0
+    reflow_left = min(max(run.total_steps - run.step, 0), reflow_steps)  # reflow's steps come last
+    reflow = projection["reflow_s"] * reflow_left / reflow_steps if reflow_steps else 0.0
     return steps_left * per_step + reflow + _besides_training(run, projection)
 
 
