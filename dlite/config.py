@@ -248,6 +248,12 @@ class Config:
         return get_task(self.task).guidance_r2 if self.r2_w_cfg is None else self.r2_w_cfg
 
     @property
+    def resolved(self) -> dict[str, Any]:
+        """The values the run uses for settings left empty to take the task table's."""
+        return {"target_return": self.planning_target_return, "w_cfg": self.planning_w_cfg,
+                "r2_target_return": self.r2_planning_target_return, "r2_w_cfg": self.r2_planning_w_cfg}
+
+    @property
     def return_scale(self) -> float:
         return get_task(self.task).return_scale
 

@@ -99,6 +99,17 @@ def test_the_run_list_compares_only_a_final_evaluation_with_the_paper(client, br
         ("99.0", "60.0", "95.0", "-0.5"), "the final evaluation is neither a quick one nor their best"
 
 
+def test_the_hyper_parameters_mark_changed_values_and_show_the_task_tables(client, browser_client) -> None:
+    rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": {"d_model": 64, "n_heads": 4}}).json()["id"]
+    page = browser_client.get(f"/runs/{rid}").text
+    row = lambda name: page.split(f'<tr data-param="{name}"')[1].split("</tr>")[0]  # noqa: E731
+    assert 'class="changed"' in row("d_model") and "default <code>256</code>" in row("d_model")
+    assert 'class="changed"' not in row("depth") and "default" not in row("depth")
+    task = TASKS["hopper-medium-v2"]
+    assert f"→ <code>{task.guidance_r1}</code> from the task table" in row("w_cfg")
+    assert f"→ <code>{task.target_return_r2}</code> from the task table" in row("r2_target_return")
+
+
 def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:
     rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}, "is_demo": True}).json()["id"]
     attempt = claim(client, register(client))["attempt"]

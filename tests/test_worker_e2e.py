@@ -183,3 +183,25 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
     finally:
         stop(worker)
         stop_server(server)
+
+
+def test_a_dataset_that_cannot_be_read_fails_its_checklist_item_saying_what_to_do(tmp_path: Path) -> None:
+    """The data stage's failure is a ✗ on its item with the next step for a dashboard user, not a ☐
+    and a traceback."""
+    cache = tmp_path / "datasets"
+    cache.mkdir()
+    (cache / "halfcheetah_medium_expert-v2.hdf5").write_bytes(b"not an HDF5 file")
+    server = start_server(tmp_path / "server")
+    worker = start_worker(server, tmp_path / "w", cache)
+    try:
+        api = server.client()
+        run_id = create(api, 100)
+        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"), 120, "the run")
+        run = api.get(f"/api/runs/{run_id}").json()
+        assert run["status"] == "failed" and "cannot be read as HDF5" in run["error"]
+        item = next(i for i in run["checklist"] if i["key"] == "data.ready")
+        assert item["failed"] and "Clone and edit" in item["detail"] and str(cache) in item["detail"]
+        assert not any("Traceback" in e["message"] for e in api.get(f"/api/runs/{run_id}/events").json())
+    finally:
+        stop(worker)
+        stop_server(server)

@@ -22,7 +22,8 @@ import torch
 from app.protocol import (CHECKLIST_KEYS, ChecklistRecord, ClaimResponse, EvaluationRequest, metric_point,
                           plural)
 from dlite import checkpoint, device_check
-from dlite.config import Config, from_dict
+from dlite.config import Config, ConfigError, from_dict
+from dlite.d4rl import DatasetError, cache_dir
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
@@ -81,6 +82,10 @@ class RunStopped(Exception):
 
 class Diverged(Exception):
     """A logged loss was NaN or infinite and the run's `on_nonfinite` is 'stop'."""
+
+
+class DataUnavailable(Exception):
+    """The run's dataset cannot be fetched or read: its checklist item says what to do."""
 
 
 class SmokeBackupFailed(Exception):
@@ -251,7 +256,7 @@ class RunExecutor:
                 finals["R2"] = self.stage_reflow_train(data, store, r1, r1_step)
             self.stage_eval(finals)
             return self.finish("succeeded")
-        except (Diverged, SmokeBackupFailed, device_check.DeviceCheckError) as e:
+        except (Diverged, DataUnavailable, SmokeBackupFailed, device_check.DeviceCheckError) as e:
             return self.finish("failed", str(e))
         except RunStopped as e:
             if self.cancelled.is_set() and not self.lost():
@@ -290,7 +295,14 @@ class RunExecutor:
                 shown[0] = done * 10 // total
                 self.event(f"downloading {dataset}: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
-        data = load_dataset(dataset, self.cfg, self.device, progress)
+        try:
+            data = load_dataset(dataset, self.cfg, self.device, progress)
+        except (DatasetError, ConfigError) as e:
+            detail = (f"{e}. Next: on the worker's machine, put the task's D4RL file in {cache_dir()} (or point "
+                      f"DLITE_DATASETS at the folder that holds it), or fix the run's task with Clone and edit; "
+                      f"then retry the run")
+            self.outbox.post("checklist", {"key": "data.ready", "detail": detail, "failed": True})
+            raise DataUnavailable(detail) from e
         self.verified("data.ready", f"{plural(data.n_episodes, 'episode')}, {plural(int(data.lengths.sum()), 'step')}")
         return data
 

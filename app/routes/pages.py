@@ -104,14 +104,13 @@ def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, 
     stages = [(title, [items[k] for k, _ in CHECKLIST if k in items and k.split(".")[0] == stage])
               for stage, title in STAGES]
     stages = [(title, keys) for title, keys in stages if keys]
-    help_text = {f["name"]: f["help"] for f in schema()}
     backups = [c for c in detail["commands"] if c["kind"] == "backup"]
     figure_dir = figures.results_dir(settings.data_dir, run_id)
     return {"run": detail, "stages": stages, "results": results, "events": dashboard.event_rows(log), "facts": facts,
             "planning": dashboard.planning_speed(detail["evaluations"], dashboard.device_label(facts)),
             "device_check": dashboard.device_check(detail["device_check"]),
             "backup_target": runs.backup_target(detail["config"]), "no_backup_target": runs.NO_BACKUP_TARGET,
-            "params": [(k, v, help_text.get(k, "")) for k, v in detail["config"].items()],
+            "params": dashboard.param_rows(detail["config"]),
             "backup": backups[-1] if backups else None,
             "figures": [f for f in dashboard.FIGURE_FILES if (figure_dir / f).is_file()]}
 

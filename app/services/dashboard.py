@@ -13,6 +13,7 @@ from app.protocol import Stage
 from app.services.events import now
 from app.services.metrics import chart_series
 from app.services.runs import paper_numbers, run_summary
+from dlite.config import ConfigError, from_dict, schema
 from dlite.config import level_loss_keys
 from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 
@@ -201,6 +202,24 @@ def device_check(report: dict[str, Any] | None) -> dict[str, Any] | None:
     paths = [{**p, "used": report["chosen"].get(p["stage"]) == p["name"],
               "hz": 1000.0 / p["ms"] if p["stage"] == "plan" and p["ms"] else None} for p in report["paths"]]
     return {**report, "paths": paths, "used": {p["stage"]: p for p in paths if p["used"]}}
+
+
+def param_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run page's hyper-parameters: each value, whether it differs from the default (and
+    the default), and for a setting left to the task table the value the run uses."""
+    fields = {f["name"]: f for f in schema()}
+    try:
+        resolved = from_dict(config).resolved
+    except ConfigError:  # a config from an older version: shown as stored
+        resolved = {}
+    rows = []
+    for name, value in config.items():
+        field = fields.get(name)
+        default = field["default"] if field else None
+        rows.append({"name": name, "value": value, "help": field["help"] if field else "",
+                     "differs": field is not None and value != default, "default": default,
+                     "resolved": resolved.get(name) if value is None else None})
+    return rows
 
 
 def event_rows(events: list[Event]) -> list[dict[str, Any]]:
