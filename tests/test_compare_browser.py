@@ -150,7 +150,7 @@ def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServ
         runs = api.get(f"/api/sweeps/{sweep['id']}").json()["runs"]
         assert sorted(r["name"] for r in runs) == [f"form/hopper-medium-v2/{v}/seed{s}" for v in ("R1", "R2") for s in (3, 4)]
         assert {api.get(f"/api/runs/{r['id']}").json()["config"]["batch_size"] for r in runs} == {64}
-    assert "0 of 4 runs ended" in page.inner_text("main")
+    assert "0 of 4 runs succeeded" in page.inner_text("main")
 
     page.goto(f"{live_server.url}/sweeps")  # a bad override is shown, and nothing is queued
     page.check("input[name=tasks][value='hopper-medium-v2']")

@@ -110,6 +110,14 @@ def test_the_hyper_parameters_mark_changed_values_and_show_the_task_tables(clien
     assert f"→ <code>{task.target_return_r2}</code> from the task table" in row("r2_target_return")
 
 
+def test_status_glyphs_are_ones_debians_fonts_draw(client, browser_client) -> None:
+    """An emoji (the hourglass of a queued run) drew as an empty box in Debian's Chromium."""
+    create_run(client)
+    listing = browser_client.get("/").text
+    assert "◷</span> queued" in listing
+    assert not any(ord(c) >= 0x1F000 or 0x2300 <= ord(c) <= 0x23FF for c in listing), "no emoji, no ⌛-block signs"
+
+
 def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:
     rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}, "is_demo": True}).json()["id"]
     attempt = claim(client, register(client))["attempt"]

@@ -118,6 +118,8 @@ def test_cancelling_a_sweep_stops_what_has_not_ended(api) -> None:
     statuses = {r["id"]: r["status"] for r in api.get(f"/api/sweeps/{s['id']}").json()["runs"]}
     assert statuses == {done_id: "succeeded", running_id: "running", queued_id: "cancelled"}
     assert api.get(f"/api/sweeps/{s['id']}").json()["cancelled_at"] is not None
+    progress = api.get(f"/api/sweeps/{s['id']}").json()["progress"]
+    assert (progress["succeeded"], progress["done"], progress["total"]) == (1, 2, 3), "a bar of what finished"
     assert api.post("/api/sweeps/999/cancel").status_code == 404
 
 

@@ -44,9 +44,9 @@ def test_sweeps_results_and_compare_pages(client, browser_client) -> None:  # no
     form = browser_client.get("/sweeps").text
     assert all(f'value="{t}"' in form for t in TASKS) and "pages" in form and "2 / 2" in form
     page = browser_client.get(f"/sweeps/{s['id']}").text
-    assert "2 of 2 runs ended" in page and "Cancel sweep" not in page and "pages/hopper-medium-v2/R1/seed0" in page
+    assert "2 of 2 runs succeeded" in page and "Cancel sweep" not in page and "pages/hopper-medium-v2/R1/seed0" in page
     live = browser_client.get(f"/sweeps/{s['id']}/progress").text
-    assert "2 of 2 runs ended" in live and "mean ± s.e. over 2 seeds" in live and "<html" not in live
+    assert "2 of 2 runs succeeded" in live and "mean ± s.e. over 2 seeds" in live and "<html" not in live
     assert browser_client.get("/sweeps/99/progress").status_code == 404
     results = browser_client.get("/results").text
     assert "mean ± s.e. over 2 seeds" in results and "mean ± s.e. over 5 seeds" in results

@@ -151,7 +151,8 @@ def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
 
 
 def progress(runs: list[Run]) -> dict[str, Any]:
-    """Counts by status and an ETA. The speed is the mean measured steps/s of the sweep's
+    """Counts by status (`done`: ended in any way; `succeeded`: what a progress bar shows, so a
+    cancelled sweep's bar is not full) and an ETA. The speed is the mean measured steps/s of the sweep's
     running runs (else of its finished ones); as many runs go at once as are running now
     (at least one). The ETA counts training steps only (no evaluation or reflow)."""
     counts: dict[str, int] = {}
@@ -163,7 +164,8 @@ def progress(runs: list[Run]) -> dict[str, Any]:
     speed = sum(measured) / len(measured) if measured else None
     eta = None if not left or speed is None else left / (speed * max(len(running), 1))
     done = sum(counts.get(s, 0) for s in ENDED)
-    return {"total": len(runs), "done": done, "running": counts.get("running", 0),
+    return {"total": len(runs), "done": done, "succeeded": counts.get("succeeded", 0),
+            "running": counts.get("running", 0),
             "queued": counts.get("queued", 0), "by_status": counts,
             "steps_left": left, "steps_per_s": speed, "eta_s": eta}
 
