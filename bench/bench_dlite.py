@@ -34,7 +34,7 @@ from dlite.evaluate import device_name, evaluate
 from dlite.ops import count_ops
 from dlite.planner import Planner
 from dlite.reflow import PairSpec, PairStore, ReflowTrainer
-from dlite.synthetic import random_arrays, write_hdf5
+from dlite.synthetic import random_dataset
 from dlite.train import STEP_PATHS, Trainer
 
 TARGETS = Path(__file__).with_name("targets.json")
@@ -42,7 +42,7 @@ TARGETS = Path(__file__).with_name("targets.json")
 
 def synthetic_raw(folder: Path, episodes: int) -> d4rl.RawDataset:
     """HalfCheetah-shaped random data: sampling cost depends on batch, not on content."""
-    return d4rl.load(write_hdf5(folder / "bench.hdf5", random_arrays(17, 6, episodes)))
+    return random_dataset(folder / "bench.hdf5", 17, 6, episodes)
 
 
 def one_group_step_ops(cfg: Config, data: WindowDataset) -> int:

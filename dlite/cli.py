@@ -197,11 +197,10 @@ def _eval(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     import tempfile
 
-    from dlite.d4rl import load
     from dlite.dataset import WindowDataset
     from dlite.device_check import run_check
     from dlite.pipeline import default_device, load_dataset, task_for
-    from dlite.synthetic import random_arrays, write_hdf5
+    from dlite.synthetic import random_dataset
     from dlite.tasks import domain_of
 
     device = args.device or default_device()
@@ -212,7 +211,7 @@ def _check(args: argparse.Namespace) -> int:
         cfg = from_dict(parse_overrides(args.set))
         domain = domain_of(cfg.task)
         with tempfile.TemporaryDirectory() as tmp:
-            raw = load(write_hdf5(Path(tmp) / "random.hdf5", random_arrays(domain.obs_dim, domain.act_dim, 20)))
+            raw = random_dataset(Path(tmp) / "random.hdf5", domain.obs_dim, domain.act_dim, 20)
         data = WindowDataset(raw, cfg, device)
     progress = (lambda _: None) if args.json else (lambda line: print(f"checking {line}", file=sys.stderr))
     report = run_check(cfg, data, every=args.all, progress=progress)  # no journal: nothing is kept

@@ -12,7 +12,7 @@ import gymnasium as gym
 import h5py
 import numpy as np
 
-from dlite.d4rl import KEYS
+from dlite.d4rl import KEYS, RawDataset, load
 from dlite.files import atomic_path
 from dlite.tasks import domain_of
 
@@ -66,14 +66,16 @@ def rollouts(task: str, n_episodes: int, length: int, policy: str = "random", se
     }
 
 
-def random_arrays(obs_dim: int, act_dim: int, episodes: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random D4RL arrays of full 1000-step episodes, no simulator needed: what a speed
-    measurement trains and plans on (its cost depends on shapes, not on content)."""
+def random_dataset(path: Path, obs_dim: int, act_dim: int, episodes: int, seed: int = 0) -> RawDataset:
+    """Random D4RL data of full 1000-step episodes, written to `path` and read back, no simulator
+    needed: what a speed measurement trains and plans on (its cost depends on shapes, not on
+    content)."""
     rng = np.random.default_rng(seed)
     n = episodes * 1000
     timeouts = np.zeros(n, bool)
     timeouts[999::1000] = True
-    return {"observations": rng.standard_normal((n, obs_dim), dtype=np.float32),
-            "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-            "rewards": rng.standard_normal(n, dtype=np.float32),
-            "terminals": np.zeros(n, bool), "timeouts": timeouts}
+    return load(write_hdf5(path, {
+        "observations": rng.standard_normal((n, obs_dim), dtype=np.float32),
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        "rewards": rng.standard_normal(n, dtype=np.float32),
+        "terminals": np.zeros(n, bool), "timeouts": timeouts}))

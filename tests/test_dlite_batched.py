@@ -18,7 +18,7 @@ from dlite.model import DiffuserLite
 from dlite.ops import count_ops
 from dlite import stacked
 from dlite.stacked import StackedLevels, groups_of
-from dlite.synthetic import random_arrays, write_hdf5
+from dlite.synthetic import random_dataset
 from dlite.train import Trainer
 from tests.conftest import TINY
 
@@ -159,7 +159,7 @@ def test_a_seed_size_training_step_is_at_most_a_third_of_the_per_level_ops(
     GPU each dispatched op is a kernel launch, and a count is the same on every machine."""
     monkeypatch.setattr(stacked, "pads", lambda device: True)
     cfg = from_dict({"batch_size": 8})  # the seed model; the batch does not change the count
-    raw = d4rl.load(write_hdf5(tmp_path / "random.hdf5", random_arrays(17, 6, 2)))
+    raw = random_dataset(tmp_path / "random.hdf5", 17, 6, 2)
     data = WindowDataset(raw, cfg, "cpu")
     counts = {}
     for path in ("eager", "batched"):
