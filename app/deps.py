@@ -39,6 +39,8 @@ def _when(ts: float | None) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "–"
+    if seconds < 1:
+        return "under 1 s"
     minutes, s = divmod(int(seconds), 60)
     hours, m = divmod(minutes, 60)
     return f"{hours}h {m:02d}m" if hours else f"{m}m {s:02d}s"

@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
         # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(docs.SWAGGER_UI_PATH, StaticFiles(directory=docs.SWAGGER_UI), name="swagger-ui")
     if settings.root_path:
         app.add_middleware(RootPath, prefix=settings.root_path)
     return app

@@ -151,6 +151,8 @@ class Checkpoint(SQLModel, table=True):
     sha256: str
     backup_state: str = "local"
     hub_url: Optional[str] = None
+    local_url: Optional[str] = None
+    """Where the worker saved it (file://), so a server on the same machine can serve it (0011)."""
     backed_up_at: Optional[float] = None
     error: Optional[str] = Field(default=None, sa_type=Text)
     pruned: bool = False
@@ -188,6 +190,24 @@ class Event(SQLModel, table=True):
     ts: float
     level: str
     message: str = Field(sa_type=Text)
+
+
+class ConsoleLine(SQLModel, table=True):
+    """One entry of a run's console: a line of its worker's log, or a traceback folded into
+    one. Only the newest are kept (app/services/console.py); `uid`, chosen by the worker,
+    makes a replayed write a no-op."""
+
+    __tablename__ = "console_lines"
+    __table_args__ = (UniqueConstraint("run_id", "uid", name="uq_console_run_uid"),
+                      Index("ix_console_lines_run_id_id", "run_id", "id"))
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False))
+    uid: str = Field(max_length=32)
+    attempt: int
+    ts: float
+    level: str
+    text: str = Field(sa_type=Text)
 
 
 class Worker(SQLModel, table=True):

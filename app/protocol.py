@@ -8,10 +8,20 @@ endpoints that carry these bodies.
 from __future__ import annotations
 
 import math
+import re
 import string
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from dlite.config import whole
 
 # (key, label) in the order a run passes them. Labels may name config fields in braces;
 # `checklist_label` fills them from the run's resolved config, so no default is copied here.
@@ -49,6 +59,18 @@ def metric_point(key: str, step: int, value: float, wall_time: float) -> dict[st
         return {"key": key, "step": step, "value": value, "wall_time": wall_time}
     label = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
     return {"key": key, "step": step, "value": None, "nonfinite": label, "wall_time": wall_time}
+
+
+def resumed_from(step: int, source: str) -> str:
+    """The worker's words for an attempt that resumed from a checkpoint; its training and
+    reflow events start with them ("training resumed from step 1200 (local checkpoint), …"),
+    and the server reads them back with RESUMED to mark the resume on the charts."""
+    return f"resumed from step {step} ({source})"
+
+
+RESUMED = re.compile(r"^\w+ resumed from step (\d+) \(")
+"""A worker event saying where an attempt resumed (`resumed_from` after the stage's word);
+anchored at the start, so the checklist's echo ("✓ training started (resumed …)") is not a second one."""
 
 
 def checklist_keys(config: dict[str, Any]) -> tuple[str, ...]:
@@ -100,17 +122,23 @@ MAX_LATENCY_MS = 3_600_000.0
 Score = Annotated[float, Field(ge=-MAX_SCORE, le=MAX_SCORE)]
 
 
-class _Body(BaseModel):
-    """Unknown fields, NaN and infinity are refused (422): JSON readers accept `NaN`, but
-    nothing downstream can store or send it back."""
+Integer = Annotated[int, BeforeValidator(whole)]
+"""A request body's integer: JSON Schema's integers include 1.0, so a strict body takes it as 1
+(and still not "1" or true)."""
+STRICT_BODY = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+"""Every request body's: unknown fields, NaN and infinity are refused (422), since JSON readers
+accept `NaN` but nothing downstream can store or send it back; and values are taken only in
+the JSON type the OpenAPI document gives (no "5" for 5, no 0 for false), as it promises."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+class _Body(BaseModel):
+    model_config = STRICT_BODY
 
 
 class _Fenced(_Body):
     """Every write names the attempt it belongs to; the server refuses stale attempts (409)."""
 
-    attempt: int = Field(ge=1, le=MAX_INT)
+    attempt: Integer = Field(ge=1, le=MAX_INT)
 
 
 class RegisterRequest(_Body):
@@ -148,7 +176,7 @@ class ClaimResponse(BaseModel):
 
 
 class HeartbeatRequest(_Fenced):
-    step: int = Field(ge=0, le=MAX_INT)
+    step: Integer = Field(ge=0, le=MAX_INT)
     steps_per_s: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
 
 
@@ -163,8 +191,12 @@ class HeartbeatResponse(BaseModel):
 
 
 class MetricPointIn(_Body):
+    model_config = ConfigDict(**STRICT_BODY, json_schema_extra={"oneOf": [
+        {"required": ["value"], "properties": {"value": {"type": "number"}, "nonfinite": {"type": "null"}}},
+        {"required": ["nonfinite"], "properties": {"value": {"type": "null"}, "nonfinite": {"type": "string"}}}]})
+
     key: str = Field(min_length=1, max_length=SHORT_TEXT)
-    step: int = Field(ge=0, le=MAX_INT)
+    step: Integer = Field(ge=0, le=MAX_INT)
     value: Optional[float] = Field(default=None, allow_inf_nan=False)
     nonfinite: Optional[NonFinite] = None
     wall_time: float = Field(allow_inf_nan=False)
@@ -207,27 +239,29 @@ class ChecklistRequest(_Fenced):
 
 
 class CheckpointRequest(_Fenced):
-    step: int = Field(ge=0, le=MAX_INT)
-    size: int = Field(ge=0, le=MAX_INT)
+    step: Integer = Field(ge=0, le=MAX_INT)
+    size: Integer = Field(ge=0, le=MAX_INT)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     backup_state: BackupState = "local"
     hub_url: Optional[str] = Field(default=None, max_length=LONG_TEXT,
                                    pattern=r"^(https://huggingface\.co/|file:///)")
     """Where the backed-up checkpoint is: a Hub URL, or a file:// URL in the run's backup_dir."""
+    local_url: Optional[str] = Field(default=None, max_length=LONG_TEXT, pattern=r"^file:///")
+    """Where the worker saved it on its own disk, for a server on the same machine to serve."""
     error: Optional[str] = Field(default=None, max_length=LONG_TEXT)
     pruned: bool = False
 
 
 class EvaluationRequest(_Fenced):
-    step: int = Field(ge=0, le=MAX_INT)
+    step: Integer = Field(ge=0, le=MAX_INT)
     kind: Literal["quick", "final"]
     variant: Variant = "R1"
     score_mean: Score
     score_std: float = Field(ge=0, le=MAX_SCORE)
     returns: list[Annotated[float, Field(ge=-MAX_RETURN, le=MAX_RETURN)]] = Field(max_length=MAX_SCORES)
     scores: list[Score] = Field(max_length=MAX_SCORES)
-    n_envs: int = Field(ge=1, le=MAX_INT)
-    n_episodes: int = Field(ge=1, le=MAX_INT)
+    n_envs: Integer = Field(ge=1, le=MAX_INT)
+    n_episodes: Integer = Field(ge=1, le=MAX_INT)
     latency_ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     latency_ms_1env: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
@@ -263,7 +297,7 @@ class CheckedPath(_Body):
 class Projection(_Body):
     """What the rest of the run costs at the chosen paths' measured rates."""
 
-    train_steps: int = Field(ge=0, le=MAX_INT)
+    train_steps: Integer = Field(ge=0, le=MAX_INT)
     train_s: float = Field(ge=0)
     reflow_pairs_s: float = Field(default=0.0, ge=0)
     reflow_s: float = Field(default=0.0, ge=0)
@@ -312,3 +346,29 @@ class FinishRequest(_Fenced):
 
 class Ok(BaseModel):
     ok: bool = True
+
+
+SYSTEM_PREFIX = "system/"
+"""Metric keys of the worker's system metrics (worker/system_metrics.py). Their `step` is the
+sample's Unix second, not a training step: samples go on while the step stands still (the
+device check, evaluation), and a later attempt never overwrites an earlier one's samples."""
+SYSTEM_KEYS: tuple[str, ...] = tuple(SYSTEM_PREFIX + name for name in (
+    "cpu_percent", "ram_used_gib", "disk_used_gib", "gpu_util_percent", "gpu_mem_allocated_gib",
+    "gpu_mem_reserved_gib"))
+CONSOLE_TEXT = 8_000
+"""Longest console entry: a log line, or a whole traceback folded into one entry."""
+CONSOLE_BATCH = 100
+
+
+class ConsoleLineIn(_Body):
+    uid: str = Field(pattern=r"^[0-9a-f]{32}$")
+    """Chosen by the worker, so a replayed journal entry is stored once."""
+    ts: float = Field(allow_inf_nan=False)
+    level: EventLevel
+    text: str = Field(min_length=1, max_length=CONSOLE_TEXT)
+
+
+class ConsoleRequest(_Fenced):
+    """Recent lines of the worker's log for the run page's console; already redacted."""
+
+    lines: list[ConsoleLineIn] = Field(min_length=1, max_length=CONSOLE_BATCH)

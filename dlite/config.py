@@ -8,8 +8,10 @@ this same class, so it must stay importable without torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -335,6 +337,10 @@ def from_dict(values: dict[str, Any]) -> Config:
     for name, value in clean.items():
         if _base_type(name) is float and isinstance(value, int) and not isinstance(value, bool):
             clean[name] = float(value) if abs(value) < 2**1023 else value  # too big for a float: `hi` refuses it
+        elif _base_type(name) is int:
+            clean[name] = whole(value)
+        elif name == "horizons" and isinstance(value, tuple):
+            clean[name] = tuple(map(whole, value))
     try:
         config = Config(**clean)
     except ConfigError as e:
@@ -342,6 +348,11 @@ def from_dict(values: dict[str, Any]) -> Config:
     if errors:
         raise ConfigErrors(errors)
     return config
+
+
+def whole(value: Any) -> Any:
+    """1.0 as 1: JSON Schema (the API's document) counts it an integer, so JSON writers may send it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -379,13 +390,31 @@ def _parse_value(key: str, raw: str) -> Any:
     return raw
 
 
-def json_schema() -> dict[str, Any]:
-    """The overrides `from_dict` takes, as JSON Schema (for the API's OpenAPI document). Rules
-    between fields (n_heads divides d_model, ...) are beyond it: the server still checks them."""
-    kinds = {"int": {"type": "integer"}, "float": {"type": "number"}, "str": {"type": "string", "minLength": 1},
+@functools.cache
+def not_blank() -> str:
+    """JSON Schema pattern of a text with a character `str.strip` keeps (a text setting of only
+    such characters is empty), spelled out: `\\S` means other characters in ECMA-262 regexes
+    (JSON Schema's) than in Python's."""
+    blank = (c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+    return "[^" + "".join(f"\\u{ord(c):04x}" for c in blank) + "]"
+
+
+JOINT_RULES = frozenset({"n_heads", "horizons", "backup_every", "eval_every"})
+"""Settings with a rule `json_schema` cannot state: it ties them to another setting (n_heads
+divides d_model, backup_every is a multiple of save_interval, eval_every of log_interval) or
+multiplies the items (horizons' plan span). A 422 names them; clients read the rule there."""
+
+
+def json_schema(exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The overrides `from_dict` takes, as JSON Schema (for the API's OpenAPI document), less the
+    `exclude`d settings (those a request sets elsewhere). Every rule is in it but JOINT_RULES."""
+    kinds = {"int": {"type": "integer"}, "float": {"type": "number"}, "str": {"type": "string", "pattern": not_blank()},
              "int_list": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": MAX_LEVELS}}
+    rules = {"emb_dim": {"multipleOf": 8}, "backup_dir": {"pattern": "^[/~]"}}  # "^[/~]": absolute, so not blank
     props = {}
     for f in schema():
+        if f["name"] in exclude:
+            continue
         value = dict(kinds[f["type"]])
         bounds = value.setdefault("items", {}) if f["type"] == "int_list" else value
         if f["min"] is not None:
@@ -394,9 +423,16 @@ def json_schema() -> dict[str, Any]:
             bounds["maxLength" if f["type"] == "str" else "maximum"] = f["max"]
         if f["choices"]:
             value["enum"] = f["choices"]
+        value.update(rules.get(f["name"], {}))
         props[f["name"]] = {"anyOf": [value, {"type": "null"}]} if f["optional"] else value
         props[f["name"]]["description"] = f["help"]
-    return {"type": "object", "properties": props, "additionalProperties": False}
+    if "horizons" in props:  # every level after the first is given both its end points
+        levels = props["horizons"]
+        levels["prefixItems"], levels["items"] = [levels["items"]], {**levels["items"], "minimum": 3}
+    one_target = {"not": {"required": ["hub_repo", "backup_dir"],
+                          "properties": {"hub_repo": {"type": "string"}, "backup_dir": {"type": "string"}}},
+                  "description": "set either hub_repo or backup_dir, not both: a run backs up to one place"}
+    return {"type": "object", "properties": props, "additionalProperties": False, "allOf": [one_target]}
 
 
 def schema() -> list[dict[str, Any]]:

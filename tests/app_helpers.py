@@ -64,8 +64,10 @@ def small_config(**overrides: object) -> dict[str, object]:
     return {"diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000, **overrides}
 
 
-def create_run(client: TestClient | httpx.Client, task: str = "hopper-medium-v2", **config: object) -> dict:
-    r = client.post("/api/runs", json={"task": task, "name": None, "config": small_config(**config)})
+def create_run(client: TestClient | httpx.Client, task: str = "hopper-medium-v2", paper: bool = False,
+               **config: object) -> dict:
+    """Queue a tiny run, or one at the paper's settings (`paper`) for what is compared with the paper."""
+    r = client.post("/api/runs", json={"task": task, "name": None, "config": config if paper else small_config(**config)})
     assert r.status_code == 201, r.text
     return r.json()
 

@@ -45,8 +45,13 @@ def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server
 
     page.click("text=Compare, coloured by sampling_steps")
     page.wait_for_selector("#compare-charts[data-ready=true]")
-    colours = page.evaluate("document.getElementById('compare-score').data"
-                            ".filter(t => !t.name.startsWith('reference')).map(t => t.marker.color)")
+    score_colours = ("document.getElementById('compare-score').data"
+                     ".filter(t => !t.name.startsWith('reference') && t.meta !== 'band').map(t => t.marker.color)")
+    colours = page.evaluate(score_colours)
+    assert len(colours) == 3 and len(set(colours)) == 3, "a value's two seeds are one group, one colour each"
+    page.uncheck("#compare-grouped")
+    page.wait_for_function("!document.getElementById('compare-score').data.some(t => t.meta === 'band')")
+    colours = page.evaluate(score_colours)
     assert len(colours) == 6 and len(set(colours)) == 3, "one colour per value, shared by its two seeds"
     assert page.errors == []
 

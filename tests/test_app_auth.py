@@ -18,7 +18,7 @@ from app.settings import settings_from_env
 # The only routes reachable without credentials. Adding a route without auth fails
 # test_every_route_needs_credentials unless it is listed here on purpose.
 PUBLIC = {("GET", "/healthz"), ("GET", "/login"), ("POST", "/login")}
-PUBLIC_MOUNTS = {"/static"}
+PUBLIC_MOUNTS = {"/static", "/vendor/swagger-ui"}
 
 
 @pytest.fixture
@@ -72,6 +72,7 @@ def test_public_routes(anon) -> None:
     assert anon.get("/healthz").status_code == 200
     assert anon.get("/login").status_code == 200
     assert anon.get("/static/style.css").status_code == 200
+    assert anon.get("/vendor/swagger-ui/swagger-ui-bundle.js").status_code == 200
 
 
 def test_browser_without_session_is_sent_to_login(anon) -> None:

@@ -83,6 +83,10 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     page.click("#compare-selected")
     page.wait_for_selector("#compare-charts[data-ready=true]")
     assert page.url.endswith(f"/compare?runs={first},{second}")
+    # two seeds of one config are drawn as one band by default: each run, unsmoothed, here
+    page.eval_on_selector("#compare-smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
+    page.uncheck("#compare-grouped")
+    page.wait_for_function("!document.getElementById('compare-loss').data.some(t => t.meta === 'band')")
 
     traces = page.evaluate("['loss', 'invdyn', 'score'].map(id => document.getElementById('compare-' + id).data"
                            ".map(t => ({name: t.name, n: t.x.length, color: t.line && t.line.color,"
@@ -175,4 +179,71 @@ def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServ
     page.wait_for_url(f"{live_server.url}/")
     with live_server.client() as api:
         assert api.get(f"/api/runs/{rid}").status_code == 404
+    assert page.errors == []
+
+
+def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: LiveServer) -> None:  # noqa: F811
+    """Three seeds of one config are one mean line and min–max band (± s.e. on request, each run
+    when untoggled) beside a run of another config; the x axis fits their 1,200 steps, the 86k-step
+    reference is clipped to them; log axis, y titles, smoothing, wall time and stage marks."""
+    task = "halfcheetah-medium-expert-v2"
+    with live_server.client() as api:
+        r = api.post("/api/sweeps", json={"name": "short", "tasks": [task], "seeds": [0, 1, 2], "variants": ["R1"],
+                                          "config": {"diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200}})
+        assert r.status_code == 201, r.text
+        other = api.post("/api/runs", json={"task": task, "name": "small batch", "config": {
+            "diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200, "batch_size": 64}}).json()["id"]
+        wid = register(api)
+        ids = []
+        for k in range(4):
+            got = api.post(f"/api/workers/{wid}/claim").json()
+            rid, a = got["run_id"], {"attempt": got["attempt"]}
+            ids.append(rid)
+            points = [{"key": key, "step": s, "value": (k + 1) * 0.1 * 0.998 ** s, "wall_time": 1.7e9 + 2 * s}
+                      for s in range(100, 1201, 100) for key in ("loss0", "loss1", "loss2", "invdyn_loss")]
+            _post(api, f"/api/runs/{rid}/metrics", {**a, "points": points})
+            _post(api, f"/api/runs/{rid}/evaluations", {**a, "step": 1200, "kind": "quick", "variant": "R1",
+                                                         "score_mean": 30.0 + k, "score_std": 1.0, "returns": [1.0],
+                                                         "scores": [30.0 + k], "n_envs": 1, "n_episodes": 1})
+        _post(api, f"/api/runs/{ids[0]}/events", {"attempt": 1, "level": "info",
+                                                  "message": "training resumed from step 200 (local checkpoint), to step 1200"})
+    seeds = [i for i in ids if i != other]
+    page = _login(browser, live_server)
+    page.goto(f"{live_server.url}/compare?runs={','.join(map(str, ids))}")
+    page.wait_for_selector("#compare-charts[data-ready=true]")
+    page.eval_on_selector("#compare-smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
+    loss = "document.getElementById('compare-loss')"
+    traces = page.evaluate(f"{loss}.data.map(t => ({{name: t.name, x: t.x, y: t.y, fill: t.fill || null, meta: t.meta || null}}))")
+    means = [t for t in traces if t["meta"] == "mean"]
+    bands = [t for t in traces if t["meta"] == "band"]
+    assert len(means) == 3 and len(bands) == 6, [t["name"] for t in traces]  # one group × three level keys
+    assert all("mean, band min–max over the runs" in t["name"] for t in means)
+    assert [t["fill"] for t in bands].count("tonexty") == 3
+    mean0 = next(t for t in means if t["name"].endswith("loss0 — mean, band min–max over the runs"))
+    assert mean0["x"][0] == 100 and mean0["y"][0] == pytest.approx(0.2 * 0.998 ** 100)  # (0.1 + 0.2 + 0.3) / 3
+    low0 = next(t for t in bands if t["name"].startswith(mean0["name"].split(" — ")[0]) and not t["fill"])
+    assert low0["y"][0] == pytest.approx(0.1 * 0.998 ** 100)
+    assert sum(1 for t in traces if t["meta"] is None and t["name"].startswith(f"#{other}")) == 3, "its own lines"
+
+    layout = page.evaluate(f"(() => {{ const l = {loss}._fullLayout; return {{x: l.xaxis.range, y: l.yaxis.type,"
+                           " title: l.yaxis.title.text, notes: l.annotations.map(a => a.text),"
+                           " shapes: l.shapes.map(s => [s.x0, s.line.dash])}; })()")
+    assert layout["x"][1] < 1250 and layout["y"] == "log" and layout["title"] == "flow MSE (normalised units)"
+    assert layout["shapes"] == [[200, "dot"]] and layout["notes"] == [f"#{seeds[0]} resumed from step 200"]
+    [reference] = page.evaluate("document.getElementById('compare-score').data.filter(t => t.name.startsWith("
+                                "'reference')).map(t => ({x: t.x, name: t.name}))")
+    assert 1000 in reference["x"] and max(reference["x"]) <= 1250 and "clipped to the runs' steps" in reference["name"]
+    score_range = page.evaluate("document.getElementById('compare-score')._fullLayout.xaxis.range")
+    assert score_range == layout["x"], "one x range, the runs' own"
+
+    page.select_option("#compare-band", "sem")
+    page.wait_for_function(f"{loss}.data.some(t => t.name.includes('± s.e.'))")
+    page.uncheck("#compare-grouped")
+    page.wait_for_function(f"!{loss}.data.some(t => t.meta === 'band')")
+    assert page.evaluate(f"{loss}.data.length") == 4 * 3
+    page.select_option("#compare-x", "wall")
+    page.wait_for_function(f"{loss}._fullLayout.xaxis.title.text.includes('since the run')")
+    assert page.evaluate(f"Math.max(...{loss}.data[0].x)") == pytest.approx(2200 / 60)  # minutes since its first point
+    page.uncheck("#compare-log-y")
+    page.wait_for_function(f"{loss}._fullLayout.yaxis.type === 'linear'")
     assert page.errors == []

@@ -133,11 +133,16 @@ def _open_run(page, server: LiveServer, rid: int) -> None:
     page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout)")
 
 
-def _tensorboard_smoothing(values: list[float], weight: float) -> list[float]:
-    last, out = 0.0, []
-    for n, v in enumerate(values, 1):
-        last = last * weight + (1 - weight) * v
-        out.append(last / (1 - weight ** n))
+def _smoothing(steps: list[int], values: list[float], weight: float) -> list[float]:
+    """dashboard.js's smoothing: TensorBoard's debiased moving average, its weight applying
+    per 1/1000 of the series' step span instead of per point (W&B's time-weighted EMA)."""
+    per_step = 1000 / (steps[-1] - steps[0])
+    total = norm = 0.0
+    out = []
+    for i, v in enumerate(values):
+        decay = weight ** ((steps[i] - steps[i - 1]) * per_step) if i else 0.0
+        total, norm = total * decay + v, norm * decay + 1
+        out.append(total / norm)
     return out
 
 
@@ -173,7 +178,7 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
                                ".map(t => ({name: t.name, y: t.y, opacity: t.opacity}))")
         assert [t["name"] for t in traces] == ["invdyn_loss (raw)", "invdyn_loss"] and traces[0]["opacity"] < 0.5
         assert traces[0]["y"] == LOSS
-        assert traces[1]["y"] == pytest.approx(_tensorboard_smoothing(LOSS, 0.6), rel=1e-12)
+        assert traces[1]["y"] == pytest.approx(_smoothing(list(range(60)), LOSS, 0.6), rel=1e-12)
         assert traces[1]["y"][0] == pytest.approx(LOSS[0]), "bias-corrected: no start-up pull toward 0"
         page.eval_on_selector("#smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
         assert page.evaluate("document.getElementById('chart-invdyn').data.map(t => t.name)") == ["invdyn_loss"]
@@ -280,12 +285,21 @@ def test_clone_and_edit_starts_a_new_run_from_this_ones_config(browser, live_ser
         page.wait_for_selector("#clone-note")
         assert page.input_value("#f-batch_size") == "64"
         page.fill("#f-seed", "7")
+        page.fill("#f-batch_size", "0")
+        page.select_option("#f-on_nonfinite", "continue")
+        page.click("#new-run button[type=submit]")
+        page.wait_for_selector("#form-error:not([hidden])")
+        summary = page.locator("#new-run .submit-row #form-error")
+        assert summary.inner_text().startswith("1 setting needs a fix: batch_size")
+        assert summary.locator("a").get_attribute("href") == "#f-batch_size"
+        assert page.get_attribute("#f-batch_size", "aria-invalid") == "true"
+        page.fill("#f-batch_size", "64")
         page.click("#new-run button[type=submit]")
         page.wait_for_url(lambda url: "/runs/new" not in url and f"/runs/{rid}" not in url)
         clone = api.get(f"/api/runs/{page.url.rsplit('/', 1)[1]}").json()
         assert clone["id"] != rid and clone["task"] == "hopper-medium-v2"
         original = api.get(f"/api/runs/{rid}").json()["config"]
-        assert clone["config"] == {**original, "seed": 7}
+        assert clone["config"] == {**original, "seed": 7, "on_nonfinite": "continue"}
         assert page.errors == []
 
 
@@ -321,4 +335,85 @@ def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_se
             bar = page.locator(f"#chart-{chart} .modebar").bounding_box()
             title = page.locator(f"#chart-{chart}").locator("xpath=..").locator("figcaption").bounding_box()
             assert bar and title and (bar["y"] >= title["y"] + title["height"] or bar["x"] >= title["x"] + title["width"]), chart
+        assert page.errors == []
+
+
+def _overlapping_labels(page, selector: str) -> list[tuple[str, str]]:
+    """Pairs of tick labels whose boxes overlap on screen."""
+    return page.evaluate(f"""() => {{
+        const boxes = [...document.querySelectorAll('{selector}')].map(t => [t.textContent, t.getBoundingClientRect()]);
+        const out = [];
+        for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {{
+            const [a, b] = [boxes[i][1], boxes[j][1]];
+            if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) out.push([boxes[i][0], boxes[j][0]]);
+        }}
+        return out; }}""")
+
+
+def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(browser, live_server: LiveServer) -> None:
+    """An R2 run logged every 100 steps: y titles with units, the reflow start and a resume as
+    labelled vertical lines, a default smoothing that ends on the last points (not 20-30 %
+    above them), a cosine learning rate that reaches 0 without a vertical line down the log
+    axis, log tick labels that do not collide; and a run's first logs get whole-step ticks."""
+    with live_server.client() as api:
+        rid = create_run(api, variant="R2", reflow_gradient_steps=500)["id"]
+        a = {"attempt": claim(api, register(api))["attempt"]}
+        steps = range(100, 1501, 100)
+        loss = {s: 0.5 * 0.7 ** (s / 100) * (0.01 if s > 1000 else 1) for s in steps}  # reflow: 100× lower
+        # cosine: nearly 0 at R1's end (1e-12 left), 0 after it
+        lr = {s: 2e-4 * 0.5 * (1 + math.cos(math.pi * min(s, 1000) / 1000)) or 1e-12 for s in steps}
+        lr = {s: 0.0 if s > 1000 else v for s, v in lr.items()}
+        points = [{"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s} for s in steps for k, v in (
+            ("loss0", loss[s]), ("loss1", loss[s]), ("loss2", loss[s]), ("invdyn_loss", loss[s]),
+            ("lr", lr[s]), ("steps_per_s", 3.0))]
+        points.append({"key": "score", "step": 500, "value": 40.0, "wall_time": 1.7e9 + 500})
+        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
+        api.post(f"/api/runs/{rid}/events", json={**a, "level": "info", "message":
+                 "training resumed from step 400 (local checkpoint), to step 1000 on cpu"}).raise_for_status()
+        short = create_run(api)["id"]
+        b = {"attempt": claim(api, register(api, "w2"))["attempt"]}
+        api.post(f"/api/runs/{short}/metrics", json={**b, "points": [
+            {"key": "loss0", "step": 100, "value": 0.5, "wall_time": 1.7e9}]}).raise_for_status()
+        page = _login(browser, live_server)
+        _open_run(page, live_server, rid)
+
+        titles = page.evaluate("[...document.querySelectorAll('.plot')].map(d => [d.id, d._fullLayout.yaxis.title.text])")
+        assert dict(titles) == {"chart-loss": "flow MSE (normalised units)", "chart-invdyn": "action MSE ([−1, 1] actions)",
+                                "chart-score": "D4RL score (100 = expert)", "chart-lr": "learning rate (per step)",
+                                "chart-speed": "training steps/s"}
+
+        layout = page.evaluate("(() => { const l = document.getElementById('chart-loss').layout;"
+                               " return {shapes: l.shapes, notes: l.annotations.map(n => [n.text, n.x])}; })()")
+        assert [(s["name"], s["x0"], s["yref"]) for s in layout["shapes"]] == [("resume", 400, "paper"),
+                                                                                ("reflow", 1000, "paper")]
+        assert layout["notes"] == [["resumed from step 400", 400], ["reflow starts", 1000]]
+
+        drawn = page.evaluate("document.getElementById('chart-loss').data.filter(t => t.name === 'loss0' ||"
+                              " t.name === 'loss0 (raw)').map(t => ({name: t.name, y: t.y, opacity: t.opacity}))")
+        raw, smooth = drawn
+        assert raw["name"] == "loss0 (raw)" and raw["opacity"] < 0.5, "the raw line stays, faint"
+        assert smooth["y"][0] == pytest.approx(raw["y"][0]), "debiased: no start-up pull toward 0"
+        assert smooth["y"][-1] == pytest.approx(raw["y"][-1], rel=0.05), "the end sits on the last points"
+        reflow_first = list(steps).index(1100)
+        assert smooth["y"][reflow_first] == pytest.approx(raw["y"][reflow_first], rel=1e-9), "restarted at reflow"
+
+        lr_chart = page.evaluate("(() => { const d = document.getElementById('chart-lr');"
+                                 " return {y: d.data[0].y, range: d._fullLayout.yaxis.range, type: d._fullLayout.yaxis.type}; })()")
+        assert lr_chart["type"] == "log" and lr_chart["y"][list(steps).index(900)] > 0
+        assert lr_chart["y"][list(steps).index(1000):] == [None] * 6, "1e-12 and 0: gaps, not a line down the axis"
+        assert lr_chart["range"][0] >= math.log10(2e-4) - 4 - 0.2, "1e-12 leaves through the bottom edge"
+        for chart in ("loss", "lr", "invdyn"):
+            assert _overlapping_labels(page, f"#chart-{chart} .ytick text") == [], chart
+            assert page.eval_on_selector_all(f"#chart-{chart} .ytick text", "ts => ts.length") >= 2, chart
+
+        if os.environ.get("DLITE_SHOT"):
+            page.screenshot(path=os.environ["DLITE_SHOT"], full_page=True)
+        page.select_option("#x-axis", "wall")
+        page.wait_for_function("document.getElementById('chart-loss')._fullLayout.xaxis.type === 'date'")
+        wall_x = page.evaluate("document.getElementById('chart-loss').layout.shapes.map(s => typeof s.x0)")
+        assert len(wall_x) == 2, "the marks follow onto a wall-time axis"
+
+        _open_run(page, live_server, short)
+        ticks = page.eval_on_selector_all("#chart-loss .xtick text", "ts => ts.map(t => t.textContent)")
+        assert ticks and all(t.replace(",", "").isdigit() for t in ticks) and len(set(ticks)) == len(ticks), ticks
         assert page.errors == []

@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 import types
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.models import Run
 from app.services import metrics
 from app.services.dashboard import FIGURE_FILES, charts
 from app.services.events import changes_since
@@ -33,8 +35,8 @@ def browser_client(settings) -> TestClient:
         yield c
 
 
-def _running_run(client: TestClient, n: int = 20) -> tuple[int, int]:
-    rid = create_run(client)["id"]
+def _running_run(client: TestClient, n: int = 20, paper: bool = False) -> tuple[int, int]:
+    rid = create_run(client, paper=paper)["id"]
     attempt = claim(client, register(client))["attempt"]
     points = [{"key": k, "step": s, "value": 1.0 / (s + 1), "wall_time": 1e9 + s}
               for k in CHART_KEYS for s in range(n)]
@@ -62,7 +64,7 @@ def test_unknown_run_is_a_friendly_404_page(browser_client) -> None:
 
 
 def test_run_list_and_run_page_show_the_run(client, browser_client, settings) -> None:
-    rid, attempt = _running_run(client)
+    rid, attempt = _running_run(client, paper=True)
     client.post(f"/api/runs/{rid}/checklist", json={"attempt": attempt, "key": "data.ready",
                                                     "detail": "checked"}).raise_for_status()
     client.post(f"/api/runs/{rid}/evaluations", json={
@@ -81,7 +83,7 @@ def test_run_list_and_run_page_show_the_run(client, browser_client, settings) ->
 
 def test_the_run_list_compares_only_a_final_evaluation_with_the_paper(client, browser_client) -> None:
     """Quick evaluations are a few noisy episodes: shown as such, their best never called a score."""
-    rid, attempt = _running_run(client)
+    rid, attempt = _running_run(client, paper=True)
     for step, score in ((10, 40.0), (20, 95.0), (30, 60.0)):
         client.post(f"/api/runs/{rid}/evaluations", json={
             "attempt": attempt, "step": step, "kind": "quick", "score_mean": score, "score_std": 1.0,
@@ -152,6 +154,10 @@ def test_new_run_form_has_every_field_with_its_default(browser_client) -> None:
     for field in schema():
         if field["name"] != "task":
             assert f'id="f-{field["name"]}"' in page and f'id="err-{field["name"]}"' in page
+        if field.get("choices"):  # a fixed choice is a select of exactly its choices, the default picked
+            select = page.split(f'<select id="f-{field["name"]}"')[1].split("</select>")[0]
+            assert re.findall(r'<option value="([^"]+)"', select) == list(field["choices"])
+            assert f'<option value="{field["default"]}" selected>' in select
     assert 'value="5,5,9"' in page and 'value="256"' in page
 
 
@@ -377,3 +383,34 @@ def test_planning_speed_without_a_device_names_the_runs_worker(client, browser_c
     row = page.split('<tr data-variant="R1">')[1].split("</tr>")[0]
     assert "on <strong>cuda (Tesla T4)</strong>" in row and "quick evaluation, step 1,000" in row
     assert "25<br>" in row and "4 envs, 160.0 ms per decision" in row  # 4 decisions per 0.16 s
+
+
+def test_a_queued_run_says_its_place_and_what_it_waits_for(client, browser_client, settings) -> None:
+    first, second = create_run(client)["id"], create_run(client)["id"]
+    assert "#2</strong> in the queue: 1 older run first; no worker is connected" in \
+        browser_client.get(f"/runs/{second}").text
+    wid = register(client)
+    claim(client, wid)  # takes the oldest: `first` runs, the only worker is busy
+    page = browser_client.get(f"/runs/{second}").text
+    assert "#1</strong> in the queue: every connected worker is busy (1 running)" in page
+    assert "in the queue" not in browser_client.get(f"/runs/{first}").text
+    register(client)  # an idle worker seen just now
+    assert "a free worker takes the oldest queued run at its next poll" in browser_client.get(f"/runs/{second}").text
+
+
+def test_a_run_whose_worker_went_silent_says_worker_lost_and_stops_its_clock(client, browser_client, settings) -> None:
+    rid, _ = _running_run(client)
+    assert "worker lost" not in browser_client.get(f"/runs/{rid}").text
+    silent_for = settings.lease_seconds * 0.8  # past two missed heartbeats (lease / 3 apart), lease not yet out
+    with client.app.state.db.write() as session:
+        run = session.get(Run, rid)
+        run.started_at -= 600
+        run.lease_expires_at = time.time() + settings.lease_seconds - silent_for
+        session.add(run)
+    page = browser_client.get(f"/runs/{rid}").text
+    assert "⚠ worker lost" in page and "has sent no\n    heartbeat for" in page
+    expires = re.search(r"its lease expires in\s+<span class=\"num\">([^<]+)</span>", page).group(1)
+    assert expires in ("0m 11s", "0m 12s")
+    elapsed = re.search(r"elapsed <span class=\"num\">([^<]+)</span>", page).group(1)
+    assert elapsed in ("9m 11s", "9m 12s"), "the clock stops at the last heartbeat"
+    assert "ETA" not in page.split('id="run-progress"')[1].split("</p>")[0]

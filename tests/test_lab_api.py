@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from app.protocol import RESUMED, resumed_from
 from tests.app_helpers import claim, make_settings, register, small_config
 from dlite.tasks import PAPER_PLANNING_HZ, REFERENCE_CURVES, TASKS
 
@@ -30,9 +31,10 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def sweep(c: TestClient, tasks: list[str], seeds: list[int], variants: list[str] = ["R1"],
-          name: str | None = None, **config: object) -> dict:
+          name: str | None = None, base: dict = SMALL, **config: object) -> dict:
+    """Queue a sweep of `base` settings (small ones; `{}` for the paper's) with `config` changes."""
     r = c.post("/api/sweeps", json={"name": name, "tasks": tasks, "seeds": seeds, "variants": variants,
-                                    "config": {**SMALL, **config}})
+                                    "config": {**base, **config}})
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -155,7 +157,7 @@ def _expected(scores: list[float], paper_mean: float, paper_sem: float) -> tuple
 
 
 def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
-    sweep(api, ["hopper-medium-v2"], [0, 1, 2], ["R2"])
+    sweep(api, ["hopper-medium-v2"], [0, 1, 2], ["R2"], base={})
     wid = register(api)
     r1_means, r2_means = [[99.0, 101.0], [97.5, 98.5], [100.0, 100.5]], [[90.0, 92.0], [95.0, 96.0], [88.0, 90.0]]
     for r1, r2 in zip(r1_means, r2_means):
@@ -164,7 +166,7 @@ def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
         final(api, rid, att, r1, "R1", latency_ms=40.0, latency_ms_1env=12.5, n_envs=2, device="cpu")
         final(api, rid, att, r2, "R2", latency_ms=10.0, latency_ms_1env=4.0, n_envs=2, device="cpu")
         finish(api, rid, att)
-    other = sweep(api, ["walker2d-medium-v2"], [0])
+    other = sweep(api, ["walker2d-medium-v2"], [0], base={})
     rid, att = run_next(api, wid)
     final(api, rid, att, [80.0, 84.0, 82.0])
     api.post("/api/runs", json={"task": "hopper-medium-v2", "config": SMALL, "is_demo": True})
@@ -206,6 +208,51 @@ def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
     assert task.paper_r1.source in md and "hopper-medium-v2 | R1 | 0, 1, 2 (3)" in md
 
 
+def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) -> None:
+    task = TASKS["hopper-medium-v2"]
+    # one experiment: seeds, quick evaluations, logging, backups and a task-table value spelled out
+    sweep(api, ["hopper-medium-v2"], [0], base={})
+    sweep(api, ["hopper-medium-v2"], [1], base={}, eval_every=500, log_interval=10, backup_every=0,
+          target_return=task.target_return_r1, train_accel="eager")
+    small = sweep(api, ["hopper-medium-v2"], [0, 1], base={}, d_model=64, diffusion_gradient_steps=200,
+                  invdyn_gradient_steps=200, eval_every=100, log_interval=100, save_interval=100)
+    wid = register(api)
+    for scores in ([99.0, 101.0], [97.0, 99.0], [50.0, 52.0], [60.0, 62.0]):
+        rid, att = run_next(api, wid)
+        final(api, rid, att, scores, latency_ms=10.0, latency_ms_1env=5.0, device="cpu")
+        finish(api, rid, att)
+
+    paper_row, other_row = api.get("/api/results").json()["rows"]
+    assert (paper_row["n"], paper_row["seeds"], paper_row["paper_settings"]) == (2, [0, 1], True)
+    assert paper_row["settings_caption"] is None and paper_row["difference"] == pytest.approx(99.0 - task.paper_r1.mean)
+    assert paper_row["agreement"]["verdict"] in ("agrees", "close", "differs")
+    assert paper_row["planning"]["not_comparable"] is None
+    assert other_row["run_ids"] == [r["id"] for r in small["runs"]] and other_row["paper_settings"] is False
+    caption = ("not the paper's settings: d_model 64 (paper 256), diffusion_gradient_steps 200 (paper 1,000,000), "
+               "invdyn_gradient_steps 200 (paper 1,000,000)")
+    assert other_row["settings_caption"] == caption and other_row["difference"] is None
+    assert other_row["agreement"] == {"verdict": "not compared",
+                                      "text": f"{caption}; no agreement or difference is claimed"}
+    assert other_row["planning"]["not_comparable"] == "a different planner from the paper's: d_model 64 (paper 256)"
+
+    md = api.get("/api/results.md").text
+    rows = [line for line in md.splitlines() if line.startswith("| hopper-medium-v2 | R1 |")]
+    assert len(rows) == 2 and caption in rows[1] and "| – |" in rows[1] and "not comparable: " in rows[1]
+    assert "not the paper" not in rows[0] and f"{99.0 - task.paper_r1.mean:+.1f}" in rows[0]
+
+    browser = TestClient(api.app, follow_redirects=False)
+    token = api.headers["Authorization"].split()[1]
+    assert browser.post("/login", data={"token": token, "next": "/"}).status_code == 303
+    page = browser.get("/results").text
+    assert page.count('data-paper-settings="no"') == 1 and page.count('data-paper-settings="yes"') == 1
+    assert "d_model 64 (paper 256)" in page and "verdict-not-compared" in page
+    run_page = browser.get(f"/runs/{small['runs'][0]['id']}").text
+    assert "none: not the paper&#39;s settings: d_model 64 (paper 256)" in run_page
+    assert "not comparable: a different planner from the paper&#39;s: d_model 64" in run_page
+    listing = browser.get("/").text
+    assert listing.count(">other settings</span>") == 2
+
+
 def test_runs_list_pages_filters_and_sorts(api) -> None:
     ids = [api.post("/api/runs", json={"task": t, "name": f"run-{i}", "config": SMALL}).json()["id"]
            for i, t in enumerate(["hopper-medium-v2", "walker2d-medium-v2"] * 4)]
@@ -226,6 +273,18 @@ def test_runs_list_pages_filters_and_sorts(api) -> None:
     assert api.get("/api/runs", params={"archived": "include"}).headers["x-total-count"] == "8"
     assert api.get("/api/runs", params={"sort": "best"}).status_code == 422
     assert api.get("/api/runs", params={"limit": 0}).status_code == 422
+
+
+def test_a_run_is_created_with_tags_bounded_as_patch_bounds_them(api) -> None:
+    run = api.post("/api/runs", json={"task": "hopper-medium-v2", "config": SMALL, "tags": [" a ", "b", "a", ""]})
+    assert run.status_code == 201 and run.json()["tags"] == ["a", "b"]
+    assert api.get("/api/runs", params={"tag": "b"}).json()[0]["id"] == run.json()["id"]
+    assert api.post("/api/runs", json={"task": "hopper-medium-v2", "config": SMALL}).json()["tags"] == []
+    for bad in (["a,b"], ["x" * 41], [str(i) for i in range(21)], "a", [1]):
+        r = api.post("/api/runs", json={"task": "hopper-medium-v2", "config": SMALL, "tags": bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][:2] == ["body", "tags"], bad
+        assert api.patch(f"/api/runs/{run.json()['id']}", json={"tags": bad}).status_code == 422, bad
+    assert len(api.get("/api/runs").json()) == 2
 
 
 def test_tags_note_archive_and_delete(api) -> None:
@@ -316,3 +375,52 @@ def test_compare_and_chart_data_as_csv_and_json(api) -> None:
     assert api.get("/api/compare", params={"runs": ",".join(str(i) for i in range(1, 14))}).status_code == 422
     assert api.get(f"/api/runs/{a}/charts/loss.xml").status_code == 422
     json.dumps(data)  # the whole comparison is plain JSON
+
+
+def test_compare_groups_the_runs_that_differ_only_by_seed(api) -> None:
+    """Seeds, names and backup settings may differ within a group (paper_settings.fingerprint,
+    the results table's rule); any other setting, or the task, makes another group."""
+    seeds = [r["id"] for r in sweep(api, ["hopper-medium-v2"], [0, 1, 2])["runs"]]
+    backed_up = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": "mine", "config": {
+        **SMALL, "seed": 5, "hub_repo": "user/results"}}).json()["id"]
+    other_lr = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": None, "config": {
+        **SMALL, "seed": 0, "batch_size": 64}}).json()["id"]
+    other_task = sweep(api, ["walker2d-medium-v2"], [0])["runs"][0]["id"]
+    ids = [*seeds, backed_up, other_lr, other_task]
+    data = api.get("/api/compare", params={"runs": ",".join(map(str, ids))}).json()
+    groups = data["groups"]
+    assert [g["run_ids"] for g in groups] == [[*seeds, backed_up], [other_lr], [other_task]]
+    assert [g["seeds"] for g in groups] == [[0, 1, 2, 5], [0], [0]]
+    assert [r["group"] for r in data["runs"]] == [0, 0, 0, 0, 1, 2]
+    labels = [g["label"] for g in groups]
+    assert labels[0] == "hopper-medium-v2 R1 · batch_size=256 (4 runs)", labels
+    assert labels[1] == "hopper-medium-v2 R1 · batch_size=64 (1 run)"
+    assert labels[2].startswith("walker2d-medium-v2 R1") and "seed" not in labels[2]
+
+
+def test_stage_marks_say_where_reflow_started_and_where_an_attempt_resumed(api) -> None:
+    """The reflow mark (at R1's last step, once reflow has logged; its wall time that point's)
+    and one mark per resume event the worker writes (app.protocol.resumed_from), not the
+    checklist's echo of it; both on the run's charts and in the comparison."""
+    rid = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": None, "config": {
+        **SMALL, "variant": "R2", "reflow_gradient_steps": 500}}).json()["id"]
+    wid = register(api)
+    _, attempt = run_next(api, wid)
+    a = {"attempt": attempt}
+    points = [{"key": "loss0", "step": s, "value": 1.0, "wall_time": 1000.0 + s} for s in range(100, 1001, 100)]
+    assert api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).status_code == 200
+    assert api.get(f"/api/runs/{rid}/charts").json()["marks"] == [], "no reflow point yet: no reflow mark"
+    how = resumed_from(400, "local checkpoint")
+    assert RESUMED.match(f"training {how}, to step 1000 on cpu").group(1) == "400"
+    for message in (f"training {how}, to step 1000 on cpu", "training started fresh, to step 1000 on cpu"):
+        assert api.post(f"/api/runs/{rid}/events", json={**a, "level": "info", "message": message}).status_code == 200
+    assert api.post(f"/api/runs/{rid}/checklist", json={**a, "key": "train.start", "detail": how}).status_code == 200
+    reflow = [{"key": "loss0", "step": s, "value": 0.01, "wall_time": 5000.0 + s} for s in (1100, 1200)]
+    assert api.post(f"/api/runs/{rid}/metrics", json={**a, "points": reflow}).status_code == 200
+    marks = api.get(f"/api/runs/{rid}/charts").json()["marks"]
+    assert [(m["kind"], m["step"], m["label"]) for m in marks] == [
+        ("resume", 400, "resumed from step 400"), ("reflow", 1000, "reflow starts")]
+    assert marks[1]["wall_time"] == 6100.0 and isinstance(marks[0]["wall_time"], float)
+    compared = api.get("/api/compare", params={"runs": str(rid)}).json()
+    assert compared["runs"][0]["marks"] == marks
+    assert compared["charts"]["loss"]["y_title"] and compared["charts"]["score"]["y_title"]

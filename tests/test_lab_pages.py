@@ -33,7 +33,7 @@ def test_runs_page_pages_filters_and_keeps_its_filters_live(client, browser_clie
 
 
 def test_sweeps_results_and_compare_pages(client, browser_client) -> None:  # noqa: F811
-    s = sweep(client, ["hopper-medium-v2"], [0, 1], name="pages")
+    s = sweep(client, ["hopper-medium-v2"], [0, 1], name="pages", base={})
     wid = register(client)
     ids = []
     for scores in ([98.0, 100.0], [96.0, 97.0]):
@@ -82,7 +82,7 @@ def test_score_figure_marks_quick_and_final_evaluations_and_draws_the_reference(
 
 
 def test_run_page_shows_an_r2_runs_r1_and_r2_finals_each_against_its_paper_number(client, browser_client) -> None:  # noqa: F811
-    s = sweep(client, ["walker2d-medium-replay-v2"], [0], ["R2"])
+    s = sweep(client, ["walker2d-medium-replay-v2"], [0], ["R2"], base={})
     rid, att = run_next(client, register(client))
     final(client, rid, att, [80.0, 82.0], "R1")
     final(client, rid, att, [70.0, 74.0, 72.0], "R2")

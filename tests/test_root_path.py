@@ -117,6 +117,24 @@ def test_docs_and_openapi_name_the_prefix(lab) -> None:
     assert servers == ([{"url": proxy.root}] if proxy.root else None)
 
 
+def test_docs_load_swagger_ui_from_this_server_under_the_prefix(lab) -> None:
+    """Offline, and nothing leaves the machine: every URL the page names is the server's own,
+    and its assets are served, without a session, as what they are."""
+    proxy, _ = lab
+    page = proxy.get(f"{proxy.root}/docs").text
+    urls = [v for _, v in URL_ATTRIBUTE.findall(page)] + re.findall(r"url: '([^']*)'", page)
+    assert "://" not in page and "//" not in "".join(urls) and len(urls) == 4, urls
+    assert all(u.startswith(f"{proxy.root}/") for u in urls), urls
+    anon = Proxy(TestClient(proxy.client.app, follow_redirects=False), proxy.root, proxy.form)
+    kinds = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon.png": "image/png"}
+    assert {u.rsplit("/", 1)[1] for u in urls} == {*kinds, "openapi.json"}
+    for name, kind in kinds.items():
+        r = anon.get(f"{proxy.root}/vendor/swagger-ui/{name}")
+        assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == kind, name
+    assert anon.get(f"{proxy.root}/docs").status_code == 303  # the page itself still wants the login
+    assert anon.get(f"{proxy.root}/api/openapi.json").status_code == 401
+
+
 def test_redirects_keep_the_prefix_and_the_page_asked_for(lab) -> None:
     proxy, _ = lab
     root = proxy.root

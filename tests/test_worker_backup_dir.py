@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from app.main import create_app
 from tests.app_helpers import claim, create_run, register, start_server, stop_server, wait_for
 from tests.fake_hub import FakeTime
 from tests.test_worker_e2e import TASK, tiny_run_config
@@ -256,3 +258,53 @@ def test_keep_local_never_deletes_a_checkpoint_a_backup_still_reads(tiny_hdf5: P
     assert queue.in_use() == set()
     trainer.fit(until=50)
     assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000050.pt"], "then it goes"
+
+
+def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(client, tmp_path: Path,
+                                                                              settings) -> None:
+    """The run page offers what this machine can serve (a verified backup-folder copy), a Hub
+    link for a Hub copy, and says so when only the worker's disk has one; nothing else is served."""
+    from dlite.files import file_sha256
+
+    rid = create_run(client, backup_dir=str(tmp_path / "dl"))["id"]
+    claim(client, register(client))
+    folder = tmp_path / "dl" / "runs" / "x" / "checkpoints"
+    folder.mkdir(parents=True)
+    saved = folder / "ckpt_00000500.pt"
+    saved.write_bytes(os.urandom(4096))
+    (tmp_path / "secret.txt").write_text("not a checkpoint")
+    sha256, size = file_sha256(saved)
+
+    def post(step: int, **fields: object) -> None:
+        body = {"attempt": 1, "step": step, "size": size, "sha256": sha256, "backup_state": "hub", **fields}
+        assert client.post(f"/api/runs/{rid}/checkpoints", json=body).status_code == 200
+
+    post(500, hub_url=saved.as_uri())
+    post(600, hub_url=(tmp_path / "secret.txt").as_uri())  # not named as its checkpoint: never served
+    post(700, hub_url="https://huggingface.co/user/r/resolve/main/ckpt_00000700.pt")
+    post(800, backup_state="local")
+    worker_disk = tmp_path / "work" / "ckpt_00000900.pt"  # the worker's own file, on this machine
+    worker_disk.parent.mkdir()
+    worker_disk.write_bytes(saved.read_bytes())
+    post(900, backup_state="local", local_url=worker_disk.as_uri())
+    post(1000, backup_state="local", local_url=worker_disk.as_uri())  # another step's name: never served
+    got = client.get(f"/api/runs/{rid}/checkpoints/500/file")
+    assert got.status_code == 200 and got.content == saved.read_bytes()
+    assert got.headers["x-checkpoint-sha256"] == sha256 and "ckpt_00000500.pt" in got.headers["content-disposition"]
+    downloads = {c["step"]: c["download"] for c in client.get(f"/api/runs/{rid}").json()["checkpoints"]}
+    assert downloads == {500: "server", 600: "worker", 700: "hub", 800: "worker", 900: "server", 1000: "worker"}
+    assert client.get(f"/api/runs/{rid}/checkpoints/900/file").content == saved.read_bytes()
+    post(900, pruned=True)  # keep_local deleted the worker's file: a file there now is not it
+    for step, why in ((600, "only the worker's disk"), (700, "from the Hub"), (800, "only the worker's disk"),
+                      (900, "only the worker's disk"), (1000, "only the worker's disk"),
+                      (1100, "no checkpoint at step 1100")):
+        r = client.get(f"/api/runs/{rid}/checkpoints/{step}/file")
+        assert r.status_code == 404 and why in r.json()["detail"], step
+    saved.write_bytes(os.urandom(4096))  # changed since it was saved: not the checkpoint any more
+    r = client.get(f"/api/runs/{rid}/checkpoints/500/file")
+    assert r.status_code == 404 and "differs from the saved checkpoint" in r.json()["detail"]
+    with TestClient(create_app(settings)) as anon:
+        assert anon.get(f"/api/runs/{rid}/checkpoints/500/file").status_code == 401
+    page = client.get(f"/runs/{rid}").text
+    assert f'href="/api/runs/{rid}/checkpoints/500/file" download' in page and sha256[:12] in page
+    assert "⇣ from the Hub" in page and page.count("on the worker only") == 4

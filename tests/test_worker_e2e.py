@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import subprocess
 import sys
@@ -53,7 +54,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> None:
     server = start_server(tmp_path / "server")
-    worker = start_worker(server, tmp_path / "w1", dataset_cache)
+    worker = start_worker(server, tmp_path / "w1", dataset_cache, DLITE_SYSTEM_METRICS_SECONDS="1")
     try:
         api = server.client()
         run_id = create(api, 200)
@@ -66,10 +67,20 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
                 "eval.done", "eval.score"} <= done
         assert "smoke.backup" not in done, "no Hub repo configured: must not be ticked"
         assert {c["step"] for c in run["checkpoints"]} >= {150, 200}
+        newest = max(run["checkpoints"], key=lambda c: c["step"])  # on this machine: the server serves it
+        assert newest["download"] == "server" and newest["local_url"].startswith("file:///")
+        got = api.get(f"/api/runs/{run_id}/checkpoints/{newest['step']}/file")
+        assert got.status_code == 200 and hashlib.sha256(got.content).hexdigest() == newest["sha256"]
         final = [e for e in run["evaluations"] if e["kind"] == "final"]
         assert len(final) == 1 and len(final[0]["returns"]) == 2
         assert any(e["kind"] == "quick" and e["step"] == 100 for e in run["evaluations"])
         assert loss_steps(api, run_id) == list(range(10, 201, 10))
+        system = api.get(f"/api/runs/{run_id}/system").json()["series"]
+        assert system["system/cpu_percent"]["total"] >= 2 and "system/gpu_util_percent" not in system
+        assert any("gpu_util_percent" in m and "none: the run uses cpu" in m for m in
+                   (e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()))
+        lines = [c["text"] for c in api.get(f"/api/runs/{run_id}/console").json()]
+        assert any("final normalised score" in line for line in lines), "the worker's log reaches the console"
         figure = f"/api/runs/{run_id}/figures/normalized_score.png"
         wait_for(lambda: api.get(figure).status_code == 200, 30, "the figures written after evaluation")
         assert api.get(figure).headers["content-type"] == "image/png"

@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import httpx
 
+from app.protocol import SYSTEM_PREFIX
+
 from app.protocol import EvaluationRequest, MetricPointIn
 from tests.app_helpers import (ROOT, LiveServer, claim, create_run, register, start_server, stop_server,
                                subprocess_env, wait_for)
@@ -50,7 +52,7 @@ def port_of(server: LiveServer) -> int:
 def points_held(api: httpx.Client, run_id: int, upto: int, every: int) -> tuple[int, int]:
     """(points logged, points the server holds) over the training series, for the report."""
     series = api.get(f"/api/runs/{run_id}/export").json()["metrics"]
-    keys = [k for k in series if k != "score"]
+    keys = [k for k in series if k != "score" and not k.startswith(SYSTEM_PREFIX)]  # system samples: by time
     held = sum(len(series[k]) for k in keys)
     return len(keys) * (upto // every), held
 

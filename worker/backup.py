@@ -16,7 +16,6 @@ falls back to the previous checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from dlite.checkpoint_names import checkpoint_name
+from dlite.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +86,6 @@ def redact(text: str) -> str:
     if len(token) >= 8:  # whatever its shape, the token this worker holds is never shown
         text = text.replace(token, "***")
     return _TOKEN.sub("hf_***", text)
-
-
-def file_sha256(path: Path) -> tuple[str, int]:
-    """sha256 hex digest and size of a file, read in 1 MiB chunks."""
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
 
 
 def _relative(path: str) -> str:

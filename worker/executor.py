@@ -19,11 +19,12 @@ from typing import Callable
 
 import torch
 
-from app.protocol import (CHECKLIST_KEYS, ChecklistRecord, ClaimResponse, EvaluationRequest, metric_point,
-                          plural)
+from app.protocol import (CHECKLIST_KEYS, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse, EvaluationRequest,
+                          metric_point, plural, resumed_from)
 from dlite import checkpoint, device_check
 from dlite.config import Config, ConfigError, from_dict
 from dlite.d4rl import DatasetError, cache_dir
+from dlite.files import file_sha256
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
@@ -34,11 +35,13 @@ from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
 from dlite.train import LogRecord, Trainer
 from worker.client import ServerClient, ServerUnavailable
 from worker.heartbeat import Heartbeat
-from worker.backup import (METRICS_FILE, BackupError, BackupQueue, BackupSchedule, BackupTarget, file_sha256,
+from worker.backup import (METRICS_FILE, BackupError, BackupQueue, BackupSchedule, BackupTarget,
                            redact)
 from worker.backup_dir import DirectoryBackup
+from worker.console import ConsoleCapture
 from worker.hub import HubBackup
 from worker.outbox import Outbox
+from worker.system_metrics import Sampler, SystemMonitor, interval_s
 
 log = logging.getLogger(__name__)
 EVALUATION_FIELDS = tuple(name for name in EvaluationRequest.model_fields if name != "attempt")
@@ -130,6 +133,8 @@ class RunExecutor:
         self.pruned: set[int] = set()
         self.diverged: str | None = None
         self.warned_nonfinite = False
+        self.console = ConsoleCapture(partial(self.outbox.post, "console"))
+        self.monitor: SystemMonitor | None = None
 
     def _target_factory(self, hub_factory: HubFactory | None) -> TargetFactory | None:
         """Where the run backs up: its backup_dir, else its hub_repo (the default), else nowhere."""
@@ -150,6 +155,25 @@ class RunExecutor:
 
     def stage(self, name: str) -> None:
         self.outbox.post("stage", {"stage": name})
+
+    def _start_reporting(self) -> None:
+        """The console and the system metrics, for as long as the run is this worker's."""
+        self.console.attach()
+        interval = interval_s()
+        sampler = Sampler(self.device, self.run_dir)
+        self.monitor = SystemMonitor(sampler, self.outbox.metrics, interval)
+        self.monitor.start()
+        reasons: dict[str, list[str]] = {}
+        for key, why in sampler.missing.items():
+            reasons.setdefault(why, []).append(key.removeprefix(SYSTEM_PREFIX))
+        self.event(f"system metrics every {interval:g} s" + "".join(
+            f"; {', '.join(keys)}: {why}" for why, keys in reasons.items()))
+
+    def _stop_reporting(self) -> None:
+        """Before the run's last write: the server refuses writes to a finished run."""
+        if self.monitor:
+            self.monitor.stop()
+        self.console.detach()
 
     def lost(self) -> bool:
         return self.heartbeat.lost.is_set() or self.outbox.lost.is_set()
@@ -198,7 +222,7 @@ class RunExecutor:
         sha256, size = file_sha256(path)
         self.hashes[step] = (sha256, size)
         self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "backup_state": "local",
-                                         "pruned": False})
+                                         "pruned": False, "local_url": path.absolute().as_uri()})
         self._report_pruned()
 
     def _report_pruned(self) -> None:
@@ -246,6 +270,7 @@ class RunExecutor:
     # -- stages ----------------------------------------------------------
     def run(self) -> str:
         """Runs every stage; returns the final status sent (or 'stopped' / 'lost')."""
+        self._start_reporting()
         try:
             data = self.stage_data()
             self.stage_check(data)
@@ -269,6 +294,7 @@ class RunExecutor:
         finally:
             self.heartbeat.stop()
             self._drain_backups()
+            self._stop_reporting()
             self.outbox.close(timeout=60)
 
     def _drain_backups(self) -> None:
@@ -279,6 +305,7 @@ class RunExecutor:
     def finish(self, status: str, error: str | None = None) -> str:
         """The run's last write: pending backups report first, as the run is closed after it."""
         self._drain_backups()
+        self._stop_reporting()
         self.outbox.post("finish", {"status": status, "error": error and redact(error)})
         return status
 
@@ -425,7 +452,7 @@ class RunExecutor:
 
         resumed = trainer.resume_latest(on_skip=skipped)
         if resumed:
-            return f"resumed from step {trainer.step} (local checkpoint)"
+            return resumed_from(trainer.step, "local checkpoint")
         if self.target:
             try:
                 restored = self.target.restore_latest(self.ckpt_dir)
@@ -436,7 +463,7 @@ class RunExecutor:
                 restored = None
             if restored and trainer.resume_latest(on_skip=skipped):
                 self._replay_backup(self.ckpt_dir / METRICS_FILE, trainer.step)
-                return f"resumed from step {trainer.step} ({self.target.description})"
+                return resumed_from(trainer.step, self.target.description)
         return "started fresh"
 
     def _replay_backup(self, export: Path, upto: int, batch: int = 10_000) -> None:
@@ -449,7 +476,8 @@ class RunExecutor:
         saved = json.loads(export.read_bytes())
         series = [(key, step, float(value), wall) for name in ("metrics", "nonfinite_metrics")
                   for key, rows in saved.get(name, {}).items() for step, value, wall in rows]
-        points = [metric_point(key, step, value, wall) for key, step, value, wall in series if step <= upto]
+        points = [metric_point(key, step, value, wall) for key, step, value, wall in series
+                  if step <= upto or key.startswith(SYSTEM_PREFIX)]  # a system point's step is its second
         for i in range(0, len(points), batch):
             self.outbox.post("metrics", {"points": points[i:i + batch]})
         try:

@@ -43,8 +43,8 @@ from typing import Any
 from huggingface_hub import HfApi, get_token
 
 from app.settings import DATABASE_FILE, STATE_STATUS_FILE, TOKEN_FILE, write_token
-from dlite.files import atomic_path
-from worker.backup import BackupError, BackupTarget, file_sha256
+from dlite.files import atomic_path, file_sha256
+from worker.backup import BackupError, BackupTarget
 from worker.backup_dir import DirectoryBackup
 from worker.hub import HubBackup
 

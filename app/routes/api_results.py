@@ -8,20 +8,22 @@ from typing import Annotated, Any, Literal, Optional
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
-from app.protocol import MAX_INT
-from app.routes.params import RunId
+from app.protocol import MAX_INT, STRICT_BODY
+from app.routes.params import RunId, Tags
 from app.routes.responses import API, body, problems
 from app.services import compare, results, run_list, runs
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["results"], responses=API)
 
 SweepFilter = Annotated[Optional[int], Query(ge=1, le=MAX_INT, description="only the runs of this sweep")]
-RunIds = Annotated[str, Query(alias="runs", max_length=400, description="run ids separated by commas, e.g. 3,7")]
+RunIds = Annotated[str, Query(alias="runs", max_length=400, json_schema_extra={"pattern": compare.IDS_PATTERN},
+                              description=f"1 to {compare.MAX_COMPARED} run ids separated by commas, e.g. 3,7")]
+"""Checked by compare.parse_ids, whose 422 says what is wrong; the pattern states the same rules."""
 MaxPoints = Annotated[int, Query(ge=4, le=200_000, description="points per series at most (min/max downsampled)")]
 Format = Literal["csv", "json"]
 
@@ -104,10 +106,9 @@ def metric_history(run_id: RunId, db: Database = Depends(get_db)) -> StreamingRe
 
 
 class RunLabels(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_BODY
 
-    tags: Optional[list[Annotated[str, Field(max_length=run_list.MAX_TAG_LENGTH, pattern=r"^[^,]*$")]]] = Field(
-        None, max_length=run_list.MAX_TAGS, description="replaces the run's tags (no commas)")
+    tags: Optional[Tags] = Field(None, description="replaces the run's tags")
     note: Optional[str] = Field(None, max_length=10_000, description="free text; empty removes it")
     archived: Optional[bool] = Field(None, description="archived runs are hidden from the runs list by default")
 

@@ -6,18 +6,19 @@ from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field, field_validator
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
-from app.protocol import SHORT_TEXT
-from app.routes.params import RunId, Since
+from app.protocol import SHORT_TEXT, STRICT_BODY
+from app.routes.params import RunId, Since, Step, Tags
 from app.routes.responses import API, body, problems
 from app.routes.run_list_query import RunListQuery
-from app.services import NotFound, dashboard, figures, metrics, run_list, runs
+from app.services import NotFound, checkpoint_files, console, dashboard, figures, metrics, run_list, runs, system_metrics
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
+from app.services.stage_marks import stage_marks
 from app.urls import url
 from dlite.config import FIELDS, schema
 from dlite.config import json_schema as config_json_schema
@@ -27,13 +28,22 @@ router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["ru
 
 
 class CreateRun(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = STRICT_BODY
 
     task: str = Field(max_length=SHORT_TEXT, json_schema_extra={"enum": list(TASKS)})
     name: Optional[str] = Field(None, max_length=SHORT_TEXT)
-    config: dict[str, Any] = Field({}, max_length=len(FIELDS), json_schema_extra=config_json_schema(),
+    config: dict[str, Any] = Field({}, max_length=len(FIELDS), json_schema_extra=config_json_schema(exclude=("task",)),
                                    description="overrides of dlite's config: GET /api/config/schema lists them")
     is_demo: bool = False
+    tags: Tags = []
+
+    @field_validator("config")
+    @classmethod
+    def _task_at_the_top(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """`task` is the body's own field: one in config would be silently overridden."""
+        if "task" in config:
+            raise ValueError("set the task in the body's `task`, not in config")
+        return config
 
 
 @router.post("/runs", status_code=201)
@@ -41,6 +51,8 @@ def create_run(body: CreateRun, db: Database = Depends(get_db)) -> dict[str, Any
     """Resolve the overrides with dlite's config (ConfigError → 422 naming the field)."""
     with db.write() as session:
         run = runs.create_run(session, body.task, body.name, body.config, body.is_demo)
+        if body.tags:  # as PATCH sets them, so the streams hear of them too
+            run = run_list.update_labels(session, run, {"tags": body.tags})
         return runs.run_detail(session, run)
 
 
@@ -80,9 +92,11 @@ def get_metrics(run_id: RunId, key: Optional[str] = Query(None, max_length=SHORT
 def get_charts(run_id: RunId, max_points: int = Query(1000, ge=4, le=20_000),
                db: Database = Depends(get_db)) -> dict[str, Any]:
     """Every chart series of the run page in one request, each read from the per-block
-    extremes: a million-step run with five series answers in well under a second."""
+    extremes: a million-step run with five series answers in well under a second; and
+    `marks`, the steps where reflow started or an attempt resumed (stage_marks)."""
     with db.read() as session:
-        return {"series": dashboard.chart_data(session, runs.get_run(session, run_id), max_points)}
+        run = runs.get_run(session, run_id)
+        return {"series": dashboard.chart_data(session, run, max_points), "marks": stage_marks(session, run)}
 
 
 @router.post("/runs/{run_id}/figures", responses=problems(404))
@@ -102,11 +116,54 @@ def get_figure(run_id: RunId, name: str, request: Request) -> FileResponse:
     return FileResponse(path, media_type="image/png")
 
 
+@router.get("/runs/{run_id}/checkpoints/{step}/file", response_class=FileResponse,
+            responses={**problems(404), **body("application/octet-stream", "The checkpoint file (torch.save).")})
+def get_checkpoint_file(run_id: RunId, step: Step, db: Database = Depends(get_db)) -> FileResponse:
+    """A checkpoint this machine has a copy of (the worker's file or its backup folder's),
+    verified against the sha256 its worker recorded (also sent as `X-Checkpoint-SHA256`). A
+    Hub copy downloads from the Hub; one on another machine's disk cannot be served (404)."""
+    with db.read() as session:
+        runs.get_run(session, run_id)
+        found = [c for c in runs.checkpoints(session, run_id) if c.step == step]
+    if not found:
+        raise NotFound(f"run {run_id} has no checkpoint at step {step}")
+    path = checkpoint_files.readable_copy(found[0])
+    if path is None:
+        where = checkpoint_files.download_where(found[0])
+        raise NotFound(f"the checkpoint of step {step} is not readable here: " + (
+            "download it from the Hub" if where == "hub" else
+            "the copy on this machine differs from the saved checkpoint" if where == "server" else
+            "only the worker's disk has it (another machine); back it up to a Hub repo to download it"))
+    return FileResponse(path, media_type="application/octet-stream", filename=f"run{run_id}_{path.name}",
+                        headers={"X-Checkpoint-SHA256": found[0].sha256})
+
+
 @router.get("/runs/{run_id}/events", responses=problems(404))
 def get_events(run_id: RunId, since: Since = 0, db: Database = Depends(get_db)) -> list[dict[str, Any]]:
     with db.read() as session:
         runs.get_run(session, run_id)
         return [event_dict(e) for e in list_events(session, run_id, since)]
+
+
+@router.get("/runs/{run_id}/console", responses=problems(404))
+def get_console(run_id: RunId, limit: int = Query(console.KEEP, ge=1, le=console.KEEP),
+                db: Database = Depends(get_db)) -> list[dict[str, Any]]:
+    """The newest lines of the run's worker log, oldest first; a traceback is one entry,
+    with `summary` its exception line (`summary` and `body` are null for a single line)."""
+    with db.read() as session:
+        runs.get_run(session, run_id)
+        return dashboard.console_rows(console.newest_lines(session, run_id, limit))
+
+
+@router.get("/runs/{run_id}/system", responses=problems(404))
+def get_system_metrics(run_id: RunId, max_points: int = Query(500, ge=4, le=20_000),
+                       db: Database = Depends(get_db)) -> dict[str, Any]:
+    """The worker's system samples (CPU, RAM, disk, GPU) by key, each series as /charts
+    gives it; its `steps` are the samples' Unix seconds. A key the worker could not measure
+    (no GPU, no NVML) is absent."""
+    with db.read() as session:
+        runs.get_run(session, run_id)
+        return {"series": system_metrics.system_series(session, run_id, max_points)}
 
 
 @router.post("/runs/{run_id}/backup", status_code=202, responses=problems(404, 409))

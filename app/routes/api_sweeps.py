@@ -7,16 +7,17 @@ from typing import Annotated, Any, Literal, Optional
 
 from fastapi import APIRouter, Depends, Path
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
-from app.protocol import MAX_INT
+from app.protocol import MAX_INT, STRICT_BODY, Integer
 from app.routes.responses import API, problems
 from app.services import sweeps
 from app.services.claims import sweep_leases
 from dlite.config import FIELDS
+from dlite.config import json_schema as config_json_schema
 from dlite.tasks import TASKS
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["sweeps"], responses=API)
@@ -26,10 +27,21 @@ MAX_SEEDS = 100
 
 
 MAX_ABLATION_VALUES = 20
+OVERRIDES = config_json_schema(exclude=sweeps.SWEEP_KEYS)
+
+
+def _ablation_rules() -> dict[str, Any]:
+    """What the server checks of an ablation, as JSON Schema: none, or one per setting, whose
+    values are that setting's, which `config` leaves out, on one task."""
+    per_setting = [{"required": ["ablation"], "properties": {
+        "ablation": {"type": "object", "properties": {"setting": {"const": name},
+                                                      "values": {"items": OVERRIDES["properties"][name]}}},
+        "config": {"not": {"required": [name]}}, "tasks": {"maxItems": 1}}} for name in sweeps.ABLATION_SETTINGS]
+    return {"oneOf": [{"properties": {"ablation": {"type": "null"}}}, *per_setting]}
 
 
 class AblationBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = STRICT_BODY
 
     setting: Literal[sweeps.ABLATION_SETTINGS] = Field(  # type: ignore[valid-type]
         description="the config setting the ablation varies; the other settings stay as `config` sets them")
@@ -38,17 +50,24 @@ class AblationBody(BaseModel):
                                           "for horizons")
 
 
+SEED_MAX = 2**32 - 1
+Seed = Annotated[Integer, Field(ge=0, le=SEED_MAX),
+                 WithJsonSchema({"type": "integer", "minimum": 0, "maximum": SEED_MAX})]
+"""A sweep's seed. Its schema is spelled out: pydantic writes the bounds of a validated type
+inside a list as `ge`/`le`, which JSON Schema ignores, so the document would promise any integer."""
+
+
 class CreateSweep(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(**STRICT_BODY, json_schema_extra=_ablation_rules())
 
     name: Optional[str] = Field(None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9._-]+$",
                                 description="prefix of the runs' names (their backup folders); letters, digits, . _ -")
-    tasks: list[str] = Field(min_length=1, max_length=len(TASKS))
-    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(sweeps.PAPER_SEEDS, min_length=1,
-                                                                   max_length=MAX_SEEDS)
+    tasks: list[Annotated[str, Field(json_schema_extra={"enum": list(TASKS)})]] = Field(min_length=1,
+                                                                                         max_length=len(TASKS))
+    seeds: list[Seed] = Field(sweeps.PAPER_SEEDS, min_length=1, max_length=MAX_SEEDS)
     variants: list[Literal["R1", "R2"]] = Field(["R1"], min_length=1, max_length=2,
                                                 description="R2 runs train R1, reflow, and evaluate both")
-    config: dict[str, Any] = Field({}, max_length=len(FIELDS),
+    config: dict[str, Any] = Field({}, max_length=len(FIELDS), json_schema_extra=OVERRIDES,
                                    description="overrides shared by every run: GET /api/config/schema lists them")
     is_demo: bool = False
     ablation: Optional[AblationBody] = Field(None, description="vary one setting over values (one task only): "

@@ -21,8 +21,9 @@ from app.routes.responses import PAGE_NOT_FOUND, TO_LOGIN, body
 from app.models import Run
 from app.protocol import CHECKLIST
 from app.routes.run_list_query import RUNS_PER_PAGE, RunListQuery, run_list_page
-from app.services import NotFound, dashboard, events, figures, run_list, runs
+from app.services import NotFound, console, dashboard, events, figures, run_list, runs
 from app.services.claims import sweep_leases
+from app.services.system_metrics import SYSTEM_CHARTS
 from app.settings import Settings
 from dlite.config import schema
 from dlite.tasks import TASKS
@@ -32,6 +33,8 @@ router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"], respons
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 STAGES = (("data", "Data"), ("device", "Stage 0: device check"), ("smoke", "Stage 0: smoke test"),
           ("train", "Stage 1: training"), ("reflow", "R2: reflow"), ("eval", "Stage 2: evaluation"))
+CONSOLE_SHOWN = 200
+"""Console entries on the run page, which re-renders its panels on every change; the API has all kept."""
 GROUP_ORDER = ("task", "data", "model", "training", "planning", "reflow", "evaluation", "backup")
 
 
@@ -98,8 +101,9 @@ def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, 
             return None
         detail = runs.run_detail(session, run)
         results = dashboard.results(session, run)
-        facts = dashboard.run_facts(session, run)
+        facts = dashboard.run_facts(session, run, settings.lease_seconds)
         log = events.list_events(session, run_id, limit=500, newest_first=True)
+        lines = console.newest_lines(session, run_id, CONSOLE_SHOWN)
     items = {i["key"]: i for i in detail["checklist"]}
     stages = [(title, [items[k] for k, _ in CHECKLIST if k in items and k.split(".")[0] == stage])
               for stage, title in STAGES]
@@ -107,7 +111,8 @@ def _panels_context(db: Database, settings: Settings, run_id: int) -> dict[str, 
     backups = [c for c in detail["commands"] if c["kind"] == "backup"]
     figure_dir = figures.results_dir(settings.data_dir, run_id)
     return {"run": detail, "stages": stages, "results": results, "events": dashboard.event_rows(log), "facts": facts,
-            "planning": dashboard.planning_speed(detail["evaluations"], dashboard.device_label(facts)),
+            "console": dashboard.console_rows(lines),
+            "planning": dashboard.planning_speed(detail["evaluations"], run.config, dashboard.device_label(facts)),
             "device_check": dashboard.device_check(detail["device_check"]),
             "backup_target": runs.backup_target(detail["config"]), "no_backup_target": runs.NO_BACKUP_TARGET,
             "params": dashboard.param_rows(detail["config"]),
@@ -122,7 +127,8 @@ def run_page(run_id: int, request: Request, db: Database = Depends(get_db),
     if context is None:
         return not_found_page(request, f"There is no run {run_id}.")
     charts = [{**c, "keys": list(c["keys"])} for c in dashboard.charts(dashboard.levels([context["run"]["config"]]))]
-    return _page(request, "run.html", {**context, "charts": charts})
+    system = [{**c, "keys": list(c["keys"])} for c in SYSTEM_CHARTS]
+    return _page(request, "run.html", {**context, "charts": charts, "system_charts": system})
 
 
 @router.get("/runs/{run_id:int}/panels", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)

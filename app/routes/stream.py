@@ -5,7 +5,8 @@ processes and with SQLite alike. Each message's `id:` is the change id, so a bro
 that reconnects with Last-Event-ID (or a page that opens the stream with `?since=`
 taken from the run's `change_id`) receives exactly what it missed. Message data is
 JSON `{"type": kind, "run_id": ..., "data": {...}}`; kinds are run, metrics,
-checklist, checkpoint, evaluation, device_check and event.
+checklist, checkpoint, evaluation, device_check, event and console (new console lines:
+the run page re-reads its panels).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from app.deps import get_db, get_settings
 from app.routes.params import CommandId, RunId, WorkerId
 from app.routes.responses import API, problems
 from app.services import Conflict, claims, figures, metrics, progress, runs
+from app.services.console import append_lines
 from app.services.events import log_event
 from app.settings import Settings
 
@@ -61,8 +62,9 @@ def post_metrics(run_id: RunId, body: p.MetricsRequest, db: Database = Depends(g
         except Conflict:
             run, stale = claims.earlier_attempt_run(session, run_id, body.attempt), True
         n = metrics.upsert_points(session, run_id, (pt.model_dump() for pt in body.points), fill_only=stale)
-        if body.points and not stale:
-            progress.note_logged_step(session, run, max(pt.step for pt in body.points))
+        steps = [pt.step for pt in body.points if not pt.key.startswith(p.SYSTEM_PREFIX)]  # theirs are seconds
+        if steps and not stale:
+            progress.note_logged_step(session, run, max(steps))
         return p.MetricsResponse(accepted=n, stale=stale)
 
 
@@ -113,6 +115,14 @@ def event(run_id: RunId, body: p.EventRequest, db: Database = Depends(get_db)) -
     with db.write() as session:
         claims.fenced_run(session, run_id, body.attempt)
         log_event(session, run_id, body.level, body.message)
+        return p.Ok()
+
+
+@router.post("/runs/{run_id}/console", responses=problems(404, 409))
+def console(run_id: RunId, body: p.ConsoleRequest, db: Database = Depends(get_db)) -> p.Ok:
+    with db.write() as session:
+        run = claims.fenced_run(session, run_id, body.attempt)
+        append_lines(session, run, [line.model_dump() for line in body.lines])
         return p.Ok()
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import heapq
 import io
+import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,31 +20,40 @@ from sqlmodel import Session, col, select
 
 from app.db import Database
 from app.models import MetricNonFinite, MetricPoint, Run
+from app.protocol import MAX_INT
 from app.services import NotFound
 from app.services.dashboard import CHART_IDS, charts, levels
 from app.services.metrics import chart_series, metric_keys
+from app.services.paper_settings import NEUTRAL, fingerprint_key
 from app.services.runs import evaluations, get_run, run_summary
+from app.services.stage_marks import stage_marks
 from dlite.tasks import REFERENCE_CURVES
 
 MAX_COMPARED = 12
-SCORE = {"id": "score", "title": "Normalised score (evaluations)"}
+SCORE = {"id": "score", "title": "Normalised score (evaluations)",
+         "y_title": "D4RL score (100 = expert)"}
 COMPARED = ("loss", "invdyn", SCORE["id"])
 """The charts of the comparison page."""
 METRIC_COLUMNS = ["run_id", "run", "key", "step", "value", "wall_time"]
 SCORE_COLUMNS = ["run_id", "run", "kind", "variant", "step", "score_mean", "score_std", "n_episodes", "source"]
 
 
+RUN_ID = rf"0*(?:[1-9][0-9]{{0,{len(str(MAX_INT)) - 2}}}|{MAX_INT})"
+"""A run id the API takes, 1 to MAX_INT (a power of ten), in ASCII digits."""
+IDS_PATTERN = rf"^ *{RUN_ID} *(?:, *{RUN_ID} *){{0,{MAX_COMPARED - 1}}}$"
+"""What `parse_ids` takes, as the JSON Schema pattern of the `runs` parameter."""
+_ID = re.compile(rf" *{RUN_ID} *")
+
+
 def parse_ids(text: str) -> list[int]:
     """`1,2,3` into run ids, in order, without repeats; a bad list raises ValueError saying why."""
-    ids: list[int] = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part.isdigit() or not 0 < int(part) < 2**63:
-            raise ValueError(f"{part!r} is not a run id; give run ids separated by commas, e.g. runs=3,7")
-        if int(part) not in ids:
-            ids.append(int(part))
-    if not 1 <= len(ids) <= MAX_COMPARED:
-        raise ValueError(f"compare 1 to {MAX_COMPARED} runs at a time ({len(ids)} given)")
-    return ids
+    parts = text.split(",")
+    for part in parts:
+        if not _ID.fullmatch(part):
+            raise ValueError(f"{part.strip()!r} is not a run id; give run ids separated by commas, e.g. runs=3,7")
+    if len(parts) > MAX_COMPARED:
+        raise ValueError(f"compare 1 to {MAX_COMPARED} runs at a time ({len(parts)} given)")
+    return list(dict.fromkeys(int(p) for p in parts))
 
 
 def get_runs(session: Session, ids: list[int]) -> list[Run]:
@@ -84,7 +95,8 @@ def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: in
             if curve is not None:
                 rows += [[None, f"reference: {task}", "reference", curve.variant, step, score, None, None,
                           curve.source] for step, score in zip(curve.steps, curve.scores)]
-        return {"chart": SCORE["id"], "title": SCORE["title"], "columns": SCORE_COLUMNS, "rows": rows}
+        return {"chart": SCORE["id"], "title": SCORE["title"], "columns": SCORE_COLUMNS, "rows": rows,
+                "y_title": SCORE["y_title"]}
     if chart_id not in CHART_IDS:
         raise NotFound(f"no chart {chart_id!r}; the charts are {', '.join(CHART_IDS)}")
     chart = _metric_charts(runs)[chart_id]
@@ -95,7 +107,7 @@ def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: in
             rows += [[run.id, label(run), key, step, value, wall]
                      for step, value, wall in zip(s["steps"], s["values"], s["wall_times"])]
     return {"chart": chart_id, "title": chart["title"], "columns": METRIC_COLUMNS, "rows": rows,
-            "log_y": chart["log_y"]}
+            "log_y": chart["log_y"], "y_title": chart["y_title"]}
 
 
 def _metric_charts(runs: list[Run]) -> dict[str, dict[str, Any]]:
@@ -110,10 +122,43 @@ def compared_charts(runs: list[Run]) -> list[tuple[str, str]]:
     return [(i, titles[i]) for i in COMPARED]
 
 
+def group_key(run: Run) -> str:
+    """What makes runs one experiment repeated over seeds: the same task, data (demo or
+    not), variant and fingerprint (paper_settings: the config but for the seed, logging,
+    backups and verified speed paths), the rule the results table averages over seeds by;
+    the name is not config, so it never counts."""
+    variant = str(run.config.get("variant", "R1"))
+    return json.dumps([run.task, run.is_demo, variant, fingerprint_key(run.config, variant)])
+
+
+def seed_groups(runs: list[Run]) -> list[dict[str, Any]]:
+    """The runs by `group_key`, in the order of their first run: id, the runs' ids, and a
+    label naming the task, variant and what sets the group apart from the others (a
+    config_diff of one run per group, less the keys a group may vary)."""
+    members: dict[str, list[Run]] = {}
+    for run in runs:
+        members.setdefault(group_key(run), []).append(run)
+    firsts = [group[0] for group in members.values()]
+    differing = [d["key"] for d in config_diff(firsts) if d["key"] not in NEUTRAL | {"task", "variant"}]
+    out = []
+    for i, group in enumerate(members.values()):
+        first = group[0]
+        apart = ", ".join(f"{k}={setting(first, k)}" for k in differing)
+        name = f"{first.task} {first.config.get('variant', 'R1')}{' demo' if first.is_demo else ''}"
+        out.append({"id": i, "run_ids": [r.id for r in group], "seeds": [r.config.get("seed") for r in group],
+                    "label": f"{name}{f' · {apart}' if apart else ''} ({len(group)} run{'s' * (len(group) > 1)})"})
+    return out
+
+
 def comparison(session: Session, runs: list[Run], max_points: int) -> dict[str, Any]:
-    """Everything the comparison page draws, in one answer."""
-    return {"runs": [{**run_summary(r), "label": label(r), "config": r.config} for r in runs],
-            "config_diff": config_diff(runs),
+    """Everything the comparison page draws, in one answer: with each run its seed group
+    (`groups`: runs that differ only by seed, drawn as one mean line and band) and its
+    stage marks (where reflow started, where an attempt resumed)."""
+    groups = seed_groups(runs)
+    group_of = {run_id: g["id"] for g in groups for run_id in g["run_ids"]}
+    return {"runs": [{**run_summary(r), "label": label(r), "config": r.config, "group": group_of[r.id],
+                      "marks": stage_marks(session, r)} for r in runs],
+            "groups": groups, "config_diff": config_diff(runs),
             "charts": {c: chart_table(session, runs, c, max_points) for c in COMPARED}}
 
 

@@ -8,10 +8,12 @@ from typing import Any, get_args
 
 from sqlmodel import Session, col, select
 
-from app.models import Evaluation, Event, Run, Worker
+from app.models import ConsoleLine, Evaluation, Event, Run, Worker
 from app.protocol import Stage
+from app.services import waiting
 from app.services.events import now
 from app.services.metrics import chart_series
+from app.services.paper_settings import departures, not_the_papers, speed_caption
 from app.services.runs import paper_numbers, run_summary
 from dlite.config import ConfigError, from_dict, schema
 from dlite.config import level_loss_keys
@@ -22,16 +24,19 @@ from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 # the loss chart for a run's number of levels), `lr` and `steps_per_s` the worker's training
 # log (a test keeps them in step; app/ cannot import torch code). `smooth`:
 # the smoothing slider applies (noisy measurements, not a schedule or sparse evaluations);
-# `file`: the PNG figure written.
-LOSS_CHART: dict[str, Any] = {"id": "loss", "log_y": True, "smooth": True, "file": "loss_curve.png"}
+# `file`: the PNG figure written; `y_title`: the y axis's title, with its unit.
+LOSS_CHART: dict[str, Any] = {"id": "loss", "log_y": True, "smooth": True, "file": "loss_curve.png",
+                              "y_title": "flow MSE (normalised units)"}
 OTHER_CHARTS: tuple[dict[str, Any], ...] = (
     {"id": "invdyn", "title": "Inverse-dynamics loss", "keys": ("invdyn_loss",),
-     "log_y": True, "smooth": True, "file": "invdyn_loss_curve.png"},
+     "log_y": True, "smooth": True, "file": "invdyn_loss_curve.png", "y_title": "action MSE ([−1, 1] actions)"},
     {"id": "score", "title": "Normalised score", "keys": ("score",),
-     "log_y": False, "smooth": False, "file": "normalized_score.png"},
-    {"id": "lr", "title": "Learning rate", "keys": ("lr",), "log_y": True, "smooth": False, "file": None},
+     "log_y": False, "smooth": False, "file": "normalized_score.png",
+     "y_title": "D4RL score (100 = expert)"},
+    {"id": "lr", "title": "Learning rate", "keys": ("lr",), "log_y": True, "smooth": False, "file": None,
+     "y_title": "learning rate (per step)"},
     {"id": "speed", "title": "Training speed (steps/s)", "keys": ("steps_per_s",),
-     "log_y": False, "smooth": True, "file": None},
+     "log_y": False, "smooth": True, "file": None, "y_title": "training steps/s"},
 )
 CHART_IDS: tuple[str, ...] = (LOSS_CHART["id"], *(c["id"] for c in OTHER_CHARTS))
 FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in (LOSS_CHART, *OTHER_CHARTS) if c["file"])
@@ -85,31 +90,38 @@ def _no_scores() -> dict[str, Any]:
 
 def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
     """The run list's rows: summary plus progress, ETA, scores and the paper's number; the
-    difference to the paper is the final evaluation's, and none for a demo."""
+    difference to the paper is the final evaluation's, and only at the paper's settings (a
+    demo has none: it trains on locally made data)."""
     scores = _scores(session, [r.id for r in runs])
     rows = []
     for run in runs:
         s = scores.get(run.id, _no_scores())
         paper = paper_numbers(run.task)["r1"]["mean"]
         final = s["final"]["mean"] if s["final"] else None
+        caption = not_the_papers(departures(run.config, "R1"))
         rows.append({**run_summary(run), **s, "final_score": final, "paper": paper, "eta_s": _eta(run),
                      "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
-                     "difference": None if final is None or run.is_demo else final - paper})
+                     "settings_caption": caption,
+                     "difference": None if final is None or run.is_demo or caption else final - paper})
     return rows
 
 
 def results(session: Session, run: Run) -> dict[str, Any]:
-    """The run page's results table: the paper's numbers, the final evaluation, the gap.
-    A demo run trains on locally made data, so it gets no gap to the paper."""
+    """The run page's results table: the paper's numbers, the final evaluation, and the gap
+    when the run used the paper's settings (else `settings_caption` says what it changed). A
+    demo run trains on locally made data, so it gets no gap to the paper either."""
     scores = _scores(session, [run.id]).get(run.id, {})
     final, final_r2 = scores.get("final"), scores.get("final_r2")
     paper = paper_numbers(run.task)
-    comparable = final is not None and not run.is_demo
+    caption = not_the_papers(departures(run.config, "R1"))
+    r2_caption = not_the_papers(departures(run.config, "R2"))
     r2 = None if final_r2 is None else {
-        "paper": paper["r2"], "mine": final_r2,
-        "difference": None if run.is_demo else final_r2["mean"] - paper["r2"]["mean"]}
+        "paper": paper["r2"], "mine": final_r2, "settings_caption": r2_caption,
+        "difference": None if run.is_demo or r2_caption else final_r2["mean"] - paper["r2"]["mean"]}
+    comparable = final is not None and not run.is_demo and caption is None
     return {"task": run.task, "paper": paper["r1"], "seed_readme": paper["seed_readme_r1"], "demo": run.is_demo,
-            "mine": final, "difference": final["mean"] - paper["r1"]["mean"] if comparable else None, "r2": r2}
+            "mine": final, "settings_caption": caption,
+            "difference": final["mean"] - paper["r1"]["mean"] if comparable else None, "r2": r2}
 
 
 STAGE_ORDER: tuple[str, ...] = get_args(Stage)
@@ -157,13 +169,18 @@ def _projected_eta(run: Run, projection: dict[str, Any]) -> float:
     return steps_left * per_step + reflow + _besides_training(run, projection)
 
 
-def run_facts(session: Session, run: Run) -> dict[str, Any]:
-    """The run page's summary line: where it runs, for how long, and how long is left."""
+def run_facts(session: Session, run: Run, lease_seconds: float) -> dict[str, Any]:
+    """The run page's summary line: where it runs, for how long, and how long is left; a
+    queued run's place in the queue, and a run whose worker went silent, whose clock stops
+    at the last heartbeat (waiting: the lease decides when it is queued again)."""
     worker = session.get(Worker, run.worker_id) if run.worker_id else None
-    end = run.finished_at if run.finished_at is not None else now()
+    lost = waiting.worker_lost(run, lease_seconds)
+    end = run.finished_at if run.finished_at is not None else lost["last_heartbeat"] if lost else now()
     return {"device": worker.device if worker else None, "gpu_name": worker.gpu_name if worker else None,
+            "worker_name": worker.name if worker else None,
             "elapsed_s": None if run.started_at is None else max(end - run.started_at, 0.0),
-            "eta_s": _eta(run)}
+            "eta_s": None if lost else _eta(run), "worker_lost": lost,
+            "queue": waiting.queue_place(session, run, lease_seconds)}
 
 
 def device_label(facts: dict[str, Any]) -> str | None:
@@ -173,11 +190,13 @@ def device_label(facts: dict[str, Any]) -> str | None:
     return f"{facts['device']} ({facts['gpu_name']})" if facts["gpu_name"] else facts["device"]
 
 
-def planning_speed(evaluations: list[dict[str, Any]], worker_device: str | None = None) -> list[dict[str, Any]]:
+def planning_speed(evaluations: list[dict[str, Any]], config: dict[str, Any],
+                   worker_device: str | None = None) -> list[dict[str, Any]]:
     """The newest timed evaluation of each variant: planning latency, decisions per second
     (one call plans for all `n_envs` environments, so a batch makes n_envs decisions), and
-    the single-environment frequency next to the paper's. An evaluation that did not name
-    its device was measured on the run's worker (`worker_device`)."""
+    the single-environment frequency next to the paper's, with what makes the run's planner
+    (`config`) another one than the paper's (`not_comparable`). An evaluation that did not
+    name its device was measured on the run's worker (`worker_device`)."""
     newest: dict[str, dict[str, Any]] = {}
     for e in evaluations:
         if e.get("latency_ms") or e.get("latency_ms_1env"):
@@ -189,7 +208,8 @@ def planning_speed(evaluations: list[dict[str, Any]], worker_device: str | None 
                      "n_envs": e["n_envs"], "latency_ms": batch,
                      "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
                      "latency_ms_1env": single, "hz_1env": 1000.0 / single if single else None,
-                     "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE})
+                     "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE,
+                     "not_comparable": speed_caption(config, variant)})
     return rows
 
 
@@ -222,14 +242,22 @@ def param_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def fold(message: str) -> dict[str, str | None]:
+    """A multi-line message (a traceback) is shown folded under its telling line, the
+    exception for a traceback, and unfolds with its line breaks; one line stays as it is."""
+    lines = [line for line in message.strip().splitlines() if line.strip()]
+    if len(lines) < 2:
+        return {"summary": None, "body": None}
+    summary = lines[-1] if "Traceback (most recent call last)" in message else lines[0]
+    return {"summary": summary, "body": message.strip("\n")}
+
+
 def event_rows(events: list[Event]) -> list[dict[str, Any]]:
-    """Log lines for the page. A multi-line message (a traceback) is shown folded under
-    its telling line, the exception for a traceback, and unfolds with its line breaks."""
-    rows = []
-    for e in events:
-        lines = [line for line in e.message.strip().splitlines() if line.strip()]
-        folded = len(lines) > 1
-        summary = (lines[-1] if "Traceback (most recent call last)" in e.message else lines[0]) if folded else None
-        rows.append({"ts": e.ts, "level": e.level, "message": e.message,
-                     "summary": summary, "body": e.message.strip("\n") if folded else None})
-    return rows
+    """Log lines for the page, folded (`fold`)."""
+    return [{"ts": e.ts, "level": e.level, "message": e.message, **fold(e.message)} for e in events]
+
+
+def console_rows(lines: list[ConsoleLine]) -> list[dict[str, Any]]:
+    """The run's console for the page and the API, folded like the event log (`fold`)."""
+    return [{"id": c.id, "ts": c.ts, "attempt": c.attempt, "level": c.level, "text": c.text, **fold(c.text)}
+            for c in lines]

@@ -1,7 +1,9 @@
-"""Results the way the paper reports them: finished runs grouped by task and variant,
-the mean over seeds of each run's mean normalised score with its standard error over
-seeds, beside the paper's mean ± standard error over 5 seeds; and an ablation sweep's runs
-grouped by the value of the setting it varies, beside the paper's ablation numbers.
+"""Results the way the paper reports them: finished runs grouped by task, variant and the
+settings that change the result (app.services.paper_settings' fingerprint), the mean over
+seeds of each run's mean normalised score with its standard error over seeds, beside the
+paper's mean ± standard error over 5 seeds; and an ablation sweep's runs grouped by the
+value of the setting it varies, beside the paper's ablation numbers. Only a group at the
+paper's settings is compared with the paper; any other says what it changed instead.
 
 Every ± carries a label saying what it is. One run has no standard error over seeds:
 its ± is the spread over its own episodes, which is not comparable with the paper's
@@ -22,8 +24,8 @@ from app.models import Evaluation, Run, Sweep
 from app.protocol import plural
 from app.services.compare import MAX_COMPARED
 from app.services.dashboard import device_check, planning_speed
+from app.services.paper_settings import departures, fingerprint, fingerprint_key, not_the_papers, speed_caption
 from app.services.runs import evaluation_dict, run_label
-from dlite.config import schema
 from dlite.tasks import (ABLATION_SOURCE, ABLATION_VARIANT, PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS,
                          PaperScore, paper_ablation_score)
 
@@ -31,8 +33,6 @@ VARIANTS = ("R1", "R2")
 SEM_OVER_SEEDS = "mean ± s.e. over seeds"
 STD_OVER_EPISODES = "mean ± std over the episodes of one run"
 PAPER_LABEL = "mean ± s.e. over 5 seeds"
-IGNORED_KEYS = frozenset({"seed"} | {f["name"] for f in schema() if f["group"] == "backup"})
-"""Config keys that may differ between the runs of one row without making them different experiments."""
 
 
 def final_evaluations(session: Session, sweep_id: int | None = None) -> list[tuple[Run, Evaluation]]:
@@ -74,21 +74,27 @@ def _sem(values: list[float]) -> float | None:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None
 
 
-def _planning(evaluations: list[Evaluation], variant: str) -> dict[str, Any]:
+def _planning(evaluations: list[Evaluation], variant: str, config: dict[str, Any]) -> dict[str, Any]:
     """Mean planning frequency of the row's final evaluations, one environment (with its
-    standard error over the runs) and batched."""
-    speeds = [row for e in evaluations for row in planning_speed([evaluation_dict(e)])]
+    standard error over the runs) and batched; the paper's frequency comes with what makes
+    this one a different measurement (`not_comparable`: the model or its sampling steps), and
+    the batch is never the paper's (it planned one environment)."""
+    speeds = [row for e in evaluations for row in planning_speed([evaluation_dict(e)], config)]
     hz = [s["hz_1env"] for s in speeds if s["hz_1env"]]
     return {"hz_1env": _mean(hz), "hz_1env_sem": _sem(hz),
             "decisions_per_s": _mean([s["decisions_per_s"] for s in speeds if s["decisions_per_s"]]),
             "n_envs": sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]}),
             "devices": sorted({s["device"] for s in speeds if s["device"]}),
-            "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE}
+            "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE,
+            "not_comparable": speed_caption(config, variant)}
 
 
-def _differing_keys(runs: list[Run]) -> list[str]:
-    keys = {k for r in runs for k in r.config} - IGNORED_KEYS - {"variant"}
-    return sorted(k for k in keys if len({repr(r.config.get(k)) for r in runs}) > 1)
+def _differing_keys(runs: list[Run], variant: str) -> list[str]:
+    """Settings that change the result yet differ between the runs of one row (only an
+    ablation's rows, grouped by one value, can have any)."""
+    prints = [fingerprint(r.config, variant) for r in runs]
+    keys = {k for p in prints for k in p}
+    return sorted(k for k in keys if len({repr(p.get(k)) for p in prints}) > 1)
 
 
 def _ablation_sweeps(session: Session, sweep_id: int | None = None) -> list[Sweep]:
@@ -99,34 +105,40 @@ def _ablation_sweeps(session: Session, sweep_id: int | None = None) -> list[Swee
 
 
 def aggregate(session: Session, sweep_id: int | None = None) -> list[dict[str, Any]]:
-    """One row per (task, variant) with a finished run, in the paper's task order; runs of
-    ablation sweeps are left out (see `ablations`)."""
+    """One row per task, variant and fingerprint with a finished run, in the paper's task order,
+    the paper's settings first; runs of ablation sweeps are left out (see `ablations`)."""
     ablation_ids = {s.id for s in _ablation_sweeps(session)}
-    groups: dict[tuple[str, str], list[tuple[Run, Evaluation]]] = {}
+    groups: dict[tuple[str, str, str], list[tuple[Run, Evaluation]]] = {}
     for run, evaluation in final_evaluations(session, sweep_id):
         if run.sweep_id not in ablation_ids:
-            groups.setdefault((run.task, evaluation.variant), []).append((run, evaluation))
+            key = (run.task, evaluation.variant, fingerprint_key(run.config, evaluation.variant))
+            groups.setdefault(key, []).append((run, evaluation))
     rows = []
-    for task in TASKS:
-        for variant in VARIANTS:
-            members = sorted(groups.get((task, variant), []), key=lambda m: m[0].id)
-            if members:
-                paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
-                rows.append({"task": task, "variant": variant, **_stats(members, variant, paper, variant)})
-    return rows
+    for (task, variant, _), members in groups.items():
+        members.sort(key=lambda m: m[0].id)
+        paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
+        rows.append({"task": task, "variant": variant, **_stats(members, variant, paper, variant, members[0][0].config)})
+    order = {task: i for i, task in enumerate(TASKS)}
+    return sorted(rows, key=lambda r: (order[r["task"]], VARIANTS.index(r["variant"]), not r["paper_settings"],
+                                       r["run_ids"][0]))
 
 
 def _stats(members: list[tuple[Run, Evaluation]], variant: str, paper: PaperScore | None,
-           paper_variant: str) -> dict[str, Any]:
+           paper_variant: str, config: dict[str, Any], varied: str | None = None) -> dict[str, Any]:
     """Mean ± s.e. over seeds of the members' final scores beside the paper's score (of
-    `paper_variant`, which the labels name), and whether they agree. No members (an
+    `paper_variant`, which the labels name), and whether they agree: judged only when the
+    members' `config` is the paper's but for the setting an ablation `varied`. No members (an
     ablation value whose runs have not finished) gives no numbers, only the paper's."""
+    changed = departures(config, variant, ignore=frozenset({varied} if varied else ()))
     scores = [e.score_mean for _, e in members]
     n = len(scores)
     mean, sem = _mean(scores), _sem(scores)
     single = members[0][1] if n == 1 else None
-    difference = None if mean is None or paper is None else mean - paper.mean
-    if difference is None:
+    caption = not_the_papers(changed)
+    difference = None if mean is None or paper is None or caption else mean - paper.mean
+    if caption and n:
+        judged = {"verdict": "not compared", "text": f"{caption}; no agreement or difference is claimed"}
+    elif difference is None:
         judged = {"verdict": "not judged", "text": "no finished run yet" if n == 0 else
                   "the paper has no score for this value"}
     else:
@@ -139,9 +151,10 @@ def _stats(members: list[tuple[Run, Evaluation]], variant: str, paper: PaperScor
             "label": f"std over the {plural(len(single.scores), 'episode')} of one run (not a standard error)"},
         "paper": None if paper is None else {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
                                              "label": PAPER_LABEL, "variant": paper_variant},
+        "paper_settings": not changed, "departures": changed, "settings_caption": caption,
         "difference": difference, "agreement": judged,
-        "differing_config_keys": _differing_keys([r for r, _ in members]),
-        "planning": _planning([e for _, e in members], variant),
+        "differing_config_keys": _differing_keys([r for r, _ in members], variant),
+        "planning": _planning([e for _, e in members], variant, config),
     }
 
 
@@ -164,10 +177,12 @@ def _ablation_view(session: Session, sweep: Sweep) -> dict[str, Any]:
     rows = []
     for value in sweep.ablation_values:
         paper = paper_ablation_score(task, setting, value)
+        planned = {**sweep.config, "task": task, setting: value}
         for variant in variants:
             members = sorted(groups.get((repr(value), variant), []), key=lambda m: m[0].id)
+            config = members[0][0].config if members else planned
             rows.append({"value": value, "value_text": str(value), "variant": variant,
-                         **_stats(members, variant, paper, ABLATION_VARIANT)})
+                         **_stats(members, variant, paper, ABLATION_VARIANT, config, setting)})
     runs = list(session.exec(select(Run).where(Run.sweep_id == sweep.id).order_by(col(Run.id))))
     per_value = max(MAX_COMPARED // max(len(sweep.ablation_values), 1), 1)
     picked = [r.id for value in sweep.ablation_values
@@ -218,6 +233,16 @@ def _signed(value: float) -> str:
     return "0.0" if text in ("+0.0", "-0.0") else text
 
 
+def _difference(r: dict[str, Any]) -> str:
+    return "–" if r["difference"] is None else _signed(r["difference"])
+
+
+def _paper_hz(planning: dict[str, Any]) -> str:
+    """The paper's frequency, and when this row's planner is another one, which."""
+    hz = _hz(planning["paper_hz"])
+    return hz if planning["not_comparable"] is None else f"{hz} (not comparable: {planning['not_comparable']})"
+
+
 def _hz(value: float | None) -> str:
     return "–" if value is None else f"{value:,.1f}"
 
@@ -240,7 +265,7 @@ def _ablation_markdown(view: dict[str, Any]) -> list[str]:
         paper = "–" if r["paper"] is None else f"{_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds)"
         p = r["planning"]
         lines.append(f"| {r['value_text']} | {r['variant']} | {', '.join(map(str, r['seeds']))} ({r['n']}) "
-                     f"| {_mine(r)} | {paper} | {'–' if r['difference'] is None else _signed(r['difference'])} "
+                     f"| {_mine(r)} | {paper} | {_difference(r)} "
                      f"| {r['agreement']['text']} | {_pm(p['hz_1env'], p['hz_1env_sem'])} |")
     if view["caveat"]:
         lines += ["", f"{view['caveat']} Paper scores: {view['paper_source']}."]
@@ -260,14 +285,15 @@ def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]],
         p = r["planning"]
         batch = _hz(p["decisions_per_s"]) + (f" ({', '.join(str(n) for n in p['n_envs'])} envs)" if p["n_envs"] else "")
         lines.append(f"| {r['task']} | {r['variant']} | {seeds} ({r['n']}) | {mine} "
-                     f"| {_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds) | {_signed(r['difference'])} "
+                     f"| {_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds) | {_difference(r)} "
                      f"| {r['agreement']['text']} | {_hz(p['hz_1env'])} | {batch} "
-                     f"| {', '.join(p['devices']) or '–'} | {_hz(p['paper_hz'])} |")
+                     f"| {', '.join(p['devices']) or '–'} | {_paper_hz(p)} |")
     sources = sorted({r["paper"]["source"] for r in rows})
     lines += ["", "D4RL normalised score. mine: each run's final evaluation (mean over its episodes), then the mean "
               "and standard error (s.e.) over runs of different seeds; a single run shows the standard deviation "
               "over its episodes instead, which is not comparable with the paper's standard error.",
-              "Agreement: the difference within the combined standard error sqrt(s.e.² + paper s.e.²).",
+              "Agreement: the difference within the combined standard error sqrt(s.e.² + paper s.e.²), judged only "
+              "for runs at the paper's settings; a row at other settings names them and is not compared.",
               "Planning frequency: decisions per second, 1000 / latency of one planning call for one environment; "
               "batch: one call plans for all evaluation environments at once.",
               *(f"Paper scores: {s}." for s in sources), f"Paper Hz: {PAPER_PLANNING_SOURCE}."]

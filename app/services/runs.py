@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricNonFinite, MetricPoint, Run
 from app.protocol import MAX_INT, checklist_keys, checklist_label
 from app.services import Conflict, NotFound
+from app.services.checkpoint_files import download_where
 from app.services.events import event_dict, latest_change_id, log_event, now, record_change
 from app.services.metrics import latest_points
 from dlite.config import from_dict
@@ -130,7 +131,7 @@ def paper_numbers(task: str) -> dict[str, Any]:
 def run_detail(session: Session, run: Run) -> dict[str, Any]:
     return {**run_summary(run), "config": run.config,
             "checklist": checklist(session, run),
-            "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
+            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)} for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "commands": [command_dict(c) for c in session.exec(
                 select(Command).where(Command.run_id == run.id).order_by(col(Command.id)))],
@@ -202,7 +203,7 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
     events = session.exec(select(Event).where(Event.run_id == run.id).order_by(col(Event.id)))
     return {"run": run_summary(run), "config": run.config, "checklist": checklist(session, run),
             "metrics": metrics, "nonfinite_metrics": nonfinite,
-            "checkpoints": [checkpoint_dict(c) for c in checkpoints(session, run.id)],
+            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)} for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "device_check": run.device_check,
             "events": [event_dict(e) for e in events]}

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from app.models import Run, Sweep
 from app.services import Conflict, NotFound
 from app.services.events import log_event, now
-from app.services.results import IGNORED_KEYS
+from app.services.paper_settings import NEUTRAL
 from app.services.runs import cancel_run, create_run, run_summary
 from dlite.config import FIELDS, Config, ConfigError, from_dict
 from dlite.tasks import PAPER_ABLATIONS
@@ -29,7 +29,7 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 SWEEP_KEYS = ("task", "seed", "variant")
 """Config keys a sweep varies itself; its `config` overrides must not set them."""
-ABLATION_SETTINGS = tuple(name for name in FIELDS if name not in SWEEP_KEYS and name not in IGNORED_KEYS)
+ABLATION_SETTINGS = tuple(name for name in FIELDS if name not in SWEEP_KEYS and name not in NEUTRAL)
 """Settings an ablation may vary: every one that makes a different experiment."""
 PAPER_SEEDS = [0, 1, 2, 3, 4]
 """The paper reports mean ± s.e. over 5 seeds."""

@@ -96,6 +96,30 @@ const Dashboard = (() => {
 
   const readValue = (input) => typedValue(input.value, input.dataset.type);
 
+  // Next to the submit button, so a user who scrolled down to it sees why nothing started:
+  // how many fields need a fix, each a link to its field, and any problem no field shows.
+  function errorSummary(box, fields, messages) {
+    box.replaceChildren();
+    if (!fields.length && !messages.length) return;
+    if (fields.length) {
+      const line = document.createElement("p");
+      line.append(`${fields.length} setting${fields.length > 1 ? "s need" : " needs"} a fix: `);
+      fields.forEach((field, i) => {
+        const link = document.createElement("a");
+        link.href = `#f-${field}`;
+        link.textContent = field;
+        line.append(...(i ? [", ", link] : [link]));
+      });
+      box.append(line);
+    }
+    for (const message of messages) {
+      const line = document.createElement("p");
+      line.textContent = message;
+      box.append(line);
+    }
+    box.hidden = false;
+  }
+
   // Sends only the fields changed from their defaults; the server resolves the rest with
   // dlite's config and names a bad field in its 422, shown next to that field.
   function newRunForm(form) {
@@ -106,7 +130,7 @@ const Dashboard = (() => {
       const general = document.getElementById("form-error");
       general.hidden = true;
       const config = {};
-      form.querySelectorAll("input[data-type]").forEach((input) => {
+      form.querySelectorAll("input[data-type], select[data-type]").forEach((input) => {
         if (input.value.trim() !== input.dataset.default) config[input.name] = readValue(input);
       });
       const body = {task: form.task.value, name: form.name.value.trim() || null, config,
@@ -120,6 +144,7 @@ const Dashboard = (() => {
         button.disabled = false;
         const problems = Array.isArray(e.detail) ? e.detail : [];
         const unplaced = problems.length ? [] : [e.message];
+        const placed = [];
         for (const p of problems) {
           const field = p.loc[p.loc.length - 1];
           const slot = document.getElementById(`err-${field}`);
@@ -127,14 +152,12 @@ const Dashboard = (() => {
             slot.textContent = p.msg;
             const input = document.getElementById(`f-${field}`);
             if (input) input.setAttribute("aria-invalid", "true");
+            placed.push(field);
           } else {
             unplaced.push(`${p.loc.join(".")}: ${p.msg}`);
           }
         }
-        if (unplaced.length) {
-          general.textContent = unplaced.join("; ");
-          general.hidden = false;
-        }
+        errorSummary(general, placed, unplaced);
         const first = form.querySelector("[aria-invalid]");
         if (first) first.focus();
       }
@@ -152,20 +175,97 @@ const Dashboard = (() => {
                        doubleClick: "autosize",
                        modeBarButtonsToRemove: ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d", "autoScale2d"]};
 
-  // TensorBoard's smoothing: an exponential moving average started at 0 and divided by
-  // (1 - weight^n), so the start-up bias toward 0 is removed and early points are not flattened.
-  function smoothed(values, weight) {
+  // ---- chart helpers, shared with the comparison page (lab.js) ------------------------
+
+  const SMOOTHING_SPAN = 1000;  // the weight applies per 1/1000 of a series' steps (what the charts fetch)
+  // Smoothing: an exponential moving average whose weight applies per 1/SMOOTHING_SPAN of the
+  // series' step span, not per point (W&B's time-weighted EMA). A dense log (about 1000 points)
+  // is smoothed as TensorBoard would with the same weight; a sparse one (a point per 1/30 of
+  // the run) is barely touched, so its end stays on its last points instead of lagging 20-30 %
+  // behind a falling loss. Dividing by the sum of the weights is TensorBoard's debiasing,
+  // 1 - w^n for evenly spaced points: no pull toward 0 at the start. The average starts again
+  // after each step in `restarts` (reflow: another objective), so a drop there is not smeared.
+  function smoothed(steps, values, weight, restarts = []) {
     const out = new Array(values.length);
-    let last = 0;
-    let n = 0;
+    const span = steps.length > 1 ? steps[steps.length - 1] - steps[0] : 0;
+    const perStep = span > 0 ? SMOOTHING_SPAN / span : 0;
+    let sum = 0;
+    let norm = 0;
+    let prev = null;
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      if (!Number.isFinite(v)) { out[i] = v; continue; }
-      last = last * weight + (1 - weight) * v;
-      n += 1;
-      out[i] = last / (1 - Math.pow(weight, n));
+      if (v === null || !Number.isFinite(v)) { out[i] = v; continue; }
+      if (prev !== null) {
+        const decay = restarts.some((r) => prev <= r && r < steps[i]) ? 0 : Math.pow(weight, (steps[i] - prev) * perStep);
+        sum *= decay;
+        norm *= decay;
+      }
+      sum += v;
+      norm += 1;
+      out[i] = sum / norm;
+      prev = steps[i];
     }
     return out;
+  }
+
+  const LOG_DECADES = 4;
+  // The lowest value a log axis shows for these series: LOG_DECADES powers of ten below their
+  // highest point, or their lowest point when that is higher. A learning rate decaying toward
+  // 0 (1e-12 at the last logged step) would otherwise stretch the axis over ten decades and
+  // squeeze the rest of the run into the top of the plot.
+  function logFloor(valueLists) {
+    let hi = -Infinity;
+    let lo = Infinity;
+    for (const values of valueLists) {
+      for (const v of values) if (v > 0 && Number.isFinite(v)) { hi = Math.max(hi, v); lo = Math.min(lo, v); }
+    }
+    return hi > 0 ? Math.max(lo, hi / Math.pow(10, LOG_DECADES)) : 0;
+  }
+
+  // Values a log axis can draw: 0, negatives and values under `floor` (logFloor) become gaps.
+  // Plotly would drop the line to the bottom edge as a vertical stroke (a cosine schedule's
+  // learning rate ending at 0); the series' CSV keeps every point.
+  const positive = (values, floor = 0) => values.map((v) => (v > 0 && v >= floor ? v : null));
+
+  // A y axis with its title (the quantity and its unit). A log axis starts at logFloor (its
+  // autorange may not go lower). Ticks are 1-2-5 over up to 2.5 decades, else powers of ten;
+  // never Plotly's every digit (its pick for a decade or two), whose labels as full numbers
+  // (`~g`: 0.02, not "2") collide. Under a decade Plotly's own linear ticks stay.
+  function yAxis(title, logY, valueLists) {
+    const axis = {title: {text: title, standoff: 6, font: {size: 12}}, type: logY ? "log" : "linear", automargin: true};
+    if (!logY) return axis;
+    const floor = logFloor(valueLists);
+    const hi = Math.max(0, ...valueLists.flat().filter((v) => Number.isFinite(v)));
+    if (!(floor > 0)) return {...axis, tickformat: "~g"};
+    const decades = Math.log10(hi / floor);
+    const dtick = decades >= 1 ? {dtick: decades <= 2.5 ? "D2" : 1} : {};
+    return {...axis, tickformat: "~g", ...dtick, autorangeoptions: {minallowed: Math.log10(floor)}};
+  }
+
+  // A step axis: its title, and whole steps only. Plotly picks ticks 0.5 apart on a range of
+  // a few steps (99.5, 100.5 on a run's first logs); such a range gets one tick per step.
+  function stepAxis(range) {
+    const axis = {title: {text: "step", standoff: 4}, type: "linear", tickformat: ",d"};
+    return range && range[1] - range[0] <= 12 ? {...axis, tick0: 0, dtick: 1} : axis;
+  }
+
+  const MARK_STYLE = {reflow: {color: "#7c3aed", dash: "dash"}, resume: {color: "#b45309", dash: "dot"}};
+  // Stage marks (where reflow starts, where an attempt resumed: GET /api/runs/{id}/charts
+  // `marks`) as vertical lines across the plot, each labelled at its top; `xOf(mark)` places
+  // one on the chart's x axis (null: not on it, e.g. a mark without a wall time).
+  function markLayout(marks, xOf) {
+    const shapes = [];
+    const annotations = [];
+    for (const mark of marks) {
+      const x = xOf(mark);
+      if (x === null || x === undefined) continue;
+      const style = MARK_STYLE[mark.kind] || MARK_STYLE.resume;
+      shapes.push({type: "line", xref: "x", yref: "paper", x0: x, x1: x, y0: 0, y1: 1, name: mark.kind,
+                   line: {color: style.color, width: 1.2, dash: style.dash}});
+      annotations.push({text: mark.label, x, xref: "x", y: 1, yref: "paper", xanchor: "left", yanchor: "top",
+                        textangle: -90, showarrow: false, font: {size: 10, color: style.color}, name: mark.kind});
+    }
+    return {shapes, annotations};
   }
 
   function runCharts(paper) {
@@ -173,9 +273,11 @@ const Dashboard = (() => {
     const state = {smoothing: Number(slider.value), x: "step", logY: true, xRange: null};
     const series = {};  // key -> {steps, values, walls, bad: the non-finite points {steps, values, walls}}
     const charts = [...document.querySelectorAll(".plot")].map((div) => ({
-      div, keys: div.dataset.keys.split(","), logY: div.dataset.logY === "true",
+      div, keys: div.dataset.keys.split(","), logY: div.dataset.logY === "true", yTitle: div.dataset.yTitle,
       smooth: div.dataset.smooth === "true", isScore: div.id === "chart-score",
     }));
+    let marks = [];  // where reflow started and attempts resumed (stage_marks)
+    let reflowPending = false;  // reflow's stage began: its mark comes with its first point
     const status = document.getElementById("charts-status");
 
     // Always new arrays: Plotly keeps the ones it is given, and `series` keeps growing.
@@ -199,17 +301,20 @@ const Dashboard = (() => {
 
     function traces(chart) {
       const out = [];
+      const restarts = marks.filter((m) => m.kind === "reflow").map((m) => m.step);
+      const floor = logFloor(chart.keys.map((k) => series[k].values));
       chart.keys.forEach((key, i) => {
         const s = series[key];
         const color = COLORS[i % COLORS.length];
         const mode = s.steps.length < SPARSE ? "lines+markers" : "lines";
         const smooth = chart.smooth && state.smoothing > 0;
+        const raw = chart.logY && state.logY ? positive(s.values, floor) : s.values.slice();
         if (smooth) {  // the raw curve, faded, under the smoothed one
-          out.push({name: `${key} (raw)`, type: "scatter", mode, x: xOf(s), y: s.values.slice(), legendgroup: key,
+          out.push({name: `${key} (raw)`, type: "scatter", mode, x: xOf(s), y: raw.slice(), legendgroup: key,
                     showlegend: false, opacity: 0.25, line: {color, width: 1}, marker: {color, size: 4}});
         }
         out.push({name: key, type: "scatter", mode, x: xOf(s), legendgroup: key,
-                  y: smooth ? smoothed(s.values, state.smoothing) : s.values.slice(),
+                  y: smooth ? smoothed(s.steps, raw, state.smoothing, restarts) : raw,
                   line: {color, width: 1.8}, marker: {color, size: 6}});
       });
       // evaluations (quick and final, with their spread) and a published reference curve, from lab.js
@@ -254,11 +359,9 @@ const Dashboard = (() => {
         margin: {l: 60, r: 12, t: 30, b: legend ? 72 : 44},
         showlegend: legend, legend: {orientation: "h", x: 0, y: -0.28},
         uirevision: `${state.x}-${state.logY}`,
-        xaxis: {visible: !empty, title: {text: state.x === "step" ? "step" : "wall time", standoff: 4},
-                type: state.x === "step" ? "linear" : "date", autorange: !range, range: range || undefined},
-        // full numbers on log axes (0.02, 0.05, 0.1): without a format Plotly labels the
-        // ticks between powers of ten with their first digit only ("2", "5")
-        yaxis: {visible: !empty, type: logY ? "log" : "linear", tickformat: logY ? "~g" : "", automargin: true},
+        xaxis: {visible: !empty, autorange: !range, range: range || undefined,
+                ...(state.x === "step" ? stepAxis(range) : {title: {text: "wall time", standoff: 4}, type: "date"})},
+        yaxis: {visible: !empty, ...yAxis(chart.yTitle, logY, chart.keys.map((k) => series[k].values))},
         ...(bad ? {yaxis2: {overlaying: "y", range: [0, 1], fixedrange: true, visible: false}} : {}),
         annotations: empty ? [{text: "no data yet", showarrow: false, xref: "paper", yref: "paper",
                                x: 0.5, y: 0.5, font: {size: 16, color: "#4b5563"}}] : [],
@@ -268,6 +371,12 @@ const Dashboard = (() => {
       if (showPaper) {
         layout.annotations.push({text: `paper ${paper}`, showarrow: false, xref: "paper", x: 1,
                                  xanchor: "right", y: paper, yanchor: "bottom"});
+      }
+      if (!empty) {
+        const marked = markLayout(marks, (m) => (state.x === "step" ? m.step
+          : m.wall_time ? new Date(m.wall_time * 1000) : null));
+        layout.shapes.push(...marked.shapes);
+        layout.annotations.push(...marked.annotations);
       }
       chart.div.dataset.empty = empty ? "true" : "false";
       return Plotly.react(chart.div, empty ? [] : traces(chart), layout, PLOT_CONFIG);
@@ -290,7 +399,27 @@ const Dashboard = (() => {
         into.steps.push(p.step); into.values.push(p.nonfinite || p.value); into.walls.push(p.wall_time);
         fresh = true;
       }
+      if (fresh && reflowPending) {
+        reflowPending = false;
+        reloadMarks();
+      }
       if (fresh) redraw();
+    }
+
+    // The stage marks again, when the run's event log says one was added: an attempt resumed,
+    // or reflow's stage began (its mark, placed at its first point, after the next points).
+    let runIdOf = null;
+    async function reloadMarks() {
+      try {
+        marks = (await api("GET", url(`/api/runs/${runIdOf}/charts?max_points=4`))).marks;
+        redraw();
+      } catch (e) {
+        showError(`Could not load the stage marks: ${e.message}`);
+      }
+    }
+    function noteEvent(text) {
+      if (/^\w+ resumed from step \d+ \(/.test(text)) reloadMarks();
+      else if (/^stage reflow_train started/.test(text)) reflowPending = true;
     }
 
     // A zoom or pan on one chart moves all of them; a double-click goes back to all data.
@@ -311,7 +440,9 @@ const Dashboard = (() => {
       const none = () => ({steps: [], values: [], walls: []});
       for (const chart of charts) for (const key of chart.keys) series[key] = {...none(), bad: none()};
       try {
+        runIdOf = runId;
         const data = await api("GET", url(`/api/runs/${runId}/charts?max_points=1000`));
+        marks = data.marks || [];
         for (const [key, s] of Object.entries(data.series)) {
           const bad = s.nonfinite;
           if (series[key]) {
@@ -339,19 +470,83 @@ const Dashboard = (() => {
       document.getElementById("smoothing-value").textContent = slider.value;
       redraw();
     });
-    return {load, append, setScoreExtras};
+    return {load, append, setScoreExtras, noteEvent};
+  }
+
+  // The worker's system samples (CPU, RAM, disk, GPU) on charts of their own, against wall
+  // time: their steps are Unix seconds, which the training charts' step axis must not see.
+  // A chart with no samples while others have some says why (its data-none: no GPU, no NVML).
+  function systemCharts(section) {
+    const charts = [...section.querySelectorAll(".system-plot")].map((div) => ({
+      div, keys: div.dataset.keys.split(","), unit: div.dataset.unit,
+    }));
+    const series = {};  // key -> {walls, values}
+    for (const chart of charts) for (const key of chart.keys) series[key] = {walls: [], values: []};
+    const sampled = () => Object.values(series).some((s) => s.walls.length);
+
+    function draw(chart) {
+      const shown = chart.keys.filter((k) => series[k].walls.length);
+      const empty = !shown.length;
+      const note = sampled() && chart.div.dataset.none ? chart.div.dataset.none : "no samples yet";
+      chart.div.dataset.empty = empty ? "true" : "false";
+      const layout = {
+        autosize: true, height: empty ? 90 : 220, margin: {l: 60, r: 12, t: 10, b: shown.length > 1 ? 64 : 40},
+        showlegend: shown.length > 1, legend: {orientation: "h", x: 0, y: -0.35},
+        xaxis: {visible: !empty, type: "date", title: {text: "wall time", standoff: 4}},
+        yaxis: {visible: !empty, title: {text: chart.unit}, rangemode: "tozero", automargin: true},
+        annotations: empty ? [{text: note, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
+                               font: {size: 14, color: "#4b5563"}}] : [],
+      };
+      const traces = shown.map((key, i) => ({
+        name: key.replace("system/", ""), type: "scatter", mode: "lines+markers",
+        x: series[key].walls.map((w) => new Date(w * 1000)), y: series[key].values.slice(),
+        line: {color: COLORS[i % COLORS.length], width: 1.5}, marker: {size: 4},
+        hovertemplate: `%{y:.3~f} ${chart.unit}<extra>${key.replace("system/", "")}</extra>`,
+      }));
+      return Plotly.react(chart.div, traces, layout, PLOT_CONFIG);
+    }
+    const redraw = () => Promise.all(charts.map(draw));
+
+    async function load() {
+      try {
+        const data = await api("GET", url(`/api/runs/${section.dataset.runId}/system?max_points=500`));
+        for (const [key, s] of Object.entries(data.series)) {
+          if (series[key]) series[key] = {walls: s.wall_times, values: s.values};
+        }
+      } catch (e) {
+        showError(`Could not load the system metrics: ${e.message}`);
+      }
+      return redraw();
+    }
+
+    // Live samples from the run's stream (metrics messages); older or repeated ones are skipped.
+    function append(points) {
+      let fresh = false;
+      for (const p of points) {
+        const s = series[p.key];
+        if (!s || p.value === null || (s.walls.length && p.wall_time <= s.walls[s.walls.length - 1])) continue;
+        s.walls.push(p.wall_time); s.values.push(p.value);
+        fresh = true;
+      }
+      if (fresh) redraw();
+    }
+    return {load, append};
   }
 
   function runPage(panels) {
     const runId = panels.dataset.runId;
     const charts = runCharts(panels.dataset.paper === "" ? null : Number(panels.dataset.paper));
     const loaded = charts.load(runId);
+    const system = systemCharts(document.getElementById("system-metrics"));
+    const systemLoaded = system.load();
     const extras = () => typeof Lab !== "undefined" && loaded.then(() => Lab.runScoreExtras(runId, charts.setScoreExtras));
     extras();
     const refresh = liveFragment(panels, (message) => {
       if (message.type === "evaluation") extras();
+      if (message.type === "event") loaded.then(() => charts.noteEvent(message.data.message || ""));
       if (message.type !== "metrics") return true;
       loaded.then(() => charts.append(message.data.points));
+      systemLoaded.then(() => system.append(message.data.points));
       return false;  // metric points never change the panels
     });
     const actions = {
@@ -379,5 +574,6 @@ const Dashboard = (() => {
     });
   }
 
-  return {api, url, liveFragment, newRunForm, runPage, typedValue};
+  return {api, url, liveFragment, newRunForm, runPage, typedValue, smoothed, logFloor, positive, yAxis, stepAxis,
+          markLayout};
 })();

@@ -147,18 +147,6 @@ const Lab = (() => {
     return {groups, idx};
   }
 
-  function metricTraces(table, colorOf, keys) {
-    const {groups, idx} = groupRows(table, (r, i) => `${r[i.run_id]}|${r[i.key]}`);
-    return [...groups.values()].map((rows) => {
-      const [runId, label, key] = [rows[0][idx.run_id], rows[0][idx.run], rows[0][idx.key]];
-      const many = keys.length > 1;
-      return {type: "scatter", mode: rows.length < 40 ? "lines+markers" : "lines",
-              name: many ? `${label} · ${key}` : label, legendgroup: String(runId),
-              x: rows.map((r) => r[idx.step]), y: rows.map((r) => r[idx.value]),
-              line: {color: colorOf(runId), width: 1.6, dash: DASHES[keys.indexOf(key) % DASHES.length]}};
-    });
-  }
-
   // The run page's score chart: its evaluations and, for its task, a reference curve.
   async function runScoreExtras(runId, set) {
     try {
@@ -193,6 +181,68 @@ const Lab = (() => {
     });
   }
 
+  // Each run's series of one metric chart: run id, key, steps, values and wall times.
+  function runSeries(table) {
+    const {groups, idx} = groupRows(table, (r, i) => `${r[i.run_id]}|${r[i.key]}`);
+    return [...groups.values()].map((rows) => ({
+      runId: rows[0][idx.run_id], label: rows[0][idx.run], key: rows[0][idx.key],
+      steps: rows.map((r) => r[idx.step]), values: rows.map((r) => r[idx.value]), walls: rows.map((r) => r[idx.wall_time]),
+    }));
+  }
+
+  // y at x on the polyline (xs ascending), or null outside it or next to a gap.
+  function interpolate(xs, ys, x) {
+    if (!xs.length || x < xs[0] || x > xs[xs.length - 1]) return null;
+    let hi = 0;
+    while (xs[hi] < x) hi++;
+    if (xs[hi] === x) return ys[hi];
+    const [x0, y0, y1] = [xs[hi - 1], ys[hi - 1], ys[hi]];
+    return y0 === null || y1 === null ? null : y0 + ((y1 - y0) * (x - x0)) / (xs[hi] - x0);
+  }
+
+  const BANDS = {minmax: "band min–max over the runs", sem: "band ± s.e. of the mean over the runs"};
+  // Several runs' curves as one: at every x any of them has, the mean of those that reach it
+  // (linearly interpolated between their own points), and a band: min–max, or the mean ± its
+  // standard error (one run: no spread). `curves`: [{x, y}], each x ascending.
+  function aggregate(curves, band) {
+    const xs = [...new Set(curves.flatMap((c) => c.x))].sort((a, b) => a - b);
+    const out = {x: [], mean: [], lo: [], hi: [], n: []};
+    for (const x of xs) {
+      const ys = curves.map((c) => interpolate(c.x, c.y, x)).filter((y) => y !== null && Number.isFinite(y));
+      if (!ys.length) continue;
+      const mean = ys.reduce((a, b) => a + b, 0) / ys.length;
+      const sem = ys.length > 1 ? Math.sqrt(ys.reduce((a, y) => a + (y - mean) ** 2, 0) / (ys.length - 1) / ys.length) : 0;
+      out.x.push(x); out.mean.push(mean); out.n.push(ys.length);
+      out.lo.push(band === "sem" ? mean - sem : Math.min(...ys));
+      out.hi.push(band === "sem" ? mean + sem : Math.max(...ys));
+    }
+    return out;
+  }
+
+  const fade = (hex, alpha) => `rgba(${[1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16)).join(",")},${alpha})`;
+
+  // A group's mean line with its band: the band's edges (no legend entry of their own), the
+  // faint unsmoothed mean, and the smoothed mean, which names the band in legend and hover.
+  // `floor`: on a log axis, its logFloor (values under it are gaps); null on a linear one.
+  function bandTraces(name, color, raw, smooth, group, band, dash, floor) {
+    const keep = floor === null ? (ys) => ys : (ys) => Dashboard.positive(ys, floor);
+    const lines = {type: "scatter", mode: "lines", legendgroup: group, showlegend: false, hoverinfo: "skip"};
+    const text = smooth.x.map((_, i) => `n = ${smooth.n[i]}, band ${smooth.lo[i].toPrecision(3)} – ${smooth.hi[i].toPrecision(3)}`);
+    return [
+      {...lines, name: `${name} (band low)`, x: smooth.x, y: keep(smooth.lo), line: {width: 0, color}, meta: "band"},
+      {...lines, name: `${name} (band high)`, x: smooth.x, y: keep(smooth.hi), line: {width: 0, color}, meta: "band",
+       fill: "tonexty", fillcolor: fade(color, 0.18)},
+      {...lines, name: `${name} (raw mean)`, x: raw.x, y: keep(raw.mean), opacity: 0.3, line: {color, width: 1, dash}},
+      {type: "scatter", mode: smooth.x.length < 40 ? "lines+markers" : "lines", legendgroup: group,
+       name: `${name} — mean, ${BANDS[band]}`, x: smooth.x, y: keep(smooth.mean), text, meta: "mean",
+       hovertemplate: "%{y:.4~g} (%{text})<extra>%{fullData.name}</extra>", line: {color, width: 2, dash}},
+    ];
+  }
+
+  // The comparison page: runs' curves on shared axes with the run page's controls (smoothing,
+  // log scale, step or wall time), runs that differ only by seed as one mean line and band
+  // (or, toggled, each run), stage marks, and the reference score curve clipped to the runs'
+  // steps. A zoom on one chart moves all of them.
   async function comparePage(root) {
     const ids = root.dataset.runs;
     const status = document.getElementById("compare-status");
@@ -204,37 +254,206 @@ const Lab = (() => {
       return;
     }
     // The page picks each run's colour (its swatch's index): one per run, or one per value of
-    // the setting the page is coloured by (?color_by=).
+    // the setting the page is coloured by (?color_by=). A group takes its first run's colour.
     const colorIndex = new Map([...document.querySelectorAll("tr[data-run-id]")].map((row) =>
       [Number(row.dataset.runId), Number(row.querySelector(".swatch").dataset.index)]));
     const colorOf = (runId) => COLORS[colorIndex.get(runId) % COLORS.length];
     document.querySelectorAll(".swatch").forEach((el) => {
       el.style.background = COLORS[Number(el.dataset.index) % COLORS.length];
     });
-    // Shared axes: one step range for every chart, from all runs' data.
-    const steps = Object.values(data.charts).flatMap((t) => {
-      const i = t.columns.indexOf("step");
-      return t.rows.map((r) => r[i]);
-    });
-    const [lo, hi] = [Math.min(...steps), Math.max(...steps)];
-    const pad = hi > lo ? (hi - lo) * 0.02 : 1;
-    const range = steps.length ? [lo - pad, hi + pad] : null;
-    const draws = [];
-    for (const div of root.querySelectorAll(".plot")) {
-      const table = data.charts[div.dataset.chart];
-      const traces = div.dataset.chart === "score" ? scoreTraces(table, colorOf)
-        : metricTraces(table, colorOf, [...new Set(table.rows.map((r) => r[table.columns.indexOf("key")]))]);
-      const empty = !traces.length;
-      div.dataset.traces = String(traces.length);
-      draws.push(Plotly.react(div, traces, {
-        autosize: true, height: 300 + 20 * traces.length, margin: {l: 60, r: 12, t: 10, b: 40}, showlegend: true,
-        legend: {orientation: "h", x: 0, y: -0.12, yanchor: "top"},
-        xaxis: {title: {text: "step", standoff: 4}, range: range || undefined, autorange: !range},
-        yaxis: {type: table.log_y ? "log" : "linear", tickformat: table.log_y ? "~g" : "", automargin: true},
-        annotations: empty ? [{text: "no data", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5}] : [],
-      }, CONFIG));
+    const control = (id) => document.getElementById(id);
+    const state = {smoothing: Number(control("compare-smoothing").value), logY: true, x: "step",
+                   grouped: control("compare-grouped").checked, band: control("compare-band").value, xRange: null};
+    const groupOf = new Map(data.runs.map((r) => [r.id, data.groups[r.group]]));
+    const grouped = (runId) => state.grouped && groupOf.get(runId).run_ids.length > 1;
+    const marksOf = new Map(data.runs.map((r) => [r.id, r.marks]));
+    const restarts = (runId) => marksOf.get(runId).filter((m) => m.kind === "reflow").map((m) => m.step);
+    const metric = Object.fromEntries(Object.entries(data.charts).filter(([id]) => id !== "score")
+      .map(([id, table]) => [id, runSeries(table)]));
+
+    // Wall time as time since each run's first logged point (runs started days apart compare
+    // by how long they took), in hours, or minutes when every run took under two hours.
+    const firstWall = new Map();
+    const clock = new Map();  // run id -> {steps, walls} of its first series: steps to wall time
+    for (const s of Object.values(metric).flat()) {
+      if (!s.walls.length) continue;
+      firstWall.set(s.runId, Math.min(firstWall.has(s.runId) ? firstWall.get(s.runId) : Infinity, ...s.walls));
+      if (!clock.has(s.runId)) clock.set(s.runId, {steps: s.steps, walls: s.walls});
     }
-    await Promise.all(draws);
+    const longest = Math.max(0, ...Object.values(metric).flat().map((s) => Math.max(...s.walls) - firstWall.get(s.runId)));
+    const unit = longest < 7200 ? {name: "minutes", s: 60} : {name: "hours", s: 3600};
+    const elapsed = (runId, wall) => (wall === null || wall === undefined || !firstWall.has(runId) ? null
+      : (wall - firstWall.get(runId)) / unit.s);
+    const atStep = (runId, step) => (clock.has(runId) ? elapsed(runId, interpolate(clock.get(runId).steps,
+      clock.get(runId).walls, step)) : null);
+    const xsOf = (s) => (state.x === "step" ? s.steps.slice() : s.walls.map((w) => elapsed(s.runId, w)));
+
+    function curve(s, floor) {
+      const y = floor === null ? s.values.slice() : Dashboard.positive(s.values, floor);
+      const smooth = state.smoothing > 0 ? Dashboard.smoothed(s.steps, y, state.smoothing, restarts(s.runId)) : y;
+      return {x: xsOf(s), raw: y, y: smooth};
+    }
+
+    function metricTraces(chartId, logY) {
+      const all = metric[chartId];
+      const keys = [...new Set(all.map((s) => s.key))];
+      const out = [];
+      const dashOf = (key) => DASHES[keys.indexOf(key) % DASHES.length];
+      const floor = logY ? Dashboard.logFloor(all.map((s) => s.values)) : null;
+      const nameOf = (label, key) => (keys.length > 1 ? `${label} · ${key}` : label);
+      for (const s of all.filter((t) => !grouped(t.runId))) {
+        const c = curve(s, floor);
+        const color = colorOf(s.runId);
+        const mode = s.steps.length < 40 ? "lines+markers" : "lines";
+        if (state.smoothing > 0) {
+          out.push({type: "scatter", mode, name: `${nameOf(s.label, s.key)} (raw)`, legendgroup: String(s.runId),
+                    showlegend: false, opacity: 0.25, x: c.x, y: c.raw, line: {color, width: 1, dash: dashOf(s.key)}});
+        }
+        out.push({type: "scatter", mode, name: nameOf(s.label, s.key), legendgroup: String(s.runId), x: c.x, y: c.y,
+                  line: {color, width: 1.6, dash: dashOf(s.key)}});
+      }
+      for (const g of data.groups.filter((gr) => grouped(gr.run_ids[0]))) {
+        for (const key of keys) {
+          const members = all.filter((s) => s.key === key && g.run_ids.includes(s.runId)).map((s) => curve(s, floor));
+          if (!members.length) continue;
+          const raw = aggregate(members.map((c) => ({x: c.x, y: c.raw})), state.band);
+          const smooth = aggregate(members.map((c) => ({x: c.x, y: c.y})), state.band);
+          out.push(...bandTraces(nameOf(g.label, key), colorOf(g.run_ids[0]), raw, smooth, `group${g.id}`,
+                                 state.band, dashOf(key), floor));
+        }
+      }
+      return out;
+    }
+
+    // The reference curve clipped to the runs' steps: it runs to 86k steps, and drawn whole it
+    // squeezes runs of a few hundred steps into a sliver. Its last point is interpolated at the
+    // runs' last step. When none of it lies within their steps it is left in the legend only
+    // (click to show it). Not drawn against wall time (it has none).
+    function clippedReference(trace, range) {
+      if (state.x !== "step" || !range) return null;
+      const [lo, hi] = range;
+      const keep = trace.x.map((x, i) => [x, trace.y[i]]).filter(([x]) => x >= lo && x <= hi);
+      const end = interpolate(trace.x, trace.y, hi);
+      if (end !== null && (!keep.length || keep[keep.length - 1][0] < hi)) keep.push([hi, end]);
+      const clipped = trace.x[trace.x.length - 1] > hi;
+      if (!keep.length) {
+        return {...trace, visible: "legendonly",
+                name: `${trace.name} (from step ${trace.x[0].toLocaleString("en-US")}: past the runs' steps)`};
+      }
+      return {...trace, x: keep.map((p) => p[0]), y: keep.map((p) => p[1]),
+              name: clipped ? `${trace.name} (clipped to the runs' steps; it runs to ${trace.x[trace.x.length - 1].toLocaleString("en-US")})` : trace.name};
+    }
+
+    function scoreChartTraces(range) {
+      const table = data.charts.score;
+      const traces = scoreTraces(table, colorOf);
+      const out = [];
+      const groupedRows = new Map();  // group|kind|variant -> {group, kind, variant, curves}
+      for (const t of traces) {
+        if (t.name.startsWith("reference")) {
+          const ref = clippedReference(t, range);
+          if (ref) out.push(ref);
+          continue;
+        }
+        const runId = Number(t.legendgroup);
+        const x = state.x === "step" ? t.x : t.x.map((step) => atStep(runId, step));
+        if (!grouped(runId)) { out.push({...t, x}); continue; }
+        const [kind, variant] = t.name.split(" · ")[1].split(" (")[0].split(" ");
+        const key = `${groupOf.get(runId).id}|${kind}|${variant}`;
+        if (!groupedRows.has(key)) groupedRows.set(key, {group: groupOf.get(runId), kind, variant, curves: []});
+        groupedRows.get(key).curves.push({x, y: t.y});
+      }
+      for (const {group, kind, variant, curves} of groupedRows.values()) {
+        const agg = aggregate(curves, state.band);
+        const color = colorOf(group.run_ids[0]);
+        if (kind === "quick") {
+          const lines = bandTraces(`${group.label} · quick ${variant}`, color, agg, agg, `group${group.id}`, state.band, "solid", null);
+          out.push(...lines.filter((t) => !t.name.endsWith("(raw mean)")));
+        } else {
+          out.push({type: "scatter", mode: "markers", name: `${group.label} · ${kind} ${variant} — mean, ${BANDS[state.band]}`,
+                    legendgroup: `group${group.id}`, x: agg.x, y: agg.mean, meta: "mean",
+                    error_y: {type: "data", symmetric: false, array: agg.hi.map((h, i) => h - agg.mean[i]),
+                              arrayminus: agg.lo.map((l, i) => agg.mean[i] - l), visible: true, thickness: 1},
+                    marker: {symbol: MARKERS[`${kind} ${variant}`] || "circle", size: 12, color}});
+        }
+      }
+      return out;
+    }
+
+    // One x range for every chart, from the runs' own points (never the reference curve's).
+    function sharedRange() {
+      if (state.xRange) return state.xRange;
+      const xs = Object.values(metric).flat().flatMap(xsOf).filter((x) => x !== null);
+      const score = data.charts.score;
+      const i = Object.fromEntries(score.columns.map((c, k) => [c, k]));
+      for (const r of score.rows) {
+        if (r[i.run_id] === null) continue;
+        const x = state.x === "step" ? r[i.step] : atStep(r[i.run_id], r[i.step]);
+        if (x !== null) xs.push(x);
+      }
+      if (!xs.length) return null;
+      const [lo, hi] = [Math.min(...xs), Math.max(...xs)];
+      const pad = hi > lo ? (hi - lo) * 0.02 : (state.x === "step" ? 1 : 1 / 60);
+      return [lo - pad, hi + pad];
+    }
+
+    function marksLayout() {
+      const seen = new Set();
+      const marks = [];
+      for (const run of data.runs) {
+        for (const m of run.marks) {
+          const key = m.kind === "reflow" ? `reflow|${state.x === "step" ? m.step : run.id}` : `${run.id}|${m.step}|${m.wall_time}`;
+          if (seen.has(key)) continue;
+          seen.add(key);
+          marks.push({...m, runId: run.id, label: m.kind === "reflow" ? m.label : `#${run.id} ${m.label}`});
+        }
+      }
+      return Dashboard.markLayout(marks, (m) => (state.x === "step" ? m.step : elapsed(m.runId, m.wall_time)));
+    }
+
+    function draw(div) {
+      const id = div.dataset.chart;
+      const table = data.charts[id];
+      const logY = Boolean(table.log_y) && state.logY;
+      const range = sharedRange();
+      const traces = id === "score" ? scoreChartTraces(range && [range[0], range[1]]) : metricTraces(id, logY);
+      const empty = !traces.length;
+      const legend = traces.filter((t) => t.showlegend !== false).length;
+      div.dataset.traces = String(traces.length);
+      const xaxis = state.x === "step" ? Dashboard.stepAxis(range)
+        : {title: {text: `${unit.name} since the run's first logged point`, standoff: 4}, type: "linear"};
+      const marked = empty ? {shapes: [], annotations: []} : marksLayout();
+      return Plotly.react(div, traces, {
+        autosize: true, height: 300 + 20 * legend, margin: {l: 60, r: 12, t: 10, b: 40}, showlegend: true,
+        legend: {orientation: "h", x: 0, y: -0.12, yanchor: "top"}, uirevision: `${state.x}-${state.logY}`,
+        xaxis: {...xaxis, range: range || undefined, autorange: !range},
+        yaxis: Dashboard.yAxis(table.y_title, logY, traces.filter((t) => t.meta !== "band").map((t) => t.y)),
+        shapes: marked.shapes,
+        annotations: [...marked.annotations,
+          ...(empty ? [{text: "no data", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5}] : [])],
+      }, CONFIG);
+    }
+
+    const plots = [...root.querySelectorAll(".plot")];
+    const redraw = () => Promise.all(plots.map(draw));
+    function followZoom(event) {
+      if (event["xaxis.autorange"]) state.xRange = null;
+      else if (event["xaxis.range[0]"] !== undefined) state.xRange = [event["xaxis.range[0]"], event["xaxis.range[1]"]];
+      else if (Array.isArray(event["xaxis.range"])) state.xRange = event["xaxis.range"].slice();
+      else return;
+      redraw();
+    }
+    control("compare-smoothing").addEventListener("input", (e) => {
+      state.smoothing = Number(e.target.value);
+      control("compare-smoothing-value").textContent = e.target.value;
+      redraw();
+    });
+    control("compare-log-y").addEventListener("change", (e) => { state.logY = e.target.checked; redraw(); });
+    control("compare-x").addEventListener("change", (e) => { state.x = e.target.value; state.xRange = null; redraw(); });
+    control("compare-grouped").addEventListener("change", (e) => { state.grouped = e.target.checked; redraw(); });
+    control("compare-band").addEventListener("change", (e) => { state.band = e.target.value; redraw(); });
+    await redraw();
+    plots.forEach((div) => div.on("plotly_relayout", followZoom));
     status.textContent = "";
     root.dataset.ready = "true";
   }
