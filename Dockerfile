@@ -14,7 +14,7 @@ ENV MUJOCO_GL=egl \
 # Versions follow the base image's Ubuntu release, so they are not pinned here.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libegl1 libgl1 libglib2.0-0 curl tini \
+    && apt-get install -y --no-install-recommends libegl1 libgl1 libgl1-mesa-dri libglib2.0-0 curl tini \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/dlite

@@ -17,7 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.auth import Auth, LoginRequired
 from app.db import Database
-from app.routes import api_results, api_runs, api_sweeps, auth, docs, health, lab_pages, pages, stream, workers
+from app.routes import api_artifacts, api_results, api_runs, api_sweeps, auth, docs, health, lab_pages, pages, stream, workers
 from app.services.claims import grant_restart_grace, sweep_leases
 from app.settings import Settings
 from app.urls import RootPath, url
@@ -69,7 +69,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.auth.drop_stale_sessions()
     errors.install(app)
     app.add_exception_handler(LoginRequired, _login_required)
-    for module in (health, auth, docs, pages, lab_pages, stream, workers, api_runs, api_sweeps, api_results):
+    for module in (health, auth, docs, pages, lab_pages, stream, workers, api_runs, api_artifacts, api_sweeps,
+                   api_results):
         # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -181,6 +181,29 @@ class Evaluation(SQLModel, table=True):
     created_at: float
 
 
+class Artifact(SQLModel, table=True):
+    """A file an evaluation left besides its scores (an episode's video, its plans JSON),
+    stored under <data_dir>/artifacts/<run_id>/<name>; the row is what the API lists, the
+    file what it serves (app/services/artifacts.py, migration 0012)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("run_id", "name", name="uq_artifact_run_name"),)
+
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: int = Field(sa_column=_run_fk())
+    name: str
+    kind: str
+    """'video' or 'plans'."""
+    variant: str
+    eval_kind: str
+    """The evaluation it came from: 'final' or 'quick'."""
+    step: int = Field(sa_type=BigInteger)
+    """The checkpoint step the evaluation was of."""
+    size: int = Field(sa_type=BigInteger)
+    sha256: str
+    created_at: float
+
+
 class Event(SQLModel, table=True):
     __tablename__ = "events"
 

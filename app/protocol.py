@@ -39,7 +39,11 @@ CHECKLIST: tuple[tuple[str, str], ...] = (
     ("reflow.done", "{reflow_gradient_steps:reflow step} done"),
     ("eval.done", "{num_envs:env} × {num_episodes:episode} done"),
     ("eval.score", "normalised score recorded"),
+    ("eval.video", "an extra episode recorded as a video, with its plans"),
 )
+MAX_VIDEO_BYTES = 16 * 2**20
+"""The largest episode video the server takes (its request body limit): a worker keeps a larger
+one in its backups only."""
 CHECKLIST_KEYS: tuple[str, ...] = tuple(key for key, _ in CHECKLIST)
 R2_ONLY_KEYS = frozenset({"reflow.pairs", "reflow.done"})
 """Checklist items that only runs with variant R2 pass."""
@@ -372,3 +376,74 @@ class ConsoleRequest(_Fenced):
     """Recent lines of the worker's log for the run page's console; already redacted."""
 
     lines: list[ConsoleLineIn] = Field(min_length=1, max_length=CONSOLE_BATCH)
+
+
+ARTIFACT_NAME = re.compile(r"^(R1|R2)-(final|quick)-(\d{1,12})\.(webm|plans\.json)$")
+"""An evaluation artifact's file name: variant, evaluation kind, checkpoint step and what it
+is (the episode's video, or its plans). The server stores and serves nothing else."""
+MAX_PLANS_BYTES = 4 * 2**20
+"""Largest plans JSON; a video may be as large as any request body (16 MiB by default)."""
+MAX_PLAN_DIMS = 512
+MAX_PLAN_STATES = 20_000
+MAX_PLAN_DECISIONS = 64
+MAX_PLAN_LEVELS = 10
+MAX_PLAN_POINTS = 1_024
+"""Most points of one level of one decision: a level plans a handful over its horizon."""
+Vector = Annotated[list[float], Field(min_length=1, max_length=MAX_PLAN_DIMS)]
+
+
+class PlanDim(_Body):
+    index: Integer = Field(ge=0, lt=MAX_PLAN_DIMS)
+    name: str = Field(min_length=1, max_length=SHORT_TEXT)
+
+
+class PlanLevel(_Body):
+    level: Integer = Field(ge=0, lt=MAX_PLAN_LEVELS)
+    times: list[Integer] = Field(min_length=1, max_length=MAX_PLAN_POINTS)
+    """The env step each point is planned for."""
+    points: list[Vector] = Field(min_length=1, max_length=MAX_PLAN_POINTS)
+
+    @model_validator(mode="after")
+    def _a_time_per_point(self) -> PlanLevel:
+        if len(self.times) != len(self.points):
+            raise ValueError(f"level {self.level} has {len(self.times)} times but {len(self.points)} points")
+        return self
+
+
+class PlanDecision(_Body):
+    t: Integer = Field(ge=0, le=MAX_INT)
+    """The env step the decision was taken at."""
+    levels: list[PlanLevel] = Field(min_length=1, max_length=MAX_PLAN_LEVELS)
+
+
+class Plans(_Body):
+    """An evaluation episode's plans (`<variant>-<kind>-<step>.plans.json`): the states it
+    reached and, for some decisions, what each plan level proposed, for the run page's plan
+    chart. Every state and point has one value per entry of `dims`."""
+
+    version: Literal[1]
+    task: str = Field(min_length=1, max_length=SHORT_TEXT)
+    variant: Variant
+    checkpoint_step: Integer = Field(ge=0, le=MAX_INT)
+    seed: Integer = Field(ge=-MAX_INT, le=MAX_INT)
+    dims: list[PlanDim] = Field(min_length=1, max_length=MAX_PLAN_DIMS)
+    default_dim: Integer = Field(ge=0, lt=MAX_PLAN_DIMS)
+    states: list[Vector] = Field(max_length=MAX_PLAN_STATES)
+    decisions: list[PlanDecision] = Field(max_length=MAX_PLAN_DECISIONS)
+    episode_return: float = Field(ge=-MAX_RETURN, le=MAX_RETURN)
+    score: Score
+
+    @model_validator(mode="after")
+    def _vectors_match_dims(self) -> Plans:
+        """The chart reads dimension `i` of every vector: a shorter one would draw nothing."""
+        n = len(self.dims)
+        if [d.index for d in self.dims] != list(range(n)):
+            raise ValueError("dims must be listed in order, their `index` 0, 1, 2, ...")
+        if self.default_dim >= n:
+            raise ValueError(f"default_dim {self.default_dim} is not one of the {n} dims")
+        if any(len(s) != n for s in self.states):
+            raise ValueError(f"every state must have {n} values, one per dim")
+        for d in self.decisions:
+            if any(len(p) != n for level in d.levels for p in level.points):
+                raise ValueError(f"every point of the decision at t={d.t} must have {n} values, one per dim")
+        return self

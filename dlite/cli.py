@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the commands import torch only when they run
     from dlite.dataset import WindowDataset
     from dlite.device_check import CheckReport
     from dlite.model import DiffuserLite
+    from dlite.planner import Planner
 
 
 def _download_bar() -> Callable[[int, int | None], None]:
@@ -191,7 +192,22 @@ def _eval(args: argparse.Namespace) -> int:
               f"{result.score_mean:.1f} ± {result.score_std:.1f} (std over {len(result.scores)} episodes); "
               f"planning {result.hz_1env:.0f} Hz for one env, {result.decisions_per_s:.0f} decisions/s for "
               f"{args.envs} envs on {result.device}; {result.wall_s:.0f} s")
+    if args.record:
+        _record(planner, args, first_unused_seed=args.seed + args.envs * args.episodes)
     return 0
+
+
+def _record(planner: Planner, args: argparse.Namespace, first_unused_seed: int) -> None:
+    """One more episode of the evaluated checkpoint, on a seed no evaluated episode used, as
+    `<checkpoint name>.webm` and `.plans.json` in the --record folder."""
+    from dlite import checkpoint
+    from dlite.record import record_episode
+
+    path = Path(args.checkpoint)
+    rec = record_episode(planner, seed=first_unused_seed, checkpoint_step=checkpoint.read(path)["step"],
+                         out_dir=Path(args.record), stem=path.stem, max_steps=args.max_steps)
+    print(f"recorded {rec.steps} steps (score {rec.score:.1f}) as {rec.video} and {rec.plans}; rendering "
+          f"{rec.render_s:.1f} s, encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s", file=sys.stderr)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -255,6 +271,9 @@ def add_commands(sub: Any) -> None:
                    help="planning path, verified against the textbook loop first (default: the checkpoint's "
                         "plan_accel, auto: the fastest verified full-precision one)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--record", metavar="DIR",
+                   help="also record one extra episode (not scored) as DIR/<checkpoint>.webm with its plans in "
+                        "DIR/<checkpoint>.plans.json; needs MUJOCO_GL=egl or osmesa")
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("check", help="verify and time every training and planning path on this device")
@@ -275,12 +294,13 @@ def run(args: argparse.Namespace) -> int:
     from dlite.d4rl import DatasetError
     from dlite.device_check import DeviceCheckError
     from dlite.pipeline import ExistingRunError
+    from dlite.record import RenderUnavailable
     from dlite.reflow import PairsError
 
     try:
         return args.func(args)
     except (ConfigError, DatasetError, CheckpointError, DeviceCheckError, ExistingRunError, PairsError,
-            ValueError) as e:
+            RenderUnavailable, ValueError) as e:
         print(f"dlite: error: {e}", file=sys.stderr)
         return 2
 

@@ -140,6 +140,11 @@ class Config:
                          0, MAX_STEPS, group="evaluation")
     eval_envs: int = _f(10, "environments of a quick evaluation", 1, 1000, group="evaluation")
     eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", 1, 100, group="evaluation")
+    record_video: str = _f("final", "'final': after each final evaluation, record one extra episode (its own seed, "
+                           "not scored) as a video with its plans; 'off': none", group="evaluation",
+                           choices=("final", "off"))
+    video_every_quick: int = _f(0, "also record every n-th quick evaluation (0: none; each costs one more episode)",
+                                0, 1_000_000, group="evaluation")
 
     variant: str = _f("R1", "R1: train and plan with 3 steps; R2: then reflow and also plan with 1 step",
                       group="reflow", choices=("R1", "R2"))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -77,10 +80,24 @@ def one_env_latency_ms(planner: Planner, obs: np.ndarray, repeats: int = 30) -> 
     return 1000.0 * float(np.median(times))
 
 
+def make_env(domain: Domain, max_steps: int, **render: Any) -> gym.Env:
+    """One environment as evaluation steps it; `render` (render_mode, width, height) makes
+    a recorded episode one that evaluation could have scored."""
+    return gym.make(domain.gym_id, max_episode_steps=max_steps, **render)
+
+
 def make_envs(domain: Domain, n_envs: int, max_steps: int) -> gym.vector.VectorEnv:
-    def make() -> gym.Env:
-        return gym.make(domain.gym_id, max_episode_steps=max_steps)
-    return gym.vector.SyncVectorEnv([make] * n_envs)
+    return gym.vector.SyncVectorEnv([lambda: make_env(domain, max_steps)] * n_envs)
+
+
+@contextmanager
+def seeded_planning(planner: Planner, seed: int) -> Iterator[None]:
+    """Planning noise from a forked RNG seeded with `seed`: an evaluation (or a recording)
+    in the middle of training leaves the training run exactly as it would have been without it."""
+    devices = [planner.device] if planner.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
@@ -89,8 +106,7 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
 
     An environment that is done stops adding reward; Gymnasium 1.x autoresets it on
     the next step, which we ignore, so each round is exactly one episode per env.
-    Planning noise comes from a forked, seeded RNG: an evaluation in the middle of
-    training leaves the training run exactly as it would have been without it.
+    Planning noise comes from a forked, seeded RNG (`seeded_planning`).
     """
     task = get_task(planner.cfg.task)
     domain = task.domain
@@ -100,9 +116,7 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
                          f"but {domain.gym_id} has {domain.obs_dim}/{domain.act_dim}")
     start = time.perf_counter()
     envs = make_envs(domain, n_envs, max_steps)
-    devices = [planner.device] if planner.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded_planning(planner, seed):
         returns, latency_ms, obs = _rollouts(planner, envs, n_envs, n_episodes, seed, max_steps)
         latency_1env = one_env_latency_ms(planner, obs)
     scores = [task.normalized_score(r) for r in returns]

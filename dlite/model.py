@@ -32,3 +32,7 @@ class DiffuserLite(nn.Module):
 
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
+
+    def denormalize(self, obs: torch.Tensor) -> torch.Tensor:
+        """Raw observations of normalised ones: plans are made in normalised units."""
+        return obs * self.obs_std + self.obs_mean

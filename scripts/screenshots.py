@@ -5,7 +5,8 @@ the demo finish; then
 
     python scripts/screenshots.py --url http://127.0.0.1:8000 --data-dir /tmp/shots --run 1
 
-writes docs/run-page.png (1280 px wide) and docs/run-page-phone.png (390 px wide).
+writes docs/run-page.png (1280 px wide), docs/run-page-phone.png (390 px wide) and
+docs/run-page-episode.png (the evaluation episode's video, playing, and its plan chart).
 The token is read from DLITE_TOKEN or <data-dir>/token, as `dlite up` writes it.
 """
 
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = (("run-page.png", 1280, 1500), ("run-page-phone.png", 390, 1700))
 """(file, viewport width, height): the top of the run page, where status, charts and scores are."""
+EPISODE_SHOT = "run-page-episode.png"
 
 
 def _shoot(page: Page, url: str, token: str, run_id: int, out: Path, width: int, height: int) -> None:
@@ -32,6 +34,17 @@ def _shoot(page: Page, url: str, token: str, run_id: int, out: Path, width: int,
     page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout)")
     page.wait_for_timeout(500)  # Plotly's responsive resize after the layout settles
     page.screenshot(path=str(out))
+
+
+def _shoot_episode(page: Page, out: Path) -> None:
+    """The episode panel with its video a few seconds in, so the picture shows a playing agent."""
+    page.set_viewport_size({"width": 1280, "height": 1500})
+    page.wait_for_selector("#episode-video:not([hidden])")
+    page.evaluate("document.getElementById('episode-video').play()")
+    page.wait_for_function("document.getElementById('episode-video').currentTime > 3")
+    page.evaluate("document.getElementById('episode-video').pause()")
+    page.locator("#episode").scroll_into_view_if_needed()
+    page.locator("#episode").screenshot(path=str(out))
 
 
 def main() -> None:
@@ -48,6 +61,8 @@ def main() -> None:
         for name, width, height in SHOTS:
             _shoot(page, args.url.rstrip("/"), token, args.run, args.out / name, width, height)
             print(f"wrote {args.out / name}")
+        _shoot_episode(page, args.out / EPISODE_SHOT)
+        print(f"wrote {args.out / EPISODE_SHOT}")
         browser.close()
 
 

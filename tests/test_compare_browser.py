@@ -65,13 +65,12 @@ def _std(values: list[float]) -> float:
 def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServer, tmp_path) -> None:  # noqa: F811
     with live_server.client() as api:
         r = api.post("/api/sweeps", json={"name": "paper", "tasks": list(TASKS_SHOWN), "seeds": [0, 1, 2],
-                                          "variants": ["R2"], "config": {"diffusion_gradient_steps": STEPS,
-                                                                         "invdyn_gradient_steps": STEPS}})
+                                          "variants": ["R2"], "config": {}})  # the paper's settings: compared
         assert r.status_code == 201, r.text
         wid, rng = register(api), random.Random(11)
         ids = [_play_run(api, wid, rng) for _ in r.json()["runs"]]
         single = api.post("/api/runs", json={"task": "hopper-medium-expert-v2", "name": "one-seed", "config": {
-            "diffusion_gradient_steps": STEPS, "invdyn_gradient_steps": STEPS}}).json()["id"]
+            "diffusion_gradient_steps": STEPS, "invdyn_gradient_steps": STEPS}}).json()["id"]  # shorter: not compared
         _play_run(api, wid, rng, ("R1",))
         first, second = ids[0], ids[1]  # halfcheetah-medium-expert-v2, R2, seeds 0 and 1
         expected_loss = api.get("/api/compare/charts/loss.json", params={"runs": f"{first},{second}"}).json()
@@ -121,6 +120,8 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
 
     docs = ROOT / "docs"
     page.set_viewport_size({"width": 1280, "height": 1300})
+    page.check("#compare-grouped")  # the screenshot shows the default: two seeds as one mean line and band
+    page.wait_for_function("document.getElementById('compare-loss').data.some(t => t.meta === 'band')")
     page.screenshot(path=str(docs / "compare-page.png"), full_page=True)
 
     page.goto(f"{live_server.url}/runs/{first}")  # the run page's score chart: evaluations and the reference
@@ -134,6 +135,7 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     assert rows.count() == 2 * len(TASKS_SHOWN) + 1
     text = page.inner_text("table.results-table")
     assert "mean ± s.e. over 3 seeds" in text and "not a standard error" in text and f"#{single}" in text
+    assert text.count("not compared: other settings than the paper's") == 1 and "agrees" in text
     page.locator("main").screenshot(path=str(docs / "results-table.png"))
     assert page.errors == []
 

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from hashlib import sha256
 from pathlib import Path
 
 import httpx
@@ -21,10 +22,17 @@ from app.models import Run
 from app.settings import STATE_STATUS_FILE
 from tests.app_helpers import ROOT, free_port, subprocess_env, wait_for
 from tests.fake_hub import FakeHubApi
-from worker.backup import BackupError
+from worker.backup import BackupError, Extras
 from worker.backup_dir import DirectoryBackup
 from worker.hub import HubBackup
-from worker.state_backup import LAB_ID_FILE, STATE_FILE, STATE_KEY, StateBackup, restore
+from worker.state_backup import (
+    LAB_ID_FILE,
+    STATE_FILE,
+    STATE_KEY,
+    StateBackup,
+    artifact_rows,
+    restore,
+)
 
 TOKEN = "a-generated-token-of-enough-length-0123456789"
 
@@ -171,6 +179,115 @@ def test_hub_keeps_the_token_only_in_a_private_repo_and_reports_failures_once(tm
     assert status["ok"] is False and "HTTP 403" in status["message"]
     assert failing.save() and logged[-1].endswith("again")
     assert json.loads((tmp_path / "old" / STATE_STATUS_FILE).read_text())["ok"] is True
+
+
+ARTIFACTS = {(1, "R1-final-1000.webm"): b"\x1a\x45\xdf\xa3 first video", (1, "R1-final-1000.plans.json"): b"{}",
+             (2, "R2-quick-500.webm"): b"\x1a\x45\xdf\xa3 second video"}
+
+
+def add_artifacts(data_dir: Path, files: dict[tuple[int, str], bytes]) -> None:
+    """Rows and files as the server keeps them (app/services/artifacts.py), without its checks."""
+    with sqlite3.connect(data_dir / "dlite.db") as c:
+        for (run_id, name), data in files.items():
+            (data_dir / "artifacts" / str(run_id)).mkdir(parents=True, exist_ok=True)
+            (data_dir / "artifacts" / str(run_id) / name).write_bytes(data)
+            c.execute("INSERT INTO artifacts (run_id, name, kind, variant, eval_kind, step, size, sha256, created_at) "
+                      "VALUES (?, ?, 'video', 'R1', 'final', 1, ?, ?, 1.0)",
+                      (run_id, name, len(data), sha256(data).hexdigest()))
+
+
+def artifact_files(data_dir: Path) -> dict[tuple[int, str], bytes]:
+    return {(int(p.parent.name), p.name): p.read_bytes() for p in (data_dir / "artifacts").glob("*/*")}
+
+
+class RecordingFolder(DirectoryBackup):
+    """A backup folder that remembers what each write added and deleted."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, STATE_KEY)
+        self.writes: list[tuple[list[str], list[str]]] = []
+
+    def write_files(self, adds: Extras, what: str, deletes: list[str] | None = None) -> None:
+        self.writes.append((sorted(adds), sorted(deletes or [])))
+        super().write_files(adds, what, deletes)
+
+
+def test_artifact_files_go_with_the_snapshot_and_come_back_verified(tmp_path: Path) -> None:
+    drive, old = tmp_path / "drive", tmp_path / "old"
+    database = lab_database(old)
+    add_artifacts(old, ARTIFACTS)
+    add_artifacts(old, {(2, "R2-final-9.webm"): b"never written", (1, "R2-final-9.webm"): b"as uploaded"})
+    (old / "artifacts" / "2" / "R2-final-9.webm").unlink()
+    (old / "artifacts" / "1" / "R2-final-9.webm").write_bytes(b"replaced since")
+    lab = restore(folder(drive), old, use_saved_token=True)
+    target, logged = RecordingFolder(drive), []
+    state = StateBackup(target, old, lab.lab_id, None, every_s=60, log=logged.append)
+    assert state.save()
+    stored = {f"server/artifacts/{run_id}/{name}" for run_id, name in ARTIFACTS}
+    assert set(target.writes[-1][0]) == stored | {STATE_FILE, saved(drive)["database"]["file"]}, "one write"
+    assert sorted(line.split(": ")[-1].split(" ", 1)[1] for line in logged) == [
+        "differs from its row (sha256 or size)", "is missing"], "left out, and the backup goes on"
+    assert set(saved(drive)["artifacts"]) == {f"{run_id}/{name}" for run_id, name in ARTIFACTS}
+
+    with sqlite3.connect(database) as c:
+        c.execute("UPDATE runs SET note = 'changed' WHERE id = 1")
+    assert state.save() and not any(p.startswith("server/artifacts/") for p in target.writes[-1][0]), \
+        "unchanged artifacts are not uploaded again"
+    assert len(logged) == 2, "a file left out is said once"
+
+    result = restore(folder(drive), tmp_path / "new", use_saved_token=True)
+    assert result.restored and "; 3 of its 5 artifact files came back, 2 did not" in result.message
+    assert artifact_files(tmp_path / "new") == ARTIFACTS
+    assert run_names(tmp_path / "new" / "dlite.db") == ["first", "second"]
+
+    (drive / "server/artifacts/1/R1-final-1000.webm").write_bytes(b"bit rot")
+    logged.clear()
+    result = restore(folder(drive), tmp_path / "rotten", use_saved_token=True, log=logged.append)
+    assert result.restored and "; 2 of its 5 artifact files came back, 3 did not" in result.message
+    assert artifact_files(tmp_path / "rotten") == {k: v for k, v in ARTIFACTS.items() if k[1] != "R1-final-1000.webm"}
+    assert len(logged) == 1 and "R1-final-1000.webm" in logged[0] and "corrupt" in logged[0]
+
+    with sqlite3.connect(database) as c:  # the run is deleted: its rows cascade, its files go (run_list)
+        c.execute("DELETE FROM artifacts WHERE run_id = 2")
+        c.execute("DELETE FROM runs WHERE id = 2")
+    assert state.save()
+    assert "server/artifacts/2/R2-quick-500.webm" in target.writes[-1][1]
+    assert not (drive / "server/artifacts/2/R2-quick-500.webm").exists()
+    assert set(saved(drive)["artifacts"]) == {"1/R1-final-1000.webm", "1/R1-final-1000.plans.json"}
+
+
+def test_states_without_artifacts_stay_readable_and_the_hub_gets_them_in_one_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
+    old_db = tmp_path / "older.db"  # a lab database from before migration 0012
+    with sqlite3.connect(old_db) as c:
+        c.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY)")
+    assert artifact_rows(old_db) == {}
+
+    lab_database(tmp_path / "old")
+    add_artifacts(tmp_path / "old", ARTIFACTS)
+    api = FakeHubApi()
+    lab = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "old", use_saved_token=True)
+    state = StateBackup(HubBackup("me/lab", STATE_KEY, api=api, min_interval_s=0), tmp_path / "old", lab.lab_id,
+                        None, every_s=60)
+    assert state.save()
+    assert len(api.commits) == 1 and {f"server/artifacts/{r}/{n}" for r, n in ARTIFACTS} <= set(
+        api.commits[0]["added"]) and api.commits[0]["added"][-1] == STATE_FILE
+    api.corrupt.add("server/artifacts/2/R2-quick-500.webm")
+    result = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "new", use_saved_token=True,
+                     log=lambda _: None)
+    assert "; 2 of its 3 artifact files came back, 1 did not" in result.message
+    assert artifact_files(tmp_path / "new") == {k: v for k, v in ARTIFACTS.items() if k[0] == 1}
+
+    older = json.loads(api.repos["me/lab"][STATE_FILE])  # as a lab from before artifacts saves it
+    del older["artifacts"]
+    api.repos["me/lab"][STATE_FILE] = json.dumps(older).encode()
+    result = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "third", use_saved_token=True)
+    assert result.restored and "; 0 of its 3 artifact files came back" in result.message
+    with sqlite3.connect(tmp_path / "old" / "dlite.db") as c:
+        c.execute("UPDATE runs SET note = 'changed' WHERE id = 1")
+    assert state.save() and len([p for p in api.commits[-1]["added"] if p.startswith("server/artifacts/")]) == 3, \
+        "a state.json without the record: the files are uploaded again"
 
 
 def test_every_page_says_when_the_server_state_is_not_being_saved(settings) -> None:

@@ -54,7 +54,8 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> None:
     server = start_server(tmp_path / "server")
-    worker = start_worker(server, tmp_path / "w1", dataset_cache, DLITE_SYSTEM_METRICS_SECONDS="1")
+    worker = start_worker(server, tmp_path / "w1", dataset_cache, DLITE_SYSTEM_METRICS_SECONDS="1",
+                          MUJOCO_GL="egl")  # Mesa's software EGL: the final evaluation's episode is filmed
     try:
         api = server.client()
         run_id = create(api, 200)
@@ -74,6 +75,17 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
         final = [e for e in run["evaluations"] if e["kind"] == "final"]
         assert len(final) == 1 and len(final[0]["returns"]) == 2
         assert any(e["kind"] == "quick" and e["step"] == 100 for e in run["evaluations"])
+        video_item = next(i for i in run["checklist"] if i["key"] == "eval.video")
+        assert video_item["verified_at"] and not video_item["failed"] and video_item["detail"] == "R1"
+        names = {a["name"]: a for a in api.get(f"/api/runs/{run_id}/artifacts").json()}
+        assert set(names) == {"R1-final-200.webm", "R1-final-200.plans.json"}, "quick ones are off by default"
+        video = api.get(f"/api/runs/{run_id}/artifacts/R1-final-200.webm")
+        assert video.headers["content-type"] == "video/webm" and video.content[:4] == b"\x1a\x45\xdf\xa3"
+        assert hashlib.sha256(video.content).hexdigest() == names["R1-final-200.webm"]["sha256"]
+        plans = api.get(f"/api/runs/{run_id}/artifacts/R1-final-200.plans.json").json()
+        assert plans["checkpoint_step"] == 200 and len(plans["states"]) == 21, "20 steps and the reset state"
+        assert any("recorded an extra R1 episode of step 200 (final)" in e["message"] and "not counted" in e["message"]
+                   for e in api.get(f"/api/runs/{run_id}/events").json())
         assert loss_steps(api, run_id) == list(range(10, 201, 10))
         system = api.get(f"/api/runs/{run_id}/system").json()["series"]
         assert system["system/cpu_percent"]["total"] >= 2 and "system/gpu_util_percent" not in system
@@ -178,6 +190,8 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
                    for e in api.get(f"/api/runs/{run_id}/events").json())
         page = api.get(f"/runs/{run_id}").text
         assert "Device check" in page and "fused AdamW is not supported" in page
+        video = next(i for i in run["checklist"] if i["key"] == "eval.video")  # MUJOCO_GL=disable here
+        assert video["failed"] and "MUJOCO_GL" in video["detail"], "no GL: a ✗ with the fix, the run succeeds"
         assert "## Devices" in api.get("/api/results.md").text
 
         # asked for explicitly, the broken path stops the run before it trains

@@ -64,6 +64,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # recorded episodes render offscreen: EGL is a GPU's own, or Mesa's software renderer without one
+    # (set before any command imports MuJoCo, which reads it once)
+    os.environ.setdefault("MUJOCO_GL", "egl")
     return method_cli.run(parser().parse_args(argv))
 
 

@@ -6,11 +6,15 @@ a 409 becomes StaleAttempt, which means this worker no longer owns the run.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from app.protocol import ClaimResponse, HeartbeatResponse
+
+
+UPLOAD_TIMEOUT_S = 300.0
 
 
 class ServerUnavailable(RuntimeError):
@@ -30,9 +34,11 @@ class ServerClient:
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"})
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, **raw: Any) -> httpx.Response:
+        """A call whose failures are sorted for the caller (module docstring); `raw` goes to
+        httpx as is (an upload's `content`, `headers`, `params`, `timeout`)."""
         try:
-            response = self.http.request(method, path, json=body)
+            response = self.http.request(method, path, json=body, **raw)
         except httpx.HTTPError as e:
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
         if response.status_code == 409:
@@ -67,6 +73,12 @@ class ServerClient:
         """Has the server draw the run's figures now, and fetches them."""
         made = self.request("POST", f"/api/runs/{run_id}/figures").json()["files"]
         return {f["name"]: self.request("GET", f["url"]).content for f in made}
+
+    def upload(self, path: str, file: Path, content_type: str, attempt: int) -> httpx.Response:
+        """PUT a run artifact (a video, its plans) as the raw body; the time limit allows a
+        16 MiB file over a slow link."""
+        return self.request("PUT", path, content=file.read_bytes(), headers={"Content-Type": content_type},
+                            params={"attempt": attempt}, timeout=UPLOAD_TIMEOUT_S)
 
     def close(self) -> None:
         self.http.close()

@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from app.protocol import (CHECKLIST_KEYS, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse, EvaluationRequest,
-                          metric_point, plural, resumed_from)
+from app.protocol import (CHECKLIST_KEYS, MAX_VIDEO_BYTES, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse,
+                          EvaluationRequest, metric_point, plural, resumed_from)
 from dlite import checkpoint, device_check
 from dlite.config import Config, ConfigError, from_dict
 from dlite.d4rl import DatasetError, cache_dir
@@ -28,6 +28,7 @@ from dlite.files import file_sha256
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
+from dlite.record import RenderUnavailable
 from dlite.pipeline import load_dataset
 from dlite.model import DiffuserLite
 from dlite.planner import Planner, checkpoint_model
@@ -40,6 +41,7 @@ from worker.backup import (METRICS_FILE, BackupError, BackupQueue, BackupSchedul
 from worker.backup_dir import DirectoryBackup
 from worker.console import ConsoleCapture
 from worker.hub import HubBackup
+from worker import recording
 from worker.outbox import Outbox
 from worker.system_metrics import Sampler, SystemMonitor, interval_s
 
@@ -150,8 +152,8 @@ class RunExecutor:
         log.log(logging.ERROR if level == "error" else logging.INFO, "run %s: %s", self.claim.run_id, message)
         self.outbox.post("events", {"level": level, "message": message})
 
-    def verified(self, key: str, detail: str | None = None) -> None:
-        self.outbox.post("checklist", {"key": key, "detail": detail})
+    def verified(self, key: str, detail: str | None = None, failed: bool = False) -> None:
+        self.outbox.post("checklist", {"key": key, "detail": detail, "failed": failed})
 
     def stage(self, name: str) -> None:
         self.outbox.post("stage", {"stage": name})
@@ -213,6 +215,7 @@ class RunExecutor:
         try:
             extras[METRICS_FILE] = self.client.export(self.claim.run_id)
             extras.update({f"figures/{name}": png for name, png in self.client.figures(self.claim.run_id).items()})
+            extras.update({f"{recording.FOLDER}/{path.name}": path.read_bytes() for path in recording.files(self.run_dir)})
         except Exception as e:
             log.warning("metrics export or figures for the backup failed: %s", e)
         return extras
@@ -555,8 +558,10 @@ class RunExecutor:
             self.event(f"loss became non-finite at step {step} ({what}); training goes on "
                        f"(on_nonfinite=continue)", "warning")
 
-    def report_evaluation(self, planner: Planner, step: int, kind: str, n_envs: int, n_episodes: int) -> float:
-        """Evaluate with the EMA weights; seeds differ from training's so scores are held out."""
+    def report_evaluation(self, planner: Planner, step: int, kind: str, n_envs: int,
+                          n_episodes: int) -> tuple[float, bool]:
+        """Evaluate with the EMA weights; seeds differ from training's so scores are held out.
+        Returns the score and whether an episode of it was recorded (record_episode)."""
         result = evaluate(planner, n_envs, n_episodes, seed=self.cfg.seed + 10_000)
         self.outbox.post("evaluations", {
             "step": step, "kind": kind, "variant": result.variant, "score_mean": result.score_mean,
@@ -564,7 +569,31 @@ class RunExecutor:
             "n_envs": n_envs, "n_episodes": n_episodes, "latency_ms": result.latency_ms,
             "latency_ms_1env": result.latency_ms_1env, "device": result.device})
         self.outbox.metrics(step, {"score": result.score_mean}, time.time())
-        return result.score_mean
+        recorded = recording.wanted(self.cfg, step, kind) and self.record_episode(planner, step, kind)
+        return result.score_mean, recorded
+
+    def record_episode(self, planner: Planner, step: int, kind: str) -> bool:
+        """One extra episode as a video with its plans, uploaded through the outbox. A machine
+        that cannot render gets a warning with the fix (a ✗ on the checklist for a final
+        evaluation), never a failed run; rendering is timed apart from planning."""
+        try:
+            rec = recording.record(planner, self.cfg, step, kind, self.run_dir)
+        except RenderUnavailable as e:
+            if kind == "final":
+                self.verified("eval.video", f"not recorded: {e}", failed=True)
+            self.event(f"no video of the {kind} {planner.variant} evaluation at step {step}: {e}", "warning")
+            return False
+        too_big = rec.video.stat().st_size > MAX_VIDEO_BYTES
+        if too_big:
+            self.event(f"the video of step {step} is {rec.video.stat().st_size / 2**20:.1f} MiB, over the server's "
+                       f"{MAX_VIDEO_BYTES / 2**20:.0f} MiB: kept in the backups only", "warning")
+        for path, content_type in ((rec.video, "video/webm"), (rec.plans, "application/json")):
+            if not (too_big and path == rec.video):
+                self.outbox.upload(path.name, path, content_type)
+        self.event(f"recorded an extra {planner.variant} episode of step {step} ({kind}): {rec.steps} steps, "
+                   f"score {rec.score:.1f} (not counted in the evaluation); rendering {rec.render_s:.1f} s, "
+                   f"encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s")
+        return True
 
     def stage_reflow_pairs(self, data: WindowDataset, r1_path: Path) -> tuple[PairStore, DiffuserLite, int]:
         """R2's pairs from the final R1 model, kept on local disk only (GBs, never backed up):
@@ -628,15 +657,17 @@ class RunExecutor:
         """The final evaluation of every variant the run trained (R1, and R2 after reflow)."""
         self.stage("eval")
         cfg = self.cfg
-        scores = {}
+        scores, videos = {}, {}
         for variant, final in finals.items():
             planner = self.planner(*checkpoint_model(final, self.device))
-            scores[variant] = self.report_evaluation(planner, checkpoint.step_of(final), "final",
-                                                     cfg.num_envs, cfg.num_episodes)
+            scores[variant], videos[variant] = self.report_evaluation(planner, checkpoint.step_of(final), "final",
+                                                                      cfg.num_envs, cfg.num_episodes)
         episodes = f"{plural(cfg.num_envs, 'env')} × {plural(cfg.num_episodes, 'episode')}"
         shown = ", ".join(f"{variant} {score:.1f}" for variant, score in scores.items())
         self.verified("eval.done", episodes)
         self.verified("eval.score", shown)
+        if any(videos.values()):
+            self.verified("eval.video", ", ".join(v for v, done in videos.items() if done))
         self.event(f"final normalised score {shown} ({episodes})")
         if self.backups:
             self._backup_now(None)

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from app.protocol import metric_point
 from dlite.files import atomic_path
 from worker.client import ServerClient, ServerUnavailable, StaleAttempt
@@ -93,6 +95,11 @@ class Outbox:
             self._pending.append(entry)
             self._cond.notify()
 
+    def upload(self, name: str, file: Path, content_type: str) -> None:
+        """Journal the upload of a run artifact kept at `file` (which must stay there): in
+        order with the other writes, and retried through an outage like them."""
+        self.post(f"artifacts/{name}", {"file": str(file), "content_type": content_type})
+
     def metrics(self, step: int, values: dict[str, float], wall_time: float) -> None:
         """Non-finite values (a diverging loss) travel as null plus their name: JSON has no NaN."""
         self.post("metrics", {"points": [metric_point(k, step, v, wall_time) for k, v in values.items()]})
@@ -107,7 +114,7 @@ class Outbox:
                     return
                 seq, path, body = self._pending[0]
             try:
-                response = self.client.request("POST", f"/api/runs/{self.run_id}/{path}", body)
+                response = self._send(path, body)
                 if path == "metrics" and body["attempt"] == self.attempt and response.json().get("stale"):
                     self._fenced_off("the server kept its metric points only where the run had none")
             except ServerUnavailable as e:
@@ -129,6 +136,12 @@ class Outbox:
                 self._pending.pop(0)
                 _write_atomic(self.acked_file, str(seq))
                 self._cond.notify_all()
+
+    def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        url = f"/api/runs/{self.run_id}/{path}"
+        if path.startswith("artifacts/"):
+            return self.client.upload(url, Path(body["file"]), body["content_type"], body["attempt"])
+        return self.client.request("POST", url, body)
 
     def _fenced_off(self, detail: str) -> None:
         if not self.lost.is_set():

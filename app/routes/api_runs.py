@@ -19,7 +19,7 @@ from app.services import NotFound, checkpoint_files, console, dashboard, figures
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
 from app.services.stage_marks import stage_marks
-from app.urls import url
+from app.urls import root, url
 from dlite.config import FIELDS, schema
 from dlite.config import json_schema as config_json_schema
 from dlite.tasks import TASKS
@@ -68,9 +68,9 @@ def list_runs(response: Response, filters: RunListQuery = Depends(),
 
 
 @router.get("/runs/{run_id}", responses=problems(404))
-def get_run(run_id: RunId, db: Database = Depends(get_db)) -> dict[str, Any]:
+def get_run(run_id: RunId, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
     with db.read() as session:
-        return runs.run_detail(session, runs.get_run(session, run_id))
+        return runs.run_detail(session, runs.get_run(session, run_id), root(request))
 
 
 @router.get("/runs/{run_id}/metrics", responses=problems(404))

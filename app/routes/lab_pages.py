@@ -4,20 +4,23 @@ lab.js only posts forms and draws the comparison's charts from GET /api/compare.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
+from sqlmodel import Session
 
 from app.auth import require_page
 from app.db import Database
 from app.deps import get_db
 from app.protocol import MAX_INT
 from app.errors import not_found_page
+from app.models import Run
 from app.routes.pages import _page
 from app.routes.responses import PAGE_NOT_FOUND, TO_LOGIN
-from app.services import NotFound, compare, results, sweeps
+from app.services import NotFound, artifacts, compare, results, sweeps
 from app.services.claims import sweep_leases
+from app.urls import root
 from dlite.config import FIELDS, schema
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
@@ -67,6 +70,19 @@ def results_page(request: Request, db: Database = Depends(get_db),
     return _page(request, "results.html", {"rows": rows, "ablations": ablations, "sweep": sweep})
 
 
+def _compared_videos(request: Request, session: Session, picked: list[Run]) -> list[dict[str, Any]]:
+    """Each run's newest final video per variant, with the URL of its plans (whose score the
+    page reads into the caption)."""
+    newest = artifacts.newest_final_videos(session, [r.id for r in picked])
+    rows = []
+    for run in picked:
+        for video in newest.get(run.id, []):
+            out = artifacts.artifact_out(video, root(request))
+            rows.append({**out.model_dump(), "run_id": run.id, "label": compare.label(run),
+                         "plans_url": out.url.removesuffix(".webm") + ".plans.json"})
+    return rows
+
+
 @router.get("/compare", response_class=HTMLResponse, responses=PAGE_NOT_FOUND)
 def compare_page(request: Request, db: Database = Depends(get_db),
                  runs: str = Query("", max_length=400),
@@ -92,7 +108,8 @@ def compare_page(request: Request, db: Database = Depends(get_db),
                   "colour": colour, "coloured_by": None if color_by is None else compare.setting(r, color_by)}
                  for r, colour in zip(picked, colours)]
         diff = compare.config_diff(picked)
+        videos = _compared_videos(request, session, picked)
     references = {r.task: REFERENCE_CURVES[r.task] for r in picked if r.task in REFERENCE_CURVES and not r.is_demo}
     return _page(request, "compare.html", {"runs": table, "diff": diff, "ids": ",".join(map(str, ids)),
                                            "charts": compare.compared_charts(picked), "references": references,
-                                           "color_by": color_by})
+                                           "color_by": color_by, "videos": videos})

@@ -19,10 +19,10 @@ from dlite.config import Config, ConfigError, from_dict, schema
 _GROUPS = {f["name"]: f["group"] for f in schema()}
 
 NEUTRAL: frozenset[str] = frozenset(
-    {"seed", "log_interval", "save_interval", "eval_every", "eval_envs", "eval_episodes", "train_accel",
-     "plan_accel"} | {name for name, group in _GROUPS.items() if group == "backup"})
+    {"seed", "log_interval", "save_interval", "eval_every", "eval_envs", "eval_episodes", "record_video",
+     "video_every_quick", "train_accel", "plan_accel"} | {name for name, group in _GROUPS.items() if group == "backup"})
 """Settings that change how a run is seeded, logged, checkpointed, backed up or looked at on the
-way (quick evaluations), never what its final evaluation measures. The speed paths are verified
+way (quick evaluations, recorded episodes), never what its final evaluation measures. The speed paths are verified
 against the reference before a run uses them (dlite.device_check); the reduced-precision ones
 are kept apart in the fingerprint as `train_precision` / `plan_precision`."""
 

@@ -13,7 +13,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from app.models import Run
-from app.services import Conflict
+from app.services import Conflict, artifacts
 from app.services.events import log_event, record_change
 from app.services.runs import run_summary, touch
 
@@ -78,9 +78,10 @@ def update_labels(session: Session, run: Run, changes: dict[str, Any]) -> Run:
 
 
 def local_paths(run: Run, data_dir: Path) -> list[Path]:
-    """What this machine holds of the run: its figures, and the work folder of the worker
-    that `dlite up` starts beside the server."""
-    return [data_dir / "results" / str(run.id), data_dir / "worker" / "runs" / run.uuid]
+    """What this machine holds of the run: its figures, its evaluation artifacts, and the
+    work folder of the worker that `dlite up` starts beside the server."""
+    return [data_dir / "results" / str(run.id), artifacts.run_dir(data_dir, run.id),
+            data_dir / "worker" / "runs" / run.uuid]
 
 
 def delete_run(session: Session, run: Run, data_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from sqlmodel import Session, col, select
 from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricNonFinite, MetricPoint, Run
 from app.protocol import MAX_INT, checklist_keys, checklist_label
 from app.services import Conflict, NotFound
+from app.services.artifacts import artifact_out, list_artifacts
 from app.services.checkpoint_files import download_where
 from app.services.events import event_dict, latest_change_id, log_event, now, record_change
 from app.services.metrics import latest_points
@@ -87,14 +88,16 @@ def checklist_items(session: Session, run_id: int) -> list[ChecklistItem]:
 
 def checklist(session: Session, run: Run) -> list[dict[str, Any]]:
     """All checklist keys in order, verified or not, with labels from the run's config.
-    `skipped` says why an item will never be ticked (a backup with no backup target)."""
+    `skipped` says why an item will never be ticked (a backup with no backup target, a
+    video with record_video off)."""
     done = {i.key: i for i in checklist_items(session, run.id)}
-    no_target = backup_target(run.config) is None
+    never = {"smoke.backup": None if backup_target(run.config) else "no backup target",
+             "eval.video": "record_video is off" if run.config.get("record_video") == "off" else None}
     return [{"key": key, "label": checklist_label(key, run.config),
              "detail": done[key].detail if key in done else None,
              "verified_at": done[key].verified_at if key in done else None,
              "failed": key in done and done[key].failed,
-             "skipped": "no backup target" if key == "smoke.backup" and no_target and key not in done else None}
+             "skipped": None if key in done else never.get(key)}
             for key in checklist_keys(run.config)]
 
 
@@ -128,11 +131,13 @@ def paper_numbers(task: str) -> dict[str, Any]:
             "seed_readme_r1": score(t.seed_readme_r1)}
 
 
-def run_detail(session: Session, run: Run) -> dict[str, Any]:
+def run_detail(session: Session, run: Run, root: str = "") -> dict[str, Any]:
+    """`root`: the path prefix artifacts' URLs start with (app.urls)."""
     return {**run_summary(run), "config": run.config,
             "checklist": checklist(session, run),
             "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)} for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
+            "artifacts": [artifact_out(a, root).model_dump() for a in list_artifacts(session, run.id)],
             "commands": [command_dict(c) for c in session.exec(
                 select(Command).where(Command.run_id == run.id).order_by(col(Command.id)))],
             "metrics": latest_points(session, run.id),

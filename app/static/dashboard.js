@@ -533,6 +533,110 @@ const Dashboard = (() => {
     return {load, append};
   }
 
+  // ---- evaluation episode: its video and plans ----------------------------------------
+
+  const LEVEL_STYLES = [{color: "#1f77b4", symbol: "circle", size: 9}, {color: "#d62728", symbol: "diamond", size: 7},
+                        {color: "#2ca02c", symbol: "square", size: 5}, {color: "#9467bd", symbol: "triangle-up", size: 5}];
+  const stepText = (n) => Number(n).toLocaleString("en-US");
+
+  // The videos to pick from: final evaluations before quick ones, newest checkpoint first, R1
+  // before R2; each with its plans' URL when the worker uploaded them.
+  function episodeVideos(artifacts) {
+    const plans = new Map(artifacts.filter((a) => a.kind === "plans").map((a) => [a.name, a.url]));
+    const order = (a, b) => (a.eval_kind !== b.eval_kind ? (a.eval_kind === "final" ? -1 : 1)
+      : b.step - a.step || a.variant.localeCompare(b.variant));
+    return artifacts.filter((a) => a.kind === "video").sort(order)
+      .map((a) => ({...a, plansUrl: plans.get(a.name.replace(/\.webm$/, ".plans.json")) || null}));
+  }
+
+  function episodeCaption(video, doc) {
+    const score = doc ? ` · episode score ${doc.score.toFixed(1)}` : "";
+    return `${video.variant} · ${video.eval_kind} evaluation of checkpoint step ${stepText(video.step)}${score} — ` +
+      "an extra recorded episode, not one of the scored ones";
+  }
+
+  // The plan chart's traces for state dimension `dim`: the states reached (a line, x = env
+  // step), then each decision's levels, one colour and marker per level; a level's first
+  // trace carries its legend entry ("level 0 (5 points over 129 steps)") for all of its traces.
+  function planTraces(doc, dim) {
+    const states = {name: "states reached", type: "scatter", mode: "lines", x: doc.states.map((_, t) => t),
+                    y: doc.states.map((s) => s[dim]), line: {color: "#111827", width: 2}};
+    const seen = new Set();
+    const plans = doc.decisions.flatMap((d) => d.levels.map((level) => {
+      const style = LEVEL_STYLES[level.level % LEVEL_STYLES.length];
+      const first = !seen.has(level.level);
+      seen.add(level.level);
+      const span = level.times[level.times.length - 1] - level.times[0] + 1;
+      return {name: `level ${level.level} (${level.points.length} points over ${span} steps)`, type: "scatter",
+              mode: "lines+markers", x: level.times.slice(), y: level.points.map((p) => p[dim]),
+              legendgroup: `level ${level.level}`, showlegend: first,
+              line: {color: style.color, width: 1}, marker: {color: style.color, symbol: style.symbol, size: style.size},
+              hovertemplate: `decision at t=${d.t}, level ${level.level}: %{y:.3~f} at step %{x}<extra></extra>`};
+    }));
+    return [states, ...plans];
+  }
+
+  function drawPlans(div, doc, dim) {
+    const layout = {autosize: true, height: 300, margin: {l: 60, r: 12, t: 10, b: 80},
+                    legend: {orientation: "h", x: 0, y: -0.3},
+                    xaxis: {title: {text: "env step", standoff: 4}},
+                    yaxis: {title: {text: doc.dims[dim].name}, automargin: true}};
+    return Plotly.react(div, planTraces(doc, dim), layout, PLOT_CONFIG);
+  }
+
+  function dimChoice(select, doc) {
+    select.replaceChildren(...doc.dims.map((d) => new Option(d.name, d.index, false, d.index === doc.default_dim)));
+  }
+
+  // The run page's evaluation episode: a video of the picked evaluation (the newest final one
+  // first) and its plan chart; `load` re-reads the list when the worker uploads another.
+  function episodeView(figure) {
+    const el = (id) => document.getElementById(id);
+    const [pick, video, caption, plansBox, dimSelect, chart] =
+      ["episode-pick", "episode-video", "episode-caption", "episode-plans", "plan-dim", "plan-chart"].map(el);
+    let videos = [];
+    let doc = null;
+
+    async function show(index) {
+      const v = videos[index];
+      if (video.dataset.src !== v.url) {
+        video.dataset.src = v.url;
+        video.src = v.url;
+      }
+      caption.textContent = episodeCaption(v, null);
+      doc = v.plansUrl ? await api("GET", v.plansUrl).catch(() => null) : null;
+      caption.textContent = episodeCaption(v, doc);
+      plansBox.hidden = !doc;
+      if (!doc) return;
+      dimChoice(dimSelect, doc);
+      await drawPlans(chart, doc, doc.default_dim);
+    }
+
+    async function load() {
+      try {
+        videos = episodeVideos(await api("GET", figure.dataset.artifacts));
+      } catch (e) {
+        showError(`Could not load the evaluation videos: ${e.message}`);
+        return;
+      }
+      el("episode-none").hidden = videos.length > 0;
+      video.hidden = !videos.length;
+      pick.parentElement.hidden = videos.length < 2;
+      if (!videos.length) return;
+      const current = videos.findIndex((v) => v.url === video.dataset.src);
+      pick.replaceChildren(...videos.map((v, i) => new Option(`${v.variant} ${v.eval_kind} · step ${stepText(v.step)}`, i)));
+      pick.value = String(Math.max(current, 0));
+      await show(Number(pick.value));
+    }
+
+    pick.addEventListener("change", () => show(Number(pick.value)));
+    dimSelect.addEventListener("change", () => doc && drawPlans(chart, doc, Number(dimSelect.value)));
+    video.addEventListener("error", () => {
+      caption.textContent = "This video cannot be played here (its file may be missing on this server).";
+    });
+    return {load};
+  }
+
   function runPage(panels) {
     const runId = panels.dataset.runId;
     const charts = runCharts(panels.dataset.paper === "" ? null : Number(panels.dataset.paper));
@@ -541,7 +645,10 @@ const Dashboard = (() => {
     const systemLoaded = system.load();
     const extras = () => typeof Lab !== "undefined" && loaded.then(() => Lab.runScoreExtras(runId, charts.setScoreExtras));
     extras();
+    const episode = episodeView(document.getElementById("episode"));
+    episode.load();
     const refresh = liveFragment(panels, (message) => {
+      if (message.type === "artifact") { episode.load(); return false; }  // the panels show no artifact
       if (message.type === "evaluation") extras();
       if (message.type === "event") loaded.then(() => charts.noteEvent(message.data.message || ""));
       if (message.type !== "metrics") return true;

@@ -463,6 +463,16 @@ const Lab = (() => {
   // Each ablation's score against planning frequency (the speed/score trade-off): one point
   // per value of the varied setting and variant, error bars = standard error over seeds, drawn
   // from GET /api/results (the same answer scripts get). A row without a measured latency has no x.
+  // The compare page's videos come with the page; each caption gets its episode's score from
+  // the plans JSON beside the video (none when the worker uploaded no plans).
+  function videoScores(section) {
+    if (!section) return;
+    section.querySelectorAll("figure[data-plans]").forEach(async (figure) => {
+      const doc = await Dashboard.api("GET", figure.dataset.plans).catch(() => null);
+      if (doc) figure.querySelector(".episode-score").textContent = ` · episode score ${doc.score.toFixed(1)}`;
+    });
+  }
+
   async function ablationCharts(root) {
     const status = document.getElementById("ablation-status");
     const sweep = root.dataset.sweep;
@@ -502,5 +512,5 @@ const Lab = (() => {
     root.dataset.ready = "true";
   }
 
-  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras, ablationCharts};
+  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras, ablationCharts, videoScores};
 })();
