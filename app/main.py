@@ -17,7 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.auth import Auth, LoginRequired
 from app.db import Database
-from app.routes import api_artifacts, api_results, api_runs, api_sweeps, auth, docs, health, lab_pages, pages, stream, workers
+from app.routes import (api_artifacts, api_compare, api_results, api_runs, api_sweeps, auth, compare_pages, docs, health,
+                        pages, results_pages, stream, sweep_pages, workers)
 from app.services.claims import grant_restart_grace, sweep_leases
 from app.settings import Settings
 from app.urls import RootPath, url
@@ -69,8 +70,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.auth.drop_stale_sessions()
     errors.install(app)
     app.add_exception_handler(LoginRequired, _login_required)
-    for module in (health, auth, docs, pages, lab_pages, stream, workers, api_runs, api_artifacts, api_sweeps,
-                   api_results):
+    for module in (health, auth, docs, pages, sweep_pages, results_pages, compare_pages, stream, workers, api_runs,
+                   api_artifacts, api_sweeps, api_results, api_compare):
         # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

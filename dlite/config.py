@@ -71,7 +71,7 @@ def level_loss_keys(levels: int) -> tuple[str, ...]:
     return tuple(f"loss{i}" for i in range(levels))
 
 
-def _f(default: Any, help: str, lo: float | None = None, hi: float | None = None,
+def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
        lo_open: bool = False, group: str = "training", choices: tuple[str, ...] | None = None) -> Any:
     """`lo`/`hi` bound a number (each item of a list); `hi` of a text is its longest length."""
     return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "lo_open": lo_open,
@@ -83,32 +83,36 @@ class Config:
     """Every hyper-parameter of a run. Field metadata carries the dashboard's help text."""
 
     task: str = _f("halfcheetah-medium-expert-v2", "D4RL MuJoCo task", hi=100, group="task")
-    seed: int = _f(0, "random seed for data sampling, initialisation and evaluation", 0, 2**32 - 1, group="task")
+    seed: int = _f(0, "random seed for data sampling, initialisation and evaluation", lo=0, hi=2**32 - 1, group="task")
 
-    discount: float = _f(0.997, "discount of the segment value used as condition", 0, 1, True, "data")
-    terminal_penalty: float = _f(-100.0, "reward substituted at a true terminal", -1e6, 1e6, group="data")
-    horizons: tuple[int, ...] = _f((5, 5, 9), "points per plan level, coarse to fine", 2, 129, group="model")
+    discount: float = _f(0.997, "discount of the segment value used as condition", lo=0, hi=1, lo_open=True,
+                         group="data")
+    terminal_penalty: float = _f(-100.0, "reward substituted at a true terminal", lo=-1e6, hi=1e6, group="data")
+    horizons: tuple[int, ...] = _f((5, 5, 9), "points per plan level, coarse to fine", lo=2, hi=129, group="model")
 
     block: str = _f("reference", "DiT block: 'reference' (the paper's code: the residual stream is replaced "
                     "by the modulated norm before attention) or 'dit' (textbook adaLN-Zero)", group="model",
                     choices=("reference", "dit"))
-    emb_dim: int = _f(256, "width of the time/condition embedding", 8, 4096, group="model")
-    d_model: int = _f(256, "transformer width of each DiT-1d", 8, 4096, group="model")
-    n_heads: int = _f(8, "attention heads of each DiT-1d", 1, 64, group="model")
-    depth: int = _f(2, "transformer blocks of each DiT-1d", 1, 64, group="model")
+    emb_dim: int = _f(256, "width of the time/condition embedding", lo=8, hi=4096, group="model")
+    d_model: int = _f(256, "transformer width of each DiT-1d", lo=8, hi=4096, group="model")
+    n_heads: int = _f(8, "attention heads of each DiT-1d", lo=1, hi=64, group="model")
+    depth: int = _f(2, "transformer blocks of each DiT-1d", lo=1, hi=64, group="model")
     label_dropout: float = _f(0.25, "probability of dropping the condition (classifier-free guidance)",
-                              0, 1, group="model")
-    next_obs_loss_weight: float = _f(10.0, "loss weight of the point after the current state", 0, 1e6, group="model")
+                              lo=0, hi=1, group="model")
+    next_obs_loss_weight: float = _f(10.0, "loss weight of the point after the current state", lo=0, hi=1e6,
+                                     group="model")
 
-    batch_size: int = _f(256, "windows per gradient step and level", 1, 65_536)
-    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the level models", 1, MAX_STEPS)
-    invdyn_gradient_steps: int = _f(1_000_000, "gradient steps of the inverse-dynamics model", 0, MAX_STEPS)
-    diffusion_lr: float = _f(2e-4, "AdamW learning rate of the level models (cosine annealed)", 0, 1, True)
-    weight_decay: float = _f(1e-5, "AdamW weight decay of the level models", 0, 10)
-    ema_rate: float = _f(0.9999, "EMA rate of the level models' weights used for planning", 0, 1)
-    invdyn_lr: float = _f(1e-3, "Adam learning rate of inverse dynamics (the reference's effective 1e-3)", 0, 1, True)
-    invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", 1, 16_384)
-    invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", 0, 1)
+    batch_size: int = _f(256, "windows per gradient step and level", lo=1, hi=65_536)
+    diffusion_gradient_steps: int = _f(1_000_000, "gradient steps of the level models", lo=1, hi=MAX_STEPS)
+    invdyn_gradient_steps: int = _f(1_000_000, "gradient steps of the inverse-dynamics model", lo=0, hi=MAX_STEPS)
+    diffusion_lr: float = _f(2e-4, "AdamW learning rate of the level models (cosine annealed)", lo=0, hi=1,
+                             lo_open=True)
+    weight_decay: float = _f(1e-5, "AdamW weight decay of the level models", lo=0, hi=10)
+    ema_rate: float = _f(0.9999, "EMA rate of the level models' weights used for planning", lo=0, hi=1)
+    invdyn_lr: float = _f(1e-3, "Adam learning rate of inverse dynamics (the reference's effective 1e-3)", lo=0, hi=1,
+                          lo_open=True)
+    invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", lo=1, hi=16_384)
+    invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", lo=0, hi=1)
     train_accel: str = _f("auto", "how a training step runs, verified against 'eager' and timed by the device check "
                           "before training: 'auto' (the fastest verified full-precision path), 'eager' (one level after "
                           "the other), 'fused' (fused optimisers), 'batched' (all levels in one computation, fused "
@@ -116,64 +120,66 @@ class Config:
                           "(batched in mixed precision: bf16, or fp16 with a grad scaler; not the paper's precision) "
                           "or 'compile_amp'",
                           choices=TRAIN_ACCEL)
-    log_interval: int = _f(1000, "steps between loss read-backs and reports", 1, MAX_STEPS)
-    save_interval: int = _f(10_000, "steps between local checkpoints", 1, MAX_STEPS)
+    log_interval: int = _f(1000, "steps between loss read-backs and reports", lo=1, hi=MAX_STEPS)
+    save_interval: int = _f(10_000, "steps between local checkpoints", lo=1, hi=MAX_STEPS)
     on_nonfinite: str = _f("stop", "when a logged loss is NaN or infinite: 'stop' (the run fails, naming the step "
                            "and loss) or 'continue' (a warning event, training goes on)",
                            choices=("stop", "continue"))
 
-    sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", 1, 1000, group="planning")
-    temperature: float = _f(0.5, "scale of the initial noise when planning", 0, 100, group="planning")
+    sampling_steps: int = _f(3, "Euler steps per level when planning (R1: 3)", lo=1, hi=1000, group="planning")
+    temperature: float = _f(0.5, "scale of the initial noise when planning", lo=0, hi=100, group="planning")
     plan_accel: str = _f("auto", "how a planning decision runs, verified against the textbook loop and timed by "
                          "the device check: 'auto' (the fastest verified full-precision path), 'eager', 'packed' "
                          "(oneDNN-packed weights, CPU), 'cuda_graph' (GPU), 'compile' (torch.compile) or 'bf16' "
                          "(faster on some CPUs and GPUs; not the paper's precision)", group="planning",
                          choices=PLAN_ACCEL)
     target_return: float | None = _f(None, "value condition when planning (task table if empty)",
-                                     -10, 10, group="planning")
-    w_cfg: float | None = _f(None, "classifier-free guidance weight (task table if empty)", 0, 100, group="planning")
+                                     lo=-10, hi=10, group="planning")
+    w_cfg: float | None = _f(None, "classifier-free guidance weight (task table if empty)", lo=0, hi=100,
+                             group="planning")
 
-    num_envs: int = _f(50, "parallel environments in the final evaluation", 1, 1000, group="evaluation")
-    num_episodes: int = _f(3, "episodes per environment in the final evaluation", 1, 100, group="evaluation")
-    max_episode_steps: int = _f(1000, "step limit of an evaluation episode", 1, 100_000, group="evaluation")
+    num_envs: int = _f(50, "parallel environments in the final evaluation", lo=1, hi=1000, group="evaluation")
+    num_episodes: int = _f(3, "episodes per environment in the final evaluation", lo=1, hi=100, group="evaluation")
+    max_episode_steps: int = _f(1000, "step limit of an evaluation episode", lo=1, hi=100_000, group="evaluation")
     eval_every: int = _f(10_000, "steps between quick evaluations while training (0: none)",
-                         0, MAX_STEPS, group="evaluation")
-    eval_envs: int = _f(10, "environments of a quick evaluation", 1, 1000, group="evaluation")
-    eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", 1, 100, group="evaluation")
+                         lo=0, hi=MAX_STEPS, group="evaluation")
+    eval_envs: int = _f(10, "environments of a quick evaluation", lo=1, hi=1000, group="evaluation")
+    eval_episodes: int = _f(1, "episodes per environment of a quick evaluation", lo=1, hi=100, group="evaluation")
     record_video: str = _f("final", "'final': after each final evaluation, record one extra episode (its own seed, "
                            "not scored) as a video with its plans; 'off': none", group="evaluation",
                            choices=("final", "off"))
     video_every_quick: int = _f(0, "also record every n-th quick evaluation (0: none; each costs one more episode)",
-                                0, 1_000_000, group="evaluation")
+                                lo=0, hi=1_000_000, group="evaluation")
 
     variant: str = _f("R1", "R1: train and plan with 3 steps; R2: then reflow and also plan with 1 step",
                       group="reflow", choices=("R1", "R2"))
     reflow_pairs_cond: int = _f(1_600_000, "conditional (noise, plan) pairs drawn from the R1 model",
-                                1, MAX_STEPS, group="reflow")
-    reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", 0, MAX_STEPS, group="reflow")
-    reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", 1, 1000, group="reflow")
-    reflow_pair_batch: int = _f(5000, "pairs generated per batch", 1, 1_000_000, group="reflow")
+                                lo=1, hi=MAX_STEPS, group="reflow")
+    reflow_pairs_uncond: int = _f(400_000, "unconditional pairs drawn from the R1 model", lo=0, hi=MAX_STEPS,
+                                  group="reflow")
+    reflow_pair_steps: int = _f(20, "Euler steps that turn noise into a plan for a pair", lo=1, hi=1000, group="reflow")
+    reflow_pair_batch: int = _f(5000, "pairs generated per batch", lo=1, hi=1_000_000, group="reflow")
     reflow_gradient_steps: int = _f(200_000, "reflow fine-tuning steps of the level models",
-                                    1, MAX_STEPS, group="reflow")
-    reflow_lr: float = _f(2e-4, "constant AdamW learning rate of reflow (the reference's effective 2e-4)", 0,
-                          1, True, group="reflow")
+                                    lo=1, hi=MAX_STEPS, group="reflow")
+    reflow_lr: float = _f(2e-4, "constant AdamW learning rate of reflow (the reference's effective 2e-4)", lo=0,
+                          hi=1, lo_open=True, group="reflow")
     reflow_uncond_every: int = _f(5, "every n-th reflow step trains on an unconditional batch",
-                                  1, 1_000_000, group="reflow")
-    r2_sampling_steps: int = _f(1, "Euler steps per level when planning with R2", 1, 1000, group="reflow")
-    r2_target_return: float | None = _f(None, "R2 value condition (task table if empty)", -10, 10, group="reflow")
-    r2_w_cfg: float | None = _f(None, "R2 guidance weight (task table if empty)", 0, 100, group="reflow")
+                                  lo=1, hi=1_000_000, group="reflow")
+    r2_sampling_steps: int = _f(1, "Euler steps per level when planning with R2", lo=1, hi=1000, group="reflow")
+    r2_target_return: float | None = _f(None, "R2 value condition (task table if empty)", lo=-10, hi=10, group="reflow")
+    r2_w_cfg: float | None = _f(None, "R2 guidance weight (task table if empty)", lo=0, hi=100, group="reflow")
 
-    smoke_steps: int = _f(500, "training steps of the stage-0 smoke test", 1, 1_000_000, group="backup")
+    smoke_steps: int = _f(500, "training steps of the stage-0 smoke test", lo=1, hi=1_000_000, group="backup")
     hub_repo: str | None = _f(None, "Hugging Face repo for backups, e.g. user/diffuserlite-results",
                               hi=MAX_REPO_ID, group="backup")
     backup_dir: str | None = _f(None, "folder on the worker's machine for backups instead of the Hub, e.g. Google "
                                 "Drive in Colab: /content/drive/MyDrive/diffuserlite", hi=4096, group="backup")
-    backup_every: int = _f(50_000, "steps between automatic backups (0: none)", 0, MAX_STEPS, group="backup")
+    backup_every: int = _f(50_000, "steps between automatic backups (0: none)", lo=0, hi=MAX_STEPS, group="backup")
     backup_every_minutes: int = _f(15, "minutes of training between automatic backups, whichever of this and "
-                                   "backup_every comes first (0: none)", 0, 7 * 24 * 60, group="backup")
+                                   "backup_every comes first (0: none)", lo=0, hi=7 * 24 * 60, group="backup")
     keep_every: int = _f(5_000, "in the backup, also keep checkpoints at multiples of this step",
-                         1, MAX_STEPS, group="backup")
-    keep_local: int = _f(3, "newest checkpoints kept on local disk", 1, 1000, group="backup")
+                         lo=1, hi=MAX_STEPS, group="backup")
+    keep_local: int = _f(3, "newest checkpoints kept on local disk", lo=1, hi=1000, group="backup")
     on_backup_failure: str = _f("fail", "when the smoke test cannot back up: 'fail' stops the run there, 'warn' "
                                 "trains on without working backups", group="backup", choices=("fail", "warn"))
 

@@ -1,4 +1,4 @@
-"""R2, the paper's one-step variant: reflow the trained R1 level models (spec section 7).
+"""R2, the paper's one-step variant: reflow the trained R1 level models (docs/method.md §7).
 
 Pairs: per level, windows drawn as in training give the fixed points, standard-normal
 noise x1 is integrated 20 Euler steps by the R1 EMA model into a plan x0, conditioned on

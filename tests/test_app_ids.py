@@ -19,7 +19,7 @@ from app.db import MIGRATIONS, Database
 from app.main import create_app
 from app.models import Change, Run, SQLModel, Sweep
 from tests.app_helpers import create_run, make_settings, small_config
-from tests.test_lab_api import api  # noqa: F401  (the SQLite and PostgreSQL app fixture)
+from tests.test_multi_run_api import api  # noqa: F401  (the SQLite and PostgreSQL app fixture)
 
 CHILDREN = ("metric_points", "metric_blocks", "metric_nonfinite", "events", "checklist_items", "checkpoints",
             "evaluations", "commands", "changes")

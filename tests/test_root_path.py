@@ -21,7 +21,7 @@ from app.settings import APP_SEGMENTS, settings_from_env
 from tests.app_helpers import create_run, make_settings, register, start_server, stop_server
 from tests.test_app_auth import _all_routes
 from tests.test_dashboard_pages import _running_run
-from tests.test_lab_api import final, finish, run_next, sweep
+from tests.test_multi_run_api import final, finish, run_next, sweep
 
 URL_ATTRIBUTE = re.compile(r'\s(href|src|action|data-[a-z-]+)="([^"]*)"')
 FETCHED = {"href", "src", "data-refresh", "data-url", "data-then"}

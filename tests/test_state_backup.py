@@ -247,7 +247,7 @@ def test_artifact_files_go_with_the_snapshot_and_come_back_verified(tmp_path: Pa
     assert artifact_files(tmp_path / "rotten") == {k: v for k, v in ARTIFACTS.items() if k[1] != "R1-final-1000.webm"}
     assert len(logged) == 1 and "R1-final-1000.webm" in logged[0] and "corrupt" in logged[0]
 
-    with sqlite3.connect(database) as c:  # the run is deleted: its rows cascade, its files go (run_list)
+    with sqlite3.connect(database) as c:  # the run is deleted: its rows cascade, its files go (runs.delete_run)
         c.execute("DELETE FROM artifacts WHERE run_id = 2")
         c.execute("DELETE FROM runs WHERE id = 2")
     assert state.save()

@@ -1,21 +1,24 @@
-"""The run API used by the dashboard and scripts."""
+"""The run API used by the dashboard and scripts: create, list, read, label (tags, note,
+archived), delete, and a run's metrics, charts, figures, checkpoints, events, console,
+system samples, commands and export. The worker's side of a run is app/routes/workers.py."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field, field_validator
 
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
 from app.protocol import SHORT_TEXT, STRICT_BODY
-from app.routes.params import RunId, Since, Step, Tags
-from app.routes.responses import API, body, problems
+from app.routes.params import ChartFormat, MaxPoints, RunId, Since, Step, Tags
+from app.routes.responses import API, CHART_BODY, body, problems, table_response
 from app.routes.run_list_query import RunListQuery
-from app.services import NotFound, checkpoint_files, console, dashboard, figures, metrics, run_list, runs, system_metrics
+from app.services import (NotFound, checkpoint_files, compare, console, dashboard, figures, metrics, run_list, runs,
+                          system_metrics)
 from app.services.claims import sweep_leases
 from app.services.events import event_dict, list_events
 from app.services.stage_marks import stage_marks
@@ -52,7 +55,7 @@ def create_run(body: CreateRun, db: Database = Depends(get_db)) -> dict[str, Any
     with db.write() as session:
         run = runs.create_run(session, body.task, body.name, body.config, body.is_demo)
         if body.tags:  # as PATCH sets them, so the streams hear of them too
-            run = run_list.update_labels(session, run, {"tags": body.tags})
+            run = runs.update_labels(session, run, {"tags": body.tags})
         return runs.run_detail(session, run)
 
 
@@ -73,6 +76,33 @@ def get_run(run_id: RunId, request: Request, db: Database = Depends(get_db)) -> 
         return runs.run_detail(session, runs.get_run(session, run_id), root(request))
 
 
+class RunLabels(BaseModel):
+    model_config = STRICT_BODY
+
+    tags: Optional[Tags] = Field(None, description="replaces the run's tags")
+    note: Optional[str] = Field(None, max_length=10_000, description="free text; empty removes it")
+    archived: Optional[bool] = Field(None, description="archived runs are hidden from the runs list by default")
+
+
+@router.patch("/runs/{run_id}", responses=problems(404))
+def label_run(run_id: RunId, labels: RunLabels, db: Database = Depends(get_db)) -> dict[str, Any]:
+    """Only the fields sent change (null is no change; an empty note or tag list clears)."""
+    with db.write() as session:
+        changes = labels.model_dump(exclude_unset=True, exclude_none=True)
+        run = runs.update_labels(session, runs.get_run(session, run_id), changes)
+        return runs.run_summary(run)
+
+
+@router.delete("/runs/{run_id}", responses=problems(404, 409))
+def delete_run(run_id: RunId, request: Request, db: Database = Depends(get_db)) -> dict[str, Any]:
+    """Deletes the run's records and this machine's files of it (figures, the local
+    worker's checkpoints); backups on the Hub or in a backup folder stay."""
+    with db.write() as session:
+        paths = runs.delete_run(session, runs.get_run(session, run_id), request.app.state.settings.data_dir)
+    runs.remove_paths(paths)
+    return {"deleted": run_id, "removed_paths": [str(p) for p in paths]}
+
+
 @router.get("/runs/{run_id}/metrics", responses=problems(404))
 def get_metrics(run_id: RunId, key: Optional[str] = Query(None, max_length=SHORT_TEXT),
                 max_points: int = Query(2000, ge=4, le=200_000),
@@ -88,6 +118,17 @@ def get_metrics(run_id: RunId, key: Optional[str] = Query(None, max_length=SHORT
         return out
 
 
+@router.get("/runs/{run_id}/metrics.csv", responses={**body("text/csv", "Every metric point of the run."),
+                                                      **problems(404)})
+def metric_history(run_id: RunId, db: Database = Depends(get_db)) -> StreamingResponse:
+    """The run's whole metric history (key, step, value, wall time), not downsampled."""
+    with db.read() as session:
+        runs.get_run(session, run_id)
+    return StreamingResponse(compare.to_csv(runs.HISTORY_COLUMNS, runs.metric_history(db, run_id)),
+                             media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="run-{run_id}-metrics.csv"'})
+
+
 @router.get("/runs/{run_id}/charts", responses=problems(404))
 def get_charts(run_id: RunId, max_points: int = Query(1000, ge=4, le=20_000),
                db: Database = Depends(get_db)) -> dict[str, Any]:
@@ -97,6 +138,14 @@ def get_charts(run_id: RunId, max_points: int = Query(1000, ge=4, le=20_000),
     with db.read() as session:
         run = runs.get_run(session, run_id)
         return {"series": dashboard.chart_data(session, run, max_points), "marks": stage_marks(session, run)}
+
+
+@router.get("/runs/{run_id}/charts/{chart}.{fmt}", responses=CHART_BODY)
+def run_chart(run_id: RunId, chart: str, fmt: ChartFormat, max_points: MaxPoints = 1000,
+              db: Database = Depends(get_db)) -> Response:
+    with db.read() as session:
+        table = compare.chart_table(session, [runs.get_run(session, run_id)], chart, max_points)
+    return table_response(table, fmt, f"{chart}-run-{run_id}")
 
 
 @router.post("/runs/{run_id}/figures", responses=problems(404))

@@ -4,13 +4,13 @@ is a 422 naming the parameter."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 from pydantic import Field
 
 from app.protocol import MAX_INT, SHORT_TEXT
-from app.services.run_list import MAX_TAG_LENGTH, MAX_TAGS
+from app.services.runs import MAX_TAG_LENGTH, MAX_TAGS
 
 RunId = Annotated[int, Path(ge=1, le=MAX_INT, description="the run's id")]
 CommandId = Annotated[int, Path(ge=1, le=MAX_INT, description="the command's id")]
@@ -20,3 +20,6 @@ Since = Annotated[int, Query(ge=0, le=MAX_INT, description="only what came after
 Tags = Annotated[list[Annotated[str, Field(max_length=MAX_TAG_LENGTH, pattern=r"^[^,]*$")]],
                  Field(max_length=MAX_TAGS, description="the run's tags (no commas; trimmed, repeats dropped)")]
 """A run's tags in a body, bounded alike wherever a run gets them (creation, PATCH)."""
+MaxPoints = Annotated[int, Query(ge=4, le=200_000, description="points per series at most (min/max downsampled)")]
+"""Of a chart's data as a table (CSV or JSON), a run's or the compared runs'."""
+ChartFormat = Literal["csv", "json"]

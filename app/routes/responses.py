@@ -1,11 +1,15 @@
 """What routes answer besides their success, declared in the OpenAPI document so that
-clients and fuzzers reading /api/openapi.json see the server's real responses."""
+clients and fuzzers reading /api/openapi.json see the server's real responses; and the
+answer of a chart's data as CSV or JSON, which a run's and the compared runs' charts share."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+
+from app.services import compare
 
 
 class Problem(BaseModel):
@@ -47,3 +51,15 @@ API = {**problems(400, 401, 403), **TOO_LARGE}
 the body limit."""
 PAGE_NOT_FOUND = body("text/html", "The dashboard's not-found page.", 404)
 TO_LOGIN: Responses = {303: {"description": "Not logged in: a redirect to /login."}}
+
+
+def table_response(table: dict[str, Any], fmt: str, filename: str) -> Response:
+    """A chart's table (app.services.compare.chart_table) as a CSV or JSON download."""
+    disposition = {"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'}
+    if fmt == "json":
+        return JSONResponse(table, headers=disposition)
+    return StreamingResponse(compare.to_csv(table["columns"], table["rows"]), media_type="text/csv; charset=utf-8",
+                             headers=disposition)
+
+
+CHART_BODY = {**body("text/csv", "The chart's data as CSV (or JSON: title, columns, rows)."), **problems(404)}

@@ -8,7 +8,7 @@ Plans, so the page never gets a file it cannot play or draw. The body is streame
 temporary file beside its final place, counted as it comes (an oversized upload is cut off
 without being held in memory), and renamed over the old file in one step: a retried upload
 replaces it whole. Files live under <data_dir>/artifacts/<run_id>/, one row each in
-`artifacts`; deleting the run removes both (app.services.run_list)."""
+`artifacts`; deleting the run removes both (app.services.runs)."""
 
 from __future__ import annotations
 

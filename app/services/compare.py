@@ -3,27 +3,25 @@
 A chart's table holds what the chart draws: metric charts the downsampled series of each
 run (columns run, key, step, value, wall time); the score chart each run's evaluations
 (quick or final, R1 or R2, with their spread over episodes) and, for a task that has
-one, the published reference curve. A run's whole metric history is `metric_history`.
+one, the published reference curve. A run's whole metric history is runs.metric_history.
 """
 
 from __future__ import annotations
 
 import csv
-import heapq
 import io
 import json
 import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from app.db import Database
-from app.models import MetricNonFinite, MetricPoint, Run
+from app.models import Run
 from app.protocol import MAX_INT
 from app.services import NotFound
 from app.services.dashboard import CHART_IDS, charts, levels
-from app.services.metrics import chart_series, metric_keys
+from app.services.metrics import chart_series
 from app.services.paper_settings import NEUTRAL, fingerprint_key
 from app.services.runs import evaluations, get_run, run_summary
 from app.services.stage_marks import stage_marks
@@ -173,37 +171,3 @@ def to_csv(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[str]:
         buffer.truncate()
         writer.writerow("" if v is None else v for v in row)
         yield buffer.getvalue()
-
-
-HISTORY_COLUMNS = ["key", "step", "value", "wall_time"]
-HISTORY_CHUNK = 20_000
-
-
-def metric_history(db: Database, run_id: int) -> Iterator[list[Any]]:
-    """Every recorded point of the run, by key and step, NaN and infinities as text. Read
-    in chunks, each in its own short transaction: a million-point history neither sits in
-    memory nor holds a read transaction open while a slow client downloads it."""
-    with db.read() as session:
-        keys = sorted(set(metric_keys(session, run_id)) | set(session.exec(
-            select(MetricNonFinite.key).where(MetricNonFinite.run_id == run_id).distinct())))
-    for key in keys:
-        with db.read() as session:
-            nonfinite = [[key, p.step, p.value, p.wall_time] for p in session.exec(
-                select(MetricNonFinite).where(MetricNonFinite.run_id == run_id, MetricNonFinite.key == key)
-                .order_by(col(MetricNonFinite.step)))]
-        yield from heapq.merge(_finite(db, run_id, key), nonfinite, key=lambda r: r[1])
-
-
-def _finite(db: Database, run_id: int, key: str) -> Iterator[list[Any]]:
-    after = None
-    while True:
-        with db.read() as session:
-            stmt = select(MetricPoint.step, MetricPoint.value, MetricPoint.wall_time).where(
-                MetricPoint.run_id == run_id, MetricPoint.key == key)
-            if after is not None:
-                stmt = stmt.where(col(MetricPoint.step) > after)
-            rows = list(session.exec(stmt.order_by(col(MetricPoint.step)).limit(HISTORY_CHUNK)))
-        yield from ([key, step, value, wall] for step, value, wall in rows)
-        if len(rows) < HISTORY_CHUNK:
-            return
-        after = rows[-1][0]

@@ -1,4 +1,8 @@
-"""Runs as the user sees them: create, list, detail, cancel, retry, backup, export.
+"""Runs as the user sees them: create, detail, cancel, retry, backup, export (every metric
+point as JSON, or the metric history as CSV rows), the labels a user puts on a run (tags, a
+note, archived), and deletion: a run's rows and the files this machine holds for it go, its
+Hub or backup-folder copies are the user's and stay. The runs list's filters and sort are
+app.services.run_list.
 
 A run's config is resolved once by `dlite.config.from_dict` and stored in full, so
 the worker and the pages read the same values and app/ declares no defaults.
@@ -6,22 +10,29 @@ the worker and the pages read the same values and app/ declares no defaults.
 
 from __future__ import annotations
 
+import heapq
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlmodel import Session, col, select
 
+from app.db import Database
 from app.models import Checkpoint, ChecklistItem, Command, Evaluation, Event, MetricNonFinite, MetricPoint, Run
 from app.protocol import MAX_INT, checklist_keys, checklist_label
 from app.services import Conflict, NotFound
+from app.services import artifacts
 from app.services.artifacts import artifact_out, list_artifacts
 from app.services.checkpoint_files import download_where
 from app.services.events import event_dict, latest_change_id, log_event, now, record_change
-from app.services.metrics import latest_points
+from app.services.metrics import latest_points, metric_keys
 from dlite.config import from_dict
 from dlite.tasks import TASKS
 
 RETRYABLE = ("failed", "cancelled", "interrupted")
 PENDING_COMMAND_STATES = ("queued", "sent", "uploading")
+MAX_TAGS, MAX_TAG_LENGTH = 20, 40
 
 
 def run_summary(run: Run) -> dict[str, Any]:
@@ -212,3 +223,83 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "device_check": run.device_check,
             "events": [event_dict(e) for e in events]}
+
+
+HISTORY_COLUMNS = ["key", "step", "value", "wall_time"]
+HISTORY_CHUNK = 20_000
+
+
+def metric_history(db: Database, run_id: int) -> Iterator[list[Any]]:
+    """Every recorded point of the run, by key and step, NaN and infinities as text. Read
+    in chunks, each in its own short transaction: a million-point history neither sits in
+    memory nor holds a read transaction open while a slow client downloads it."""
+    with db.read() as session:
+        keys = sorted(set(metric_keys(session, run_id)) | set(session.exec(
+            select(MetricNonFinite.key).where(MetricNonFinite.run_id == run_id).distinct())))
+    for key in keys:
+        with db.read() as session:
+            nonfinite = [[key, p.step, p.value, p.wall_time] for p in session.exec(
+                select(MetricNonFinite).where(MetricNonFinite.run_id == run_id, MetricNonFinite.key == key)
+                .order_by(col(MetricNonFinite.step)))]
+        yield from heapq.merge(_finite(db, run_id, key), nonfinite, key=lambda r: r[1])
+
+
+def _finite(db: Database, run_id: int, key: str) -> Iterator[list[Any]]:
+    after = None
+    while True:
+        with db.read() as session:
+            stmt = select(MetricPoint.step, MetricPoint.value, MetricPoint.wall_time).where(
+                MetricPoint.run_id == run_id, MetricPoint.key == key)
+            if after is not None:
+                stmt = stmt.where(col(MetricPoint.step) > after)
+            rows = list(session.exec(stmt.order_by(col(MetricPoint.step)).limit(HISTORY_CHUNK)))
+        yield from ([key, step, value, wall] for step, value, wall in rows)
+        if len(rows) < HISTORY_CHUNK:
+            return
+        after = rows[-1][0]
+
+
+def clean_tags(tags: list[str]) -> list[str]:
+    """Trimmed, without duplicates, in the order given."""
+    out: list[str] = []
+    for tag in (t.strip() for t in tags):
+        if tag and tag not in out:
+            out.append(tag)
+    return out
+
+
+def update_labels(session: Session, run: Run, changes: dict[str, Any]) -> Run:
+    """Tags, note and archived are the user's own labels: any run takes them, in any state."""
+    if "tags" in changes:
+        run.tags = clean_tags(changes["tags"])
+    if "note" in changes:
+        run.note = (changes["note"] or "").strip() or None
+    if "archived" in changes:
+        run.archived = bool(changes["archived"])
+    touch(session, run)
+    return run
+
+
+def local_paths(run: Run, data_dir: Path) -> list[Path]:
+    """What this machine holds of the run: its figures, its evaluation artifacts, and the
+    work folder of the worker that `dlite up` starts beside the server."""
+    return [data_dir / "results" / str(run.id), artifacts.run_dir(data_dir, run.id),
+            data_dir / "worker" / "runs" / run.uuid]
+
+
+def delete_run(session: Session, run: Run, data_dir: Path) -> list[Path]:
+    """Deletes the rows (children cascade) and returns the local folders to remove once
+    that has committed. A running run is refused: its worker would keep writing to it."""
+    if run.status == "running":
+        raise Conflict(f"run {run.id} is running; cancel it first, then delete it")
+    summary = run_summary(run)
+    session.delete(run)
+    session.flush()
+    record_change(session, None, "run", {**summary, "deleted": True})
+    log_event(session, None, "info", f"run {run.id} ({run.name or run.task}) deleted; its Hub files stay")
+    return [p for p in local_paths(run, data_dir) if p.is_dir()]
+
+
+def remove_paths(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)

@@ -579,7 +579,8 @@ const Dashboard = (() => {
   function drawPlans(div, doc, dim) {
     const layout = {autosize: true, height: 300, margin: {l: 60, r: 12, t: 10, b: 80},
                     legend: {orientation: "h", x: 0, y: -0.3},
-                    xaxis: {title: {text: "env step", standoff: 4}},
+                    // the episode's steps: a late decision's plan reaches past its end (zoom out to see it)
+                    xaxis: {title: {text: "env step", standoff: 4}, range: [0, Math.max(doc.states.length - 1, 1)]},
                     yaxis: {title: {text: doc.dims[dim].name}, automargin: true}};
     return Plotly.react(div, planTraces(doc, dim), layout, PLOT_CONFIG);
   }

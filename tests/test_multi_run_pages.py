@@ -7,7 +7,7 @@ import re
 
 from tests.app_helpers import register
 from tests.test_dashboard_pages import browser_client  # noqa: F401  (fixture)
-from tests.test_lab_api import SMALL, final, finish, run_next, sweep
+from tests.test_multi_run_api import SMALL, final, finish, run_next, sweep
 from app.services.dashboard import charts
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
