@@ -17,8 +17,8 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.auth import Auth, LoginRequired
 from app.db import Database
-from app.routes import (api_artifacts, api_compare, api_results, api_runs, api_sweeps, auth, compare_pages, docs, health,
-                        pages, results_pages, stream, sweep_pages, workers)
+from app.routes import (api_artifacts, api_compare, api_results, api_runs, api_sweeps, auth, compare_pages, docs,
+                        health, pages, results_pages, stream, sweep_pages, workers)
 from app.services.claims import grant_restart_grace, sweep_leases
 from app.settings import Settings
 from app.urls import RootPath, url

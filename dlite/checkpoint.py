@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 import torch
 
-from dlite.checkpoint_names import checkpoint_name, step_of
+from dlite.checkpoint_names import checkpoint_name as checkpoint_name  # re-exported for callers of dlite.checkpoint
+from dlite.checkpoint_names import step_of
 from dlite.config import FIELDS, Config, from_dict
 from dlite.files import atomic_path
 

@@ -105,7 +105,8 @@ def _train(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     data = load_dataset(args.dataset, cfg, device, _download_bar())
     refuse_existing(out, args.resume)
-    trainer = build_trainer(data, cfg, out, args.resume, found, _checked(cfg, data, out, found and found[1]).chosen["train"])
+    trainer = build_trainer(data, cfg, out, args.resume, found,
+                            _checked(cfg, data, out, found and found[1]).chosen["train"])
     resumed = found[0] if found else None
     print(f"{cfg.task}: {data.n_episodes} episodes on {device}; "
           + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"), file=sys.stderr)

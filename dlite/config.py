@@ -114,7 +114,8 @@ class Config:
     invdyn_hidden: int = _f(256, "hidden width of the inverse-dynamics MLP", lo=1, hi=16_384)
     invdyn_dropout: float = _f(0.1, "dropout after the inverse-dynamics MLP's first layer", lo=0, hi=1)
     train_accel: str = _f("auto", "how a training step runs, verified against 'eager' and timed by the device check "
-                          "before training: 'auto' (the fastest verified full-precision path), 'eager' (one level after "
+                          "before training: 'auto' (the fastest verified full-precision path), "
+                          "'eager' (one level after "
                           "the other), 'fused' (fused optimisers), 'batched' (all levels in one computation, fused "
                           "optimisers), 'compile' (batched under torch.compile, with CUDA graphs on a GPU), 'amp' "
                           "(batched in mixed precision: bf16, or fp16 with a grad scaler; not the paper's precision) "

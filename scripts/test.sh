@@ -2,7 +2,7 @@
 # The test command: installs what the tests need on a clean machine (CPU torch,
 # the package with its test extras, Debian's chromium for the browser tests and
 # caddy for the reverse-proxy one, a throw-away PostgreSQL for the PostgreSQL
-# tests), then runs pytest.
+# tests), then lints (ruff, pyproject.toml's rules) and runs pytest.
 # Extra arguments go to pytest (e.g. `-m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,4 +44,5 @@ if [ -z "${DLITE_TEST_POSTGRES_URL:-}" ]; then
   start_postgres || echo "no PostgreSQL: its tests are skipped" >&2
 fi
 
+"$PY" -m ruff check .  # lint first: seconds, and a red lint needs no 15-minute suite to show it
 "$PY" -m pytest "$@"

@@ -1,5 +1,5 @@
-"""Server fixtures (settings, client, live_server; registered as a pytest plugin by
-conftest.py) and helpers for tests that talk to a real server."""
+"""Server fixtures (settings, client, browser_client, live_server, and the chromium `browser`;
+registered as a pytest plugin by conftest.py) and helpers for tests that talk to a real server."""
 
 from __future__ import annotations
 
@@ -23,6 +23,25 @@ from app.main import create_app
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium through Playwright. Skipped only on a developer machine without
+    chromium; in CI a missing one fails."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
+        pytest.skip(f"{CHROMIUM} is missing")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        yield b
+        b.close()
 
 
 def make_settings(tmp_path: Path, **changes: object) -> Settings:
@@ -35,6 +54,14 @@ def make_settings(tmp_path: Path, **changes: object) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path)
+
+
+@pytest.fixture
+def browser_client(settings: Settings) -> Iterator[TestClient]:
+    """A logged-in browser: session cookie and CSRF cookie, no bearer header."""
+    with TestClient(create_app(settings), follow_redirects=False) as c:
+        assert c.post("/login", data={"token": settings.token, "next": "/"}).status_code == 303
+        yield c
 
 
 @pytest.fixture
@@ -67,7 +94,8 @@ def small_config(**overrides: object) -> dict[str, object]:
 def create_run(client: TestClient | httpx.Client, task: str = "hopper-medium-v2", paper: bool = False,
                **config: object) -> dict:
     """Queue a tiny run, or one at the paper's settings (`paper`) for what is compared with the paper."""
-    r = client.post("/api/runs", json={"task": task, "name": None, "config": config if paper else small_config(**config)})
+    r = client.post("/api/runs", json={"task": task, "name": None,
+                                       "config": config if paper else small_config(**config)})
     assert r.status_code == 201, r.text
     return r.json()
 

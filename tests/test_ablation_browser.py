@@ -11,7 +11,7 @@ import pytest
 
 from tests.app_helpers import LiveServer
 from tests.test_ablations import play
-from tests.test_dashboard_browser import _login, browser  # noqa: F401  (fixture)
+from tests.test_dashboard_browser import _login
 
 pytestmark = pytest.mark.browser
 TASK = "halfcheetah-medium-expert-v2"
@@ -19,7 +19,7 @@ STEPS = {1: (70.0, 4.0), 3: (85.0, 10.0), 10: (88.0, 30.0)}
 """sampling_steps: (score, one-environment planning latency in ms) of seed 0; seed 1 adds 2 to both."""
 
 
-def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server: LiveServer) -> None:  # noqa: F811
+def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         r = api.post("/api/sweeps", json={
             "name": "steps", "tasks": [TASK], "seeds": [0, 1], "config": {"diffusion_gradient_steps": 1000,
@@ -56,7 +56,7 @@ def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server
     assert page.errors == []
 
 
-def test_a_preset_and_the_form_queue_ablations(browser, live_server: LiveServer) -> None:  # noqa: F811
+def test_a_preset_and_the_form_queue_ablations(browser, live_server: LiveServer) -> None:
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/sweeps")
     assert "The paper's numbers are Lite-D's" in page.inner_text("main")

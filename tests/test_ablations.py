@@ -19,7 +19,6 @@ from app.services.dashboard import charts
 from app.services.results import agreement
 from app.services.sweeps import paper_presets
 from tests.app_helpers import claim, create_run, register, small_config
-from tests.test_dashboard_pages import browser_client  # noqa: F401  (fixture)
 from tests.test_root_path import _urls, lab  # noqa: F401  (fixture)
 from dlite.config import from_dict
 from dlite.tasks import ABLATION_VARIANT, PAPER_ABLATIONS, TASKS, paper_ablation_score

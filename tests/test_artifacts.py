@@ -31,8 +31,9 @@ def plans(step: int = 1000, variant: str = "R1") -> dict:
     return {"version": 1, "task": "hopper-medium-v2", "variant": variant, "checkpoint_step": step, "seed": 0,
             "dims": [{"index": 0, "name": "z"}, {"index": 1, "name": "angle"}], "default_dim": 1,
             "states": [[0.1 * t, -0.05 * t] for t in range(12)],
-            "decisions": [{"t": 0, "levels": [{"level": 0, "times": [0, 5, 10], "points": [[0, 0], [0.5, -.2], [1, -.5]]},
-                                              {"level": 1, "times": [0, 2, 5], "points": [[0, 0], [.2, -.1], [.5, -.2]]}]}],
+            "decisions": [{"t": 0,
+                           "levels": [{"level": 0, "times": [0, 5, 10], "points": [[0, 0], [0.5, -.2], [1, -.5]]},
+                                      {"level": 1, "times": [0, 2, 5], "points": [[0, 0], [.2, -.1], [.5, -.2]]}]}],
             "episode_return": 321.5, "score": 12.25}
 
 
@@ -134,7 +135,8 @@ def test_stale_foreign_fenced_off_and_anonymous_uploads_are_refused(client, runn
                            headers={**WEBM, "Authorization": ""})
     assert anonymous.status_code == 401
     assert client.get(f"/api/runs/{run_id}/artifacts", headers={"Authorization": ""}).status_code == 401
-    assert client.post(f"/api/runs/{run_id}/finish", json={"attempt": attempt, "status": "succeeded"}).status_code == 200
+    assert client.post(f"/api/runs/{run_id}/finish",
+                       json={"attempt": attempt, "status": "succeeded"}).status_code == 200
     assert put(client, run_id, attempt, VIDEO, ebml(), WEBM).status_code == 409  # fenced off by its own finish
     assert files(settings, run_id) == [] and files(settings, other) == []
 
@@ -164,7 +166,8 @@ def test_an_oversized_upload_without_a_length_is_cut_off_unread(settings: Settin
         out.append(message)
 
     scope = {"type": "http", "http_version": "1.1", "method": "PUT", "scheme": "http", "root_path": "",
-             "path": f"/api/runs/{run_id}/artifacts/{VIDEO}", "raw_path": f"/api/runs/{run_id}/artifacts/{VIDEO}".encode(),
+             "path": f"/api/runs/{run_id}/artifacts/{VIDEO}",
+             "raw_path": f"/api/runs/{run_id}/artifacts/{VIDEO}".encode(),
              "query_string": f"attempt={attempt}".encode(), "client": ("127.0.0.1", 1), "server": ("test", 80),
              "headers": [(b"authorization", f"Bearer {settings.token}".encode()), (b"content-type", b"video/webm")]}
     asyncio.run(app(scope, receive, send))

@@ -12,7 +12,7 @@ import pytest
 
 from tests.app_helpers import LiveServer, claim, create_run, register
 from tests.test_artifacts import plans
-from tests.test_dashboard_browser import _login, browser  # noqa: F401 - the chromium fixture
+from tests.test_dashboard_browser import _login
 
 pytestmark = pytest.mark.browser
 
@@ -42,13 +42,14 @@ def _expected(doc: dict, dim: int) -> list[tuple[str, list, list]]:
 TRACES = "document.getElementById('plan-chart').data.map(t => [t.name, Array.from(t.x), Array.from(t.y)])"
 
 
-def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: LiveServer, tmp_path) -> None:  # noqa: F811
+def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: LiveServer, tmp_path) -> None:
     video = vp9_webm(tmp_path / "episode.webm")
     doc = plans()
     with live_server.client() as api:
         rid = create_run(api)["id"]
         attempt = claim(api, register(api))["attempt"]
-        for name, data, kind in (("R1-quick-500.webm", video, "video/webm"), ("R1-final-1000.webm", video, "video/webm"),
+        for name, data, kind in (("R1-quick-500.webm", video, "video/webm"),
+                                 ("R1-final-1000.webm", video, "video/webm"),
                                  ("R1-final-1000.plans.json", json.dumps(doc).encode(), "application/json")):
             r = api.put(f"/api/runs/{rid}/artifacts/{name}?attempt={attempt}", content=data,
                         headers={"Content-Type": kind})
@@ -63,7 +64,8 @@ def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: Live
         caption = page.inner_text("#episode-caption")
         assert "R1" in caption and "step 1,000" in caption and "episode score 12.3" in caption
         assert "not one of the scored ones" in caption
-        assert page.locator("#episode-pick option").all_inner_texts() == ["R1 final · step 1,000", "R1 quick · step 500"]
+        assert page.locator("#episode-pick option").all_inner_texts() == ["R1 final · step 1,000",
+                                                                           "R1 quick · step 500"]
 
         page.wait_for_function("document.getElementById('plan-chart').data")
         assert [tuple(t) for t in page.evaluate(TRACES)] == _expected(doc, doc["default_dim"])
@@ -77,6 +79,7 @@ def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: Live
         page.goto(f"{live_server.url}/compare?runs={rid}")
         page.wait_for_selector("#compare-videos figure[data-run-id] video")
         page.wait_for_function("document.querySelector('#compare-videos .episode-score').textContent !== ''")
-        assert page.inner_text("#compare-videos figcaption") == f"#{rid} hopper-medium-v2 · R1 · step 1,000 · episode score 12.3"
+        assert page.inner_text("#compare-videos figcaption") == (f"#{rid} hopper-medium-v2 · R1 · step 1,000 · "
+                                                                  "episode score 12.3")
         page.wait_for_function("document.querySelector('#compare-videos video').readyState >= 1", timeout=20_000)
         assert page.errors == []

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.app_helpers import ROOT, LiveServer, register
-from tests.test_dashboard_browser import _login, browser  # noqa: F401  (fixture)
+from tests.test_dashboard_browser import _login
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
 pytestmark = pytest.mark.browser
@@ -62,7 +62,7 @@ def _std(values: list[float]) -> float:
     return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
 
 
-def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServer, tmp_path) -> None:  # noqa: F811
+def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServer, tmp_path) -> None:
     with live_server.client() as api:
         r = api.post("/api/sweeps", json={"name": "paper", "tasks": list(TASKS_SHOWN), "seeds": [0, 1, 2],
                                           "variants": ["R2"], "config": {}})  # the paper's settings: compared
@@ -125,9 +125,11 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     page.screenshot(path=str(docs / "compare-page.png"), full_page=True)
 
     page.goto(f"{live_server.url}/runs/{first}")  # the run page's score chart: evaluations and the reference
-    page.wait_for_function("(document.getElementById('chart-score').data || []).some(t => t.name.startsWith('reference'))")
+    page.wait_for_function("(document.getElementById('chart-score').data || [])"
+                           ".some(t => t.name.startsWith('reference'))")
     names = page.evaluate("document.getElementById('chart-score').data.map(t => t.name)")
-    assert {"quick R1 (± std over episodes)", "final R1 (± std over episodes)", "final R2 (± std over episodes)"} <= set(names)
+    assert {"quick R1 (± std over episodes)", "final R1 (± std over episodes)",
+            "final R2 (± std over episodes)"} <= set(names)
 
     page.goto(f"{live_server.url}/results")
     page.wait_for_selector("table.results-table")
@@ -140,7 +142,7 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     assert page.errors == []
 
 
-def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServer) -> None:  # noqa: F811
+def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServer) -> None:
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/sweeps")
     page.check("input[name=tasks][value='hopper-medium-v2']")
@@ -154,7 +156,8 @@ def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServ
     with live_server.client() as api:
         [sweep] = api.get("/api/sweeps").json()
         runs = api.get(f"/api/sweeps/{sweep['id']}").json()["runs"]
-        assert sorted(r["name"] for r in runs) == [f"form/hopper-medium-v2/{v}/seed{s}" for v in ("R1", "R2") for s in (3, 4)]
+        assert sorted(r["name"] for r in runs) == [f"form/hopper-medium-v2/{v}/seed{s}"
+                                                   for v in ("R1", "R2") for s in (3, 4)]
         assert {api.get(f"/api/runs/{r['id']}").json()["config"]["batch_size"] for r in runs} == {64}
     assert "0 of 4 runs succeeded" in page.inner_text("main")
 
@@ -184,7 +187,7 @@ def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServ
     assert page.errors == []
 
 
-def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: LiveServer) -> None:  # noqa: F811
+def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: LiveServer) -> None:
     """Three seeds of one config are one mean line and min–max band (± s.e. on request, each run
     when untoggled) beside a run of another config; the x axis fits their 1,200 steps, the 86k-step
     reference is clipped to them; log axis, y titles, smoothing, wall time and stage marks."""
@@ -208,14 +211,16 @@ def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: L
                                                          "score_mean": 30.0 + k, "score_std": 1.0, "returns": [1.0],
                                                          "scores": [30.0 + k], "n_envs": 1, "n_episodes": 1})
         _post(api, f"/api/runs/{ids[0]}/events", {"attempt": 1, "level": "info",
-                                                  "message": "training resumed from step 200 (local checkpoint), to step 1200"})
+                                                  "message": "training resumed from step 200 (local checkpoint), "
+                                                             "to step 1200"})
     seeds = [i for i in ids if i != other]
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/compare?runs={','.join(map(str, ids))}")
     page.wait_for_selector("#compare-charts[data-ready=true]")
     page.eval_on_selector("#compare-smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
     loss = "document.getElementById('compare-loss')"
-    traces = page.evaluate(f"{loss}.data.map(t => ({{name: t.name, x: t.x, y: t.y, fill: t.fill || null, meta: t.meta || null}}))")
+    traces = page.evaluate(f"{loss}.data.map(t => ({{name: t.name, x: t.x, y: t.y, "
+                           f"fill: t.fill || null, meta: t.meta || null}}))")
     means = [t for t in traces if t["meta"] == "mean"]
     bands = [t for t in traces if t["meta"] == "band"]
     assert len(means) == 3 and len(bands) == 6, [t["name"] for t in traces]  # one group × three level keys

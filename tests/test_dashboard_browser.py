@@ -8,35 +8,15 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.app_helpers import LiveServer, claim, create_run, register
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
 SERIES = ("loss0", "loss1", "loss2", "invdyn_loss", "score")
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    """Skipped only on a developer machine without chromium; in CI a missing one fails."""
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-        pytest.skip(f"{CHROMIUM} is missing")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 def _points(start: int, stop: int) -> list[dict]:
@@ -185,9 +165,11 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
 
         # a zoom on one chart moves all of them; a double-click (autorange) goes back to the shared range
         page.evaluate("Plotly.relayout('chart-loss', {'xaxis.range[0]': 10, 'xaxis.range[1]': 20})")
-        page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === 20)")
+        page.wait_for_function("[...document.querySelectorAll('.plot')]"
+                               ".every(d => d._fullLayout.xaxis.range[1] === 20)")
         page.evaluate("Plotly.relayout('chart-score', {'xaxis.autorange': true})")
-        page.wait_for_function(f"[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === {ranges[0][1]})")
+        page.wait_for_function("[...document.querySelectorAll('.plot')]"
+                               f".every(d => d._fullLayout.xaxis.range[1] === {ranges[0][1]})")
         more = [{"key": k, "step": 99, "value": 0.03, "wall_time": 1.7e9 + 99} for k in ("loss0", "invdyn_loss")]
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": more}).raise_for_status()
         page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] > 99)")
@@ -329,12 +311,14 @@ def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_se
         for selector in ("#run-progress progress", "td[data-label=mine]", "tr[data-variant=R1] td[data-label=paper]",
                          "tr[data-param=block] td[data-label=value]"):
             assert _inside(page, selector, 390), selector
-        assert "61.5" in page.inner_text("td[data-label=mine]") and "reference" in page.inner_text("tr[data-param=block]")
+        assert ("61.5" in page.inner_text("td[data-label=mine]")
+                and "reference" in page.inner_text("tr[data-param=block]"))
         for chart in ("loss", "score", "speed"):
             page.hover(f"#chart-{chart}")
             bar = page.locator(f"#chart-{chart} .modebar").bounding_box()
             title = page.locator(f"#chart-{chart}").locator("xpath=..").locator("figcaption").bounding_box()
-            assert bar and title and (bar["y"] >= title["y"] + title["height"] or bar["x"] >= title["x"] + title["width"]), chart
+            assert bar and title and (bar["y"] >= title["y"] + title["height"]
+                                      or bar["x"] >= title["x"] + title["width"]), chart
         assert page.errors == []
 
 
@@ -345,7 +329,8 @@ def _overlapping_labels(page, selector: str) -> list[tuple[str, str]]:
         const out = [];
         for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {{
             const [a, b] = [boxes[i][1], boxes[j][1]];
-            if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) out.push([boxes[i][0], boxes[j][0]]);
+            if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) """
+                         f"""out.push([boxes[i][0], boxes[j][0]]);
         }}
         return out; }}""")
 
@@ -377,8 +362,10 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
         page = _login(browser, live_server)
         _open_run(page, live_server, rid)
 
-        titles = page.evaluate("[...document.querySelectorAll('.plot')].map(d => [d.id, d._fullLayout.yaxis.title.text])")
-        assert dict(titles) == {"chart-loss": "flow MSE (normalised units)", "chart-invdyn": "action MSE ([−1, 1] actions)",
+        titles = page.evaluate("[...document.querySelectorAll('.plot')]"
+                               ".map(d => [d.id, d._fullLayout.yaxis.title.text])")
+        assert dict(titles) == {"chart-loss": "flow MSE (normalised units)",
+                                "chart-invdyn": "action MSE ([−1, 1] actions)",
                                 "chart-score": "D4RL score (100 = expert)", "chart-lr": "learning rate (per step)",
                                 "chart-speed": "training steps/s"}
 
@@ -398,7 +385,8 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
         assert smooth["y"][reflow_first] == pytest.approx(raw["y"][reflow_first], rel=1e-9), "restarted at reflow"
 
         lr_chart = page.evaluate("(() => { const d = document.getElementById('chart-lr');"
-                                 " return {y: d.data[0].y, range: d._fullLayout.yaxis.range, type: d._fullLayout.yaxis.type}; })()")
+                                 " return {y: d.data[0].y, range: d._fullLayout.yaxis.range,"
+                                 " type: d._fullLayout.yaxis.type}; })()")
         assert lr_chart["type"] == "log" and lr_chart["y"][list(steps).index(900)] > 0
         assert lr_chart["y"][list(steps).index(1000):] == [None] * 6, "1e-12 and 0: gaps, not a line down the axis"
         assert lr_chart["range"][0] >= math.log10(2e-4) - 4 - 0.2, "1e-12 leaves through the bottom edge"

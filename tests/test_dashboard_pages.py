@@ -27,14 +27,6 @@ CHART_KEYS = tuple(k for c in CHARTS for k in c["keys"])
 PAGES = ("/", "/runs/new", "/runs/table", "/runs/1", "/runs/1/panels", "/vendor/plotly.min.js")
 
 
-@pytest.fixture
-def browser_client(settings) -> TestClient:
-    """A logged-in browser: session cookie and CSRF cookie, no bearer header."""
-    with TestClient(create_app(settings), follow_redirects=False) as c:
-        assert c.post("/login", data={"token": settings.token, "next": "/"}).status_code == 303
-        yield c
-
-
 def _running_run(client: TestClient, n: int = 20, paper: bool = False) -> tuple[int, int]:
     rid = create_run(client, paper=paper)["id"]
     attempt = claim(client, register(client))["attempt"]
@@ -102,7 +94,8 @@ def test_the_run_list_compares_only_a_final_evaluation_with_the_paper(client, br
 
 
 def test_the_hyper_parameters_mark_changed_values_and_show_the_task_tables(client, browser_client) -> None:
-    rid = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": {"d_model": 64, "n_heads": 4}}).json()["id"]
+    rid = client.post("/api/runs", json={"task": "hopper-medium-v2",
+                                         "config": {"d_model": 64, "n_heads": 4}}).json()["id"]
     page = browser_client.get(f"/runs/{rid}").text
     row = lambda name: page.split(f'<tr data-param="{name}"')[1].split("</tr>")[0]  # noqa: E731
     assert 'class="changed"' in row("d_model") and "default <code>256</code>" in row("d_model")

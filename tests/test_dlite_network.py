@@ -63,7 +63,8 @@ def test_reference_initialisation_and_embeddings() -> None:
         assert torch.count_nonzero(zeroed.weight) == 0
     half = 128
     assert torch.allclose(net.pos[3, half - 1], torch.tensor(math.sin(3 * 1e-4)))  # divides by half - 1
-    assert torch.allclose(sinusoidal(5, 256, reference=False)[3, half - 1], torch.tensor(math.sin(3 * 1e-4 ** (127 / 128))))
+    assert torch.allclose(sinusoidal(5, 256, reference=False)[3, half - 1],
+                          torch.tensor(math.sin(3 * 1e-4 ** (127 / 128))))
     textbook = DiT1d(17, 5, 256, 256, 8, 2, "dit")
     assert not isinstance(textbook.t_proj[-1], nn.Mish)
 
@@ -127,7 +128,8 @@ def test_bf16_planner_stays_close_to_fp32(trained: tuple) -> None:
     assert next(model.parameters()).dtype == torch.float32, "the model itself stays fp32"
 
 
-@pytest.mark.parametrize(("block", "horizons"), [("dit", [5, 5, 9]), ("reference", [5, 5, 9]), ("reference", [3, 3, 3])])
+@pytest.mark.parametrize(("block", "horizons"),
+                         [("dit", [5, 5, 9]), ("reference", [5, 5, 9]), ("reference", [3, 3, 3])])
 def test_fast_planner_equals_plain_at_depth_2(block: str, horizons: list[int]) -> None:
     """Pruning the last block to the free points (point 1 in the last step) after a full
     first block, for both blocks; a 3-point finer level has a single free point."""
@@ -228,12 +230,14 @@ def test_bf16_planning_works_on_a_cpu_without_avx512() -> None:
     assert done.stdout.strip() == "(1, 6)"
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_planner_gives_the_plain_planners_actions() -> None:
     """torch.compile draws PyTorch's own random numbers (fallback_random), so a compiled
     plan equals the eager one for the same RNG state, noise included."""
     torch.manual_seed(0)
-    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "horizons": [3, 3, 3]})
+    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32,
+                     "horizons": [3, 3, 3]})
     model = DiffuserLite(cfg, 5, 3)
     with torch.no_grad():
         for p in model.parameters():

@@ -129,7 +129,8 @@ def test_states_are_the_environments_and_the_plans_are_acted_on(recorded: Record
         states.append(obs)
         for t in range(STEPS):
             if t in kept:
-                finest = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None], dtype=torch.float32)))[-1]
+                finest = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None],
+                                                                                    dtype=torch.float32)))[-1]
                 action = planner.model.invdyn(finest[:, 0], finest[:, 1])[0].numpy()
             else:
                 action = planner.act(obs[None])[0]

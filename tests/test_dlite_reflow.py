@@ -176,7 +176,8 @@ def test_reflow_command_line(r1: tuple, tiny_hdf5: Path, tmp_path: Path) -> None
     assert again.returncode == 2 and "pass --resume" in again.stderr
     wrong = subprocess.run(cmd[:-2] + ["--set", "d_model=64"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "d_model" in wrong.stderr
-    evaluated = subprocess.run([sys.executable, "-m", "dlite.cli", "eval", "--checkpoint", str(tmp_path / "ckpt_00000030.pt"),
+    evaluated = subprocess.run([sys.executable, "-m", "dlite.cli", "eval",
+                                "--checkpoint", str(tmp_path / "ckpt_00000030.pt"),
                                 "--envs", "2", "--episodes", "1", "--max-steps", "5", "--json"],
                                capture_output=True, text=True)
     assert evaluated.returncode == 0, evaluated.stderr

@@ -140,7 +140,8 @@ def _train_cli(dataset: Path, out: Path, steps_to: int, resume: bool, tiny_overr
                                           "invdyn_gradient_steps": 40}.items()]
     cmd = [sys.executable, "-c",
            "import sys; from dlite.cli import main; from dlite.train import Trainer;"
-           f"orig = Trainer.fit; Trainer.fit = lambda self, until=None, callbacks=(): orig(self, {steps_to}, callbacks);"
+           "orig = Trainer.fit; Trainer.fit = lambda self, until=None, callbacks=(): "
+           f"orig(self, {steps_to}, callbacks);"
            "sys.exit(main(sys.argv[1:]))",
            "train", "--dataset", str(dataset), "--out", str(out), "--device", "cpu", *sets]
     subprocess.run(cmd + (["--resume"] if resume else []), check=True, capture_output=True)

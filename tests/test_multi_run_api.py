@@ -132,7 +132,8 @@ def test_cancelling_a_sweep_stops_what_has_not_ended(api) -> None:
     ({"tasks": ["hopper-medium-v2"], "variants": ["R3"]}, ["body", "variants", 0]),
     ({"tasks": ["hopper-medium-v2"], "name": "a b"}, ["body", "name"]),
     ({"tasks": ["hopper-medium-v2"], "config": {"seed": 3}}, ["body", "config", "seed"]),
-    ({"tasks": ["hopper-medium-v2", "walker2d-medium-v2"], "config": {"batch_size": 0}}, ["body", "config", "batch_size"]),
+    ({"tasks": ["hopper-medium-v2", "walker2d-medium-v2"], "config": {"batch_size": 0}},
+     ["body", "config", "batch_size"]),
 ])
 def test_a_bad_sweep_is_a_422_naming_the_field_and_queues_nothing(client, body, loc) -> None:
     r = client.post("/api/sweeps", json=body)
@@ -261,7 +262,8 @@ def test_runs_list_pages_filters_and_sorts(api) -> None:
     hopper = api.get("/api/runs", params={"task": "hopper-medium-v2"})
     assert hopper.headers["x-total-count"] == "4" and {r["task"] for r in hopper.json()} == {"hopper-medium-v2"}
     assert [r["id"] for r in api.get("/api/runs", params={"sort": "oldest"}).json()] == ids
-    assert [r["name"] for r in api.get("/api/runs", params={"sort": "name"}).json()] == sorted(f"run-{i}" for i in range(8))
+    assert [r["name"]
+            for r in api.get("/api/runs", params={"sort": "name"}).json()] == sorted(f"run-{i}" for i in range(8))
     rid, att = run_next(api, register(api))
     assert [r["id"] for r in api.get("/api/runs", params={"status": "running"}).json()] == [rid]
     api.patch(f"/api/runs/{ids[1]}", json={"tags": ["baseline", "lr"]}).raise_for_status()

@@ -6,13 +6,12 @@ from __future__ import annotations
 import re
 
 from tests.app_helpers import register
-from tests.test_dashboard_pages import browser_client  # noqa: F401  (fixture)
 from tests.test_multi_run_api import SMALL, final, finish, run_next, sweep
 from app.services.dashboard import charts
 from dlite.tasks import REFERENCE_CURVES, TASKS
 
 
-def test_runs_page_pages_filters_and_keeps_its_filters_live(client, browser_client) -> None:  # noqa: F811
+def test_runs_page_pages_filters_and_keeps_its_filters_live(client, browser_client) -> None:
     for i in range(55):
         client.post("/api/runs", json={"task": "hopper-medium-v2" if i % 5 else "walker2d-medium-v2",
                                        "name": f"r{i}", "config": SMALL}).raise_for_status()
@@ -32,7 +31,7 @@ def test_runs_page_pages_filters_and_keeps_its_filters_live(client, browser_clie
     assert "No runs match these filters" in browser_client.get("/?tag=nothing").text
 
 
-def test_sweeps_results_and_compare_pages(client, browser_client) -> None:  # noqa: F811
+def test_sweeps_results_and_compare_pages(client, browser_client) -> None:
     s = sweep(client, ["hopper-medium-v2"], [0, 1], name="pages", base={})
     wid = register(client)
     ids = []
@@ -81,7 +80,7 @@ def test_score_figure_marks_quick_and_final_evaluations_and_draws_the_reference(
     assert len({c.lines[0].get_marker() for c in ax.containers}) == 3, "quick and final differ by marker"
 
 
-def test_run_page_shows_an_r2_runs_r1_and_r2_finals_each_against_its_paper_number(client, browser_client) -> None:  # noqa: F811
+def test_run_page_shows_an_r2_runs_r1_and_r2_finals_each_against_its_paper_number(client, browser_client) -> None:
     s = sweep(client, ["walker2d-medium-replay-v2"], [0], ["R2"], base={})
     rid, att = run_next(client, register(client))
     final(client, rid, att, [80.0, 82.0], "R1")

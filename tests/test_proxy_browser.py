@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.app_helpers import LiveServer, free_port, start_server, stop_server
-from tests.test_dashboard_browser import _points, _seed, browser  # noqa: F401  (fixture)
+from tests.test_dashboard_browser import _points, _seed
 
 pytestmark = pytest.mark.browser
 HEADER_GREY = "rgb(243, 244, 246)"  # style.css's header background

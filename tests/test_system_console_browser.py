@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.app_helpers import LiveServer, claim, create_run, register
-from tests.test_dashboard_browser import _login, browser  # noqa: F401 - the chromium fixture
+from tests.test_dashboard_browser import _login
 
 pytestmark = pytest.mark.browser
 
@@ -17,7 +17,7 @@ def _sample(t: float, cpu: float) -> list[dict]:
     return [{"key": k, "step": int(t), "value": v, "wall_time": t} for k, v in values.items()]
 
 
-def test_run_page_shows_system_metrics_and_a_live_console(browser, live_server: LiveServer) -> None:  # noqa: F811
+def test_run_page_shows_system_metrics_and_a_live_console(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = create_run(api)["id"]
         a = {"attempt": claim(api, register(api))["attempt"]}

@@ -178,7 +178,8 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
         assert check["chosen"] == {"train": "eager", "plan": "eager"}
         status = {(p["stage"], p["name"]): (p["status"], p["detail"]) for p in check["paths"]}
         assert status["train", "fused"] == ("failed", "RuntimeError: fused AdamW is not supported on this device")
-        assert status["plan", "packed"][0] == "failed" and "differ from the textbook loop's" in status["plan", "packed"][1]
+        assert (status["plan", "packed"][0] == "failed"
+                and "differ from the textbook loop's" in status["plan", "packed"][1])
         assert check["projection"]["train_steps"] == 100 and check["projection"]["total_s"] > 0
         warnings = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()
                     if e["level"] == "warning"]
@@ -186,7 +187,8 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
                    for w in warnings), warnings
         assert any("plan path packed refused" in w and "using eager instead" in w for w in warnings), warnings
         assert api.get(f"/api/runs/{run_id}/export").json()["device_check"] == check
-        assert any("training started fresh, to step 100 on cpu (training path eager, planning path eager)" in e["message"]
+        assert any("training started fresh, to step 100 on cpu "
+                   "(training path eager, planning path eager)" in e["message"]
                    for e in api.get(f"/api/runs/{run_id}/events").json())
         page = api.get(f"/runs/{run_id}").text
         assert "Device check" in page and "fused AdamW is not supported" in page

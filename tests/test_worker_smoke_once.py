@@ -52,7 +52,8 @@ def test_the_claim_lists_what_earlier_attempts_verified(short_lease: TestClient)
     first = claim(c, register(c))
     assert first["attempt"] == 1 and first["checklist"] == []
     for key, failed in (("data.ready", False), ("smoke.steps", False), ("smoke.backup", True)):
-        assert c.post(f"/api/runs/{rid}/checklist", json={"attempt": 1, "key": key, "failed": failed}).status_code == 200
+        assert c.post(f"/api/runs/{rid}/checklist",
+                      json={"attempt": 1, "key": key, "failed": failed}).status_code == 200
     time.sleep(0.4)  # the lease runs out; the next claim queues the run again and takes it
     second = claim(c, register(c))
     assert second["attempt"] == 2

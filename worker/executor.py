@@ -215,7 +215,8 @@ class RunExecutor:
         try:
             extras[METRICS_FILE] = self.client.export(self.claim.run_id)
             extras.update({f"figures/{name}": png for name, png in self.client.figures(self.claim.run_id).items()})
-            extras.update({f"{recording.FOLDER}/{path.name}": path.read_bytes() for path in recording.files(self.run_dir)})
+            extras.update({f"{recording.FOLDER}/{path.name}": path.read_bytes()
+                           for path in recording.files(self.run_dir)})
         except Exception as e:
             log.warning("metrics export or figures for the backup failed: %s", e)
         return extras

@@ -88,7 +88,8 @@ def new_run_page(request: Request, db: Database = Depends(get_db),
     fields = [{**f, "value": values.get(f["name"], f["default"])} for f in fields]
     groups = [(g, [f for f in fields if f["group"] == g and f["name"] != "task"]) for g in GROUP_ORDER]
     return _page(request, "new_run.html", {
-        "tasks": list(TASKS), "default_task": clone.task if clone else next(f["default"] for f in fields if f["name"] == "task"),
+        "tasks": list(TASKS),
+        "default_task": clone.task if clone else next(f["default"] for f in fields if f["name"] == "task"),
         "groups": [(g, fs) for g, fs in groups if fs], "clone": clone})
 
 

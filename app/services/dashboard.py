@@ -204,7 +204,8 @@ def planning_speed(evaluations: list[dict[str, Any]], config: dict[str, Any],
     rows = []
     for variant, e in sorted(newest.items()):
         batch, single = e.get("latency_ms"), e.get("latency_ms_1env")
-        rows.append({"variant": variant, "step": e["step"], "kind": e["kind"], "device": e.get("device") or worker_device,
+        rows.append({"variant": variant, "step": e["step"], "kind": e["kind"],
+                     "device": e.get("device") or worker_device,
                      "n_envs": e["n_envs"], "latency_ms": batch,
                      "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
                      "latency_ms_1env": single, "hz_1env": 1000.0 / single if single else None,

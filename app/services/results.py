@@ -117,7 +117,8 @@ def aggregate(session: Session, sweep_id: int | None = None) -> list[dict[str, A
     for (task, variant, _), members in groups.items():
         members.sort(key=lambda m: m[0].id)
         paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
-        rows.append({"task": task, "variant": variant, **_stats(members, variant, paper, variant, members[0][0].config)})
+        rows.append({"task": task, "variant": variant,
+                     **_stats(members, variant, paper, variant, members[0][0].config)})
     order = {task: i for i, task in enumerate(TASKS)}
     return sorted(rows, key=lambda r: (order[r["task"]], VARIANTS.index(r["variant"]), not r["paper_settings"],
                                        r["run_ids"][0]))

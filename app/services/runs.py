@@ -146,7 +146,8 @@ def run_detail(session: Session, run: Run, root: str = "") -> dict[str, Any]:
     """`root`: the path prefix artifacts' URLs start with (app.urls)."""
     return {**run_summary(run), "config": run.config,
             "checklist": checklist(session, run),
-            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)} for c in checkpoints(session, run.id)],
+            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)}
+                            for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "artifacts": [artifact_out(a, root).model_dump() for a in list_artifacts(session, run.id)],
             "commands": [command_dict(c) for c in session.exec(
@@ -219,7 +220,8 @@ def export_run(session: Session, run: Run) -> dict[str, Any]:
     events = session.exec(select(Event).where(Event.run_id == run.id).order_by(col(Event.id)))
     return {"run": run_summary(run), "config": run.config, "checklist": checklist(session, run),
             "metrics": metrics, "nonfinite_metrics": nonfinite,
-            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)} for c in checkpoints(session, run.id)],
+            "checkpoints": [{**checkpoint_dict(c), "download": download_where(c)}
+                            for c in checkpoints(session, run.id)],
             "evaluations": [evaluation_dict(e) for e in evaluations(session, run.id)],
             "device_check": run.device_check,
             "events": [event_dict(e) for e in events]}
