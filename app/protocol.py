@@ -41,9 +41,9 @@ CHECKLIST: tuple[tuple[str, str], ...] = (
     ("eval.score", "normalised score recorded"),
     ("eval.video", "an extra episode recorded as a video, with its plans"),
 )
-MAX_VIDEO_BYTES = 16 * 2**20
-"""The largest episode video the server takes (its request body limit): a worker keeps a larger
-one in its backups only."""
+MAX_BODY_BYTES = 16 * 2**20
+"""The server's request body limit unless its settings change it (Settings.max_body_bytes), so
+also the largest episode video it takes: a worker keeps a larger one in its backups only."""
 CHECKLIST_KEYS: tuple[str, ...] = tuple(key for key, _ in CHECKLIST)
 R2_ONLY_KEYS = frozenset({"reflow.pairs", "reflow.done"})
 """Checklist items that only runs with variant R2 pass."""

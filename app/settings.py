@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from app.protocol import MAX_BODY_BYTES
+
 TOKEN_FILE = "token"
 DATABASE_FILE = "dlite.db"
 STATE_STATUS_FILE = "state-backup.json"
@@ -40,7 +42,7 @@ class Settings:
     sse_keepalive_seconds: float = 15.0
     login_failures_per_minute: int = 5
     session_days: float = 30.0
-    max_body_bytes: int = 16 * 2**20
+    max_body_bytes: int = MAX_BODY_BYTES
     """Largest request body (413 beyond): a batch of 50,000 metric points is about 5 MB."""
     token_file: Path | None = None
     """Where the token was read from; None when it came from DLITE_TOKEN."""

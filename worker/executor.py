@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from app.protocol import (CHECKLIST_KEYS, MAX_VIDEO_BYTES, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse,
+from app.protocol import (CHECKLIST_KEYS, MAX_BODY_BYTES, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse,
                           EvaluationRequest, metric_point, plural, resumed_from)
 from dlite import checkpoint, device_check
 from dlite.config import Config, ConfigError, from_dict
@@ -584,10 +584,11 @@ class RunExecutor:
                 self.verified("eval.video", f"not recorded: {e}", failed=True)
             self.event(f"no video of the {kind} {planner.variant} evaluation at step {step}: {e}", "warning")
             return False
-        too_big = rec.video.stat().st_size > MAX_VIDEO_BYTES
+        size = rec.video.stat().st_size
+        too_big = size > MAX_BODY_BYTES
         if too_big:
-            self.event(f"the video of step {step} is {rec.video.stat().st_size / 2**20:.1f} MiB, over the server's "
-                       f"{MAX_VIDEO_BYTES / 2**20:.0f} MiB: kept in the backups only", "warning")
+            self.event(f"the video of step {step} is {size / 2**20:.1f} MiB, over the server's "
+                       f"{MAX_BODY_BYTES / 2**20:.0f} MiB: kept in the backups only", "warning")
         for path, content_type in ((rec.video, "video/webm"), (rec.plans, "application/json")):
             if not (too_big and path == rec.video):
                 self.outbox.upload(path.name, path, content_type)

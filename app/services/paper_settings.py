@@ -11,6 +11,7 @@ change what it measures, so the runs of one fingerprint are one experiment over 
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -55,7 +56,9 @@ def fingerprint_key(config: dict[str, Any], variant: str) -> str:
     return json.dumps(fingerprint(config, variant), sort_keys=True)
 
 
+@functools.cache
 def paper_fingerprint(task: str, variant: str) -> dict[str, Any]:
+    """Cached: every row of every results page compares with one of these few (read only)."""
     return fingerprint(Config(task=task, variant=variant).to_dict(), variant)
 
 
@@ -96,8 +99,10 @@ def _plain(value: Any) -> Any:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value).lower() if value is not None else "empty"
+    if value is None:
+        return "empty"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
