@@ -223,6 +223,39 @@ def test_server_down_longer_than_the_lease_keeps_the_attempt_and_every_point(tmp
         stop_server(server)
 
 
+def test_a_run_that_ends_while_the_server_is_down_is_not_run_again(tmp_path: Path, dataset_cache: Path) -> None:
+    """The worker finishes the whole run during the outage and its writes wait in the outbox,
+    whose retry is then up to 10 s away, longer than the lease the restarted server grants:
+    the worker's heartbeat keeps the lease until the backlog and the finish are delivered,
+    so the run is not requeued and run again as attempt 2."""
+    lease, steps = 4, 40
+    data_dir = tmp_path / "server"
+    server = start_server(data_dir, lease_seconds=lease)
+    api = server.client()
+    run_id = create(api, steps)["id"]
+    worker = start_worker(server, tmp_path / "w", dataset_cache)
+    try:
+        wait_for(lambda: run_of(api, run_id)["stage"] == "train" and run_of(api, run_id)["step"] >= 10,
+                 120, "training")
+        server.process.kill()
+        server.process.wait()
+        journals = tmp_path / "w" / "runs"
+        wait_for(lambda: any('"finish"' in j.read_text() for j in journals.glob("*/outbox-1.jsonl")),
+                 120, "the run to end offline")
+        time.sleep(12)  # the outbox's retry backs off to its 10 s ceiling
+        server = restart_server(data_dir, server, port_of(server), lease_seconds=lease)
+        api = server.client()
+        # the runs list, as the dashboard polls it, requeues expired leases
+        wait_for(lambda: api.get("/api/runs").json()[0]["status"] not in ("running", "queued"), 120,
+                 "the backlog to arrive")
+        run = run_of(api, run_id)
+        assert run["status"] == "succeeded" and run["attempt"] == 1, (run["status"], run["attempt"], run["error"])
+        assert loss_steps(api, run_id) == list(range(10, steps + 1, 10)), "every logged step exactly once"
+    finally:
+        stop(worker)
+        stop_server(server)
+
+
 def test_a_fenced_off_attempt_loses_no_point_and_its_last_checkpoint_is_listed(tmp_path: Path,
                                                                                dataset_cache: Path) -> None:
     steps = 150

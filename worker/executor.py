@@ -296,10 +296,23 @@ class RunExecutor:
             self.event("".join(traceback.format_exception(e))[-4000:], "error")
             return self.finish("failed", f"{type(e).__name__}: {e}")
         finally:
-            self.heartbeat.stop()
             self._drain_backups()
             self._stop_reporting()
-            self.outbox.close(timeout=60)
+            self._deliver_backlog()
+            self.heartbeat.stop()
+
+    def _deliver_backlog(self) -> None:
+        """Keep the lease until the server has every write of this attempt.
+
+        A run that ended while the server was down holds its points and its finish in the
+        outbox; were the heartbeat stopped first, the restarted server would requeue the run
+        before the backlog arrives, and it would train again as a new attempt. Only a stop
+        (SIGTERM) or a lost lease bounds the wait: the journal stays on disk either way.
+        """
+        while not self.outbox.flush(timeout=1.0):
+            if self.terminate.is_set() or self.lost():
+                break
+        self.outbox.close(timeout=60)
 
     def _drain_backups(self) -> None:
         """Wait for the last upload: its state updates must reach the server."""
