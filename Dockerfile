@@ -22,7 +22,7 @@ COPY pyproject.toml README.md ./
 COPY dlite ./dlite
 COPY app ./app
 COPY worker ./worker
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir '.[postgres]'  # psycopg: deploy/compose.yaml runs the server on PostgreSQL
 
 RUN useradd --create-home --uid 1000 lab && mkdir -p /data && chown lab:lab /data
 USER 1000

@@ -33,6 +33,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request, Response
 from sqlmodel import col, delete
+from starlette.datastructures import UploadFile
 
 from app.db import Database
 from app.models import BrowserSession
@@ -81,8 +82,9 @@ def _put_cookie(response: Response, key: str, value: str, partitioned: bool, **a
 class Auth:
     """Token and session checks plus the failed-login limiter; one per app."""
 
-    def __init__(self, db: Database, token: str, failures_per_minute: int, session_days: float,
-                 secure_cookies: bool) -> None:
+    def __init__(
+        self, db: Database, token: str, failures_per_minute: int, session_days: float, secure_cookies: bool
+    ) -> None:
         self._db = db
         self._secure_cookies = secure_cookies
         self._token = token
@@ -121,21 +123,28 @@ class Auth:
     def drop_stale_sessions(self) -> None:
         """Sessions of an earlier token or past their time; run at start-up."""
         with self._db.write() as session:
-            session.exec(delete(BrowserSession).where(
-                (col(BrowserSession.token_id) != self._token_id) | (col(BrowserSession.expires_at) <= time.time())))
+            session.exec(
+                delete(BrowserSession).where(
+                    (col(BrowserSession.token_id) != self._token_id) | (col(BrowserSession.expires_at) <= time.time())
+                )
+            )
 
     def csrf_for(self, sid: str) -> str:
         return _sign(self._key, f"csrf:{sid}")
 
     async def csrf_ok(self, request: Request, sid: str) -> bool:
         expected = self.csrf_for(sid)
-        sent = request.headers.get(CSRF_HEADER)
+        sent: str | UploadFile | None = request.headers.get(CSRF_HEADER)
         if sent is None and request.headers.get("content-type", "").startswith(
-                ("application/x-www-form-urlencoded", "multipart/form-data")):
+            ("application/x-www-form-urlencoded", "multipart/form-data")
+        ):
             sent = (await request.form()).get("csrf")
         cookie = request.cookies.get(CSRF_COOKIE, "")
-        return isinstance(sent, str) and hmac.compare_digest(sent.encode(), cookie.encode()) \
+        return (
+            isinstance(sent, str)
+            and hmac.compare_digest(sent.encode(), cookie.encode())
             and hmac.compare_digest(cookie.encode(), expected.encode())
+        )
 
     async def authenticate(self, request: Request) -> bool:
         """True for a bearer request, or a session whose unsafe requests carry CSRF.
@@ -153,15 +162,22 @@ class Auth:
         """Path, SameSite, Secure and Partitioned of both cookies (see the module's docstring);
         `request.url.scheme` is the connection's, never a header an untrusted client sent."""
         framed = in_iframe(request)
-        return {"path": root(request) or "/", "samesite": "none" if framed else "strict",
-                "secure": framed or self._secure_cookies or request.url.scheme == "https", "partitioned": framed}
+        return {
+            "path": root(request) or "/",
+            "samesite": "none" if framed else "strict",
+            "secure": framed or self._secure_cookies or request.url.scheme == "https",
+            "partitioned": framed,
+        }
 
     def start_session(self, request: Request, response: Response) -> None:
         sid = secrets.token_urlsafe(32)
         now = time.time()
         with self._db.write() as session:
-            session.add(BrowserSession(id=_digest(sid), token_id=self._token_id, created_at=now,
-                                       expires_at=now + self._session_seconds))
+            session.add(
+                BrowserSession(
+                    id=_digest(sid), token_id=self._token_id, created_at=now, expires_at=now + self._session_seconds
+                )
+            )
         common = {"max_age": int(self._session_seconds), **self.cookie_attributes(request)}
         _put_cookie(response, SESSION_COOKIE, sid, httponly=True, **common)
         _put_cookie(response, CSRF_COOKIE, self.csrf_for(sid), httponly=False, **common)
@@ -174,8 +190,15 @@ class Auth:
         with self._db.write() as session:
             session.exec(delete(BrowserSession).where(col(BrowserSession.id) == _digest(sid)))
         for name in (SESSION_COOKIE, CSRF_COOKIE):
-            _put_cookie(response, name, "", max_age=0, expires=0, httponly=name == SESSION_COOKIE,
-                        **self.cookie_attributes(request))
+            _put_cookie(
+                response,
+                name,
+                "",
+                max_age=0,
+                expires=0,
+                httponly=name == SESSION_COOKIE,
+                **self.cookie_attributes(request),
+            )
 
     def login_blocked(self, client: str) -> bool:
         """True when `client`, or all clients together, failed too often in the last minute."""
@@ -188,8 +211,7 @@ class Auth:
                 del self._failures[key]
         while self._all_failures and self._all_failures[0] < cutoff:
             self._all_failures.popleft()
-        return (len(self._failures.get(client, ())) >= self._limit
-                or len(self._all_failures) >= self._global_limit)
+        return len(self._failures.get(client, ())) >= self._limit or len(self._all_failures) >= self._global_limit
 
     def login_failed(self, client: str) -> None:
         self._failures[client].append(time.monotonic())

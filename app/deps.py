@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
@@ -27,8 +28,7 @@ def _state_problem(request: Request) -> dict[str, str | None]:
     return {"state_problem": status.message if status and not status.ok else None}
 
 
-TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates",
-                            context_processors=[_root, _state_problem])
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates", context_processors=[_root, _state_problem])
 
 
 def _when(ts: float | None) -> str:
@@ -50,7 +50,7 @@ def _score(value: float | None, signed: bool = False) -> str:
     return "–" if value is None else (f"{value:+.1f}" if signed else f"{value:.1f}")
 
 
-def _form_value(value: object, kind: str) -> str:
+def _form_value(value: Any, kind: str) -> str:
     """A config value as the new-run form's text field shows it (lists comma-separated)."""
     if value is None:
         return ""

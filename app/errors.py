@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import CSRF_COOKIE
 from app.deps import TEMPLATES
-from app.services import Conflict, NotFound
+from app.services import Conflict, NotFound, Retired
 from app.urls import app_path
 from dlite.config import ConfigError
 
@@ -32,16 +32,24 @@ def _json_safe(value: Any) -> Any:
 
 def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's shape (`detail`: a list of loc/msg/type) without the offending input."""
-    detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "value_error"),
-               **({"ctx": {k: _json_safe(v) for k, v in e["ctx"].items()}} if e.get("ctx") else {})}
-              for e in exc.errors()]
+    detail = [
+        {
+            "loc": list(e.get("loc", ())),
+            "msg": e.get("msg", ""),
+            "type": e.get("type", "value_error"),
+            **({"ctx": {k: _json_safe(v) for k, v in e["ctx"].items()}} if e.get("ctx") else {}),
+        }
+        for e in exc.errors()
+    ]
     return JSONResponse({"detail": detail}, 422)
 
 
 def _config_error(_: Request, exc: ConfigError) -> JSONResponse:
     """Every bad setting at once, in the validation errors' shape, so a form marks them all."""
-    detail = [{"loc": ["body", "task"] if name == "task" else ["body", "config", name],
-               "msg": message, "type": "value_error"} for name, message in exc.errors]
+    detail = [
+        {"loc": ["body", "task"] if name == "task" else ["body", "config", name], "msg": message, "type": "value_error"}
+        for name, message in exc.errors
+    ]
     return JSONResponse({"detail": detail}, 422)
 
 
@@ -50,9 +58,10 @@ def wants_html(request: Request) -> bool:
     return not app_path(request).startswith("/api/")
 
 
-def not_found_page(request: Request, message: str) -> Response:
-    return TEMPLATES.TemplateResponse(request, "not_found.html", {
-        "message": message, "csrf": request.cookies.get(CSRF_COOKIE, "")}, status_code=404)
+def not_found_page(request: Request, message: str) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request, "not_found.html", {"message": message, "csrf": request.cookies.get(CSRF_COOKIE, "")}, status_code=404
+    )
 
 
 def _methods_at(routes: list[Any], path: str) -> set[str]:
@@ -63,6 +72,7 @@ def _methods_at(routes: list[Any], path: str) -> set[str]:
         if nested is not None:
             found |= _methods_at(nested.routes, path)
         elif isinstance(route, APIRoute) and route.path_regex.match(path):
+            assert route.methods is not None  # APIRoute defaults them to {"GET"}
             found |= route.methods
     return found
 
@@ -79,8 +89,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(ConfigError, _config_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]  # Starlette's stub: handlers take Exception
+    app.add_exception_handler(ConfigError, _config_error)  # type: ignore[arg-type]  # Starlette's stub: handlers take Exception
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]  # Starlette's stub: handlers take Exception
     app.add_exception_handler(NotFound, lambda _r, e: JSONResponse({"detail": str(e)}, 404))
     app.add_exception_handler(Conflict, lambda _r, e: JSONResponse({"detail": str(e)}, 409))
+    app.add_exception_handler(Retired, lambda _r, e: JSONResponse({"detail": str(e)}, 410))

@@ -17,8 +17,24 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.auth import Auth, LoginRequired
 from app.db import Database
-from app.routes import (api_artifacts, api_compare, api_results, api_runs, api_sweeps, auth, compare_pages, docs,
-                        health, pages, results_pages, stream, sweep_pages, workers)
+from app.routes import (
+    api_artifacts,
+    api_compare,
+    api_results,
+    api_runs,
+    api_sweeps,
+    api_workers,
+    auth,
+    compare_pages,
+    docs,
+    fleet_pages,
+    health,
+    pages,
+    results_pages,
+    stream,
+    sweep_pages,
+    workers,
+)
 from app.services.claims import grant_restart_grace, sweep_leases
 from app.settings import Settings
 from app.urls import RootPath, url
@@ -59,19 +75,42 @@ def create_app(settings: Settings) -> FastAPI:
 
     # FastAPI's public docs are off; app/routes/docs.py serves them behind the token. Under a
     # prefix the OpenAPI document names it as its server, so Swagger UI's requests carry it.
-    app = FastAPI(title="DiffuserLite Lab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
-                  max_body_size=settings.max_body_bytes,
-                  servers=[{"url": settings.root_path}] if settings.root_path else None)
+    app = FastAPI(
+        title="DiffuserLite Lab",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        max_body_size=settings.max_body_bytes,
+        servers=[{"url": settings.root_path}] if settings.root_path else None,
+    )
     app.router.redirect_slashes = False  # Starlette's are absolute URLs built from Host and scheme
     app.state.settings = settings
     app.state.db = db
-    app.state.auth = Auth(db, settings.token, settings.login_failures_per_minute, settings.session_days,
-                          settings.secure_cookies)
+    app.state.auth = Auth(
+        db, settings.token, settings.login_failures_per_minute, settings.session_days, settings.secure_cookies
+    )
     app.state.auth.drop_stale_sessions()
     errors.install(app)
-    app.add_exception_handler(LoginRequired, _login_required)
-    for module in (health, auth, docs, pages, sweep_pages, results_pages, compare_pages, stream, workers, api_runs,
-                   api_artifacts, api_sweeps, api_results, api_compare):
+    app.add_exception_handler(LoginRequired, _login_required)  # type: ignore[arg-type]  # Starlette's stub: handlers take Exception
+    for module in (
+        health,
+        auth,
+        docs,
+        pages,
+        sweep_pages,
+        results_pages,
+        compare_pages,
+        fleet_pages,
+        stream,
+        workers,
+        api_workers,
+        api_runs,
+        api_artifacts,
+        api_sweeps,
+        api_results,
+        api_compare,
+    ):
         # stream before /runs/{id}
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

@@ -7,13 +7,25 @@ Keep in step with migrations/versions: tests compare the two.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Optional
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+
 def _run_fk() -> Column:
     return Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False, index=True)
+
+
+class _Stored(Protocol):
+    id: int | None
+
+
+def stored_id(row: _Stored) -> int:
+    """The id of a row read from the database (or flushed): SQLModel types ids Optional
+    only because they are None until a new row's first flush."""
+    assert row.id is not None, f"{type(row).__name__} has no id before its first flush"
+    return row.id
 
 
 class Sweep(SQLModel, table=True):
@@ -23,52 +35,55 @@ class Sweep(SQLModel, table=True):
     __tablename__ = "sweeps"
     __table_args__ = {"sqlite_autoincrement": True}  # ids are never handed out again (migration 0007)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     name: str = Field(unique=True)
     tasks: list[str] = Field(sa_column=Column(JSON, nullable=False))
     seeds: list[int] = Field(sa_column=Column(JSON, nullable=False))
     variants: list[str] = Field(sa_column=Column(JSON, nullable=False))
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     created_at: float
-    cancelled_at: Optional[float] = None
-    ablation_setting: Optional[str] = None
+    cancelled_at: float | None = None
+    ablation_setting: str | None = None
     """The one config key an ablation sweep varies, its runs taking each of `ablation_values`;
     None for a plain sweep (migration 0008)."""
-    ablation_values: Optional[list[Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    ablation_values: list[Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class Run(SQLModel, table=True):
     __tablename__ = "runs"
-    __table_args__ = (Index("ix_runs_status_created", "status", "created_at", "id"),
-                      {"sqlite_autoincrement": True})  # a deleted run's id is never reissued (migration 0007)
+    __table_args__ = (
+        Index("ix_runs_status_created", "status", "created_at", "id"),
+        {"sqlite_autoincrement": True},
+    )  # a deleted run's id is never reissued (migration 0007)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     uuid: str = Field(default_factory=lambda: uuid.uuid4().hex, max_length=32, unique=True, index=True)
     """Unique across servers: run ids start at 1 again on a fresh database, so worker state is keyed by this."""
     task: str
-    name: Optional[str] = None
+    name: str | None = None
     config: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     status: str = "queued"
-    stage: Optional[str] = None
+    stage: str | None = None
     step: int = Field(default=0, sa_type=BigInteger)
     total_steps: int = Field(sa_type=BigInteger)
     attempt: int = 0
-    worker_id: Optional[str] = None
-    lease_expires_at: Optional[float] = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
     created_at: float
-    started_at: Optional[float] = None
-    finished_at: Optional[float] = None
+    started_at: float | None = None
+    finished_at: float | None = None
     updated_at: float
-    error: Optional[str] = Field(default=None, sa_type=Text)
+    error: str | None = Field(default=None, sa_type=Text)
     is_demo: bool = False
-    steps_per_s: Optional[float] = None
-    sweep_id: Optional[int] = Field(default=None, sa_column=Column(
-        Integer, ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True))
+    steps_per_s: float | None = None
+    sweep_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("sweeps.id", ondelete="SET NULL"), nullable=True, index=True)
+    )
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    note: Optional[str] = Field(default=None, sa_type=Text)
+    note: str | None = Field(default=None, sa_type=Text)
     archived: bool = False
     """Hidden from the runs list unless asked for; still counted in results."""
-    device_check: Optional[dict[str, Any]] = Field(default=None, sa_column=Column(JSON, nullable=True))
+    device_check: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     """The latest attempt's device check report (app.protocol.DeviceCheckRequest without its
     attempt); None until a worker has checked its device for the run (migration 0009)."""
 
@@ -77,14 +92,14 @@ class ChecklistItem(SQLModel, table=True):
     __tablename__ = "checklist_items"
     __table_args__ = (UniqueConstraint("run_id", "key", name="uq_checklist_run_key"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
     key: str
-    detail: Optional[str] = Field(default=None, sa_type=Text)
+    detail: str | None = Field(default=None, sa_type=Text)
     verified_at: float
     failed: bool = False
     """The check ran and failed (✗); `detail` says what failed and what to do next."""
-    attempt: Optional[int] = None
+    attempt: int | None = None
     """The attempt that verified it, so a resumed attempt can say which one passed the smoke
     test; None for items verified before migration 0007."""
 
@@ -96,8 +111,7 @@ class MetricPoint(SQLModel, table=True):
     __tablename__ = "metric_points"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"),
-                                         primary_key=True))
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True))
     key: str = Field(primary_key=True)
     step: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     value: float
@@ -112,8 +126,7 @@ class MetricNonFinite(SQLModel, table=True):
     __tablename__ = "metric_nonfinite"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"),
-                                         primary_key=True))
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True))
     key: str = Field(primary_key=True)
     step: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     value: str
@@ -128,8 +141,7 @@ class MetricBlock(SQLModel, table=True):
     __tablename__ = "metric_blocks"
     __table_args__ = {"sqlite_with_rowid": False}
 
-    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"),
-                                         primary_key=True))
+    run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True))
     key: str = Field(primary_key=True)
     block: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     n: int
@@ -140,31 +152,33 @@ class MetricBlock(SQLModel, table=True):
     max_value: float
     max_wall_time: float
 
+
 class Checkpoint(SQLModel, table=True):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoint_run_step"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
     step: int = Field(sa_type=BigInteger)
     size: int = Field(sa_type=BigInteger)
     sha256: str
     backup_state: str = "local"
-    hub_url: Optional[str] = None
-    local_url: Optional[str] = None
+    hub_url: str | None = None
+    local_url: str | None = None
     """Where the worker saved it (file://), so a server on the same machine can serve it (0011)."""
-    backed_up_at: Optional[float] = None
-    error: Optional[str] = Field(default=None, sa_type=Text)
+    backed_up_at: float | None = None
+    error: str | None = Field(default=None, sa_type=Text)
     pruned: bool = False
     """The worker deleted its local copy (keep_local); a Hub copy, if any, remains."""
 
 
 class Evaluation(SQLModel, table=True):
     __tablename__ = "evaluations"
-    __table_args__ = (UniqueConstraint("run_id", "step", "kind", "variant",
-                                       name="uq_evaluation_run_step_kind_variant"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "step", "kind", "variant", name="uq_evaluation_run_step_kind_variant"),
+    )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
     step: int = Field(sa_type=BigInteger)
     kind: str
@@ -175,9 +189,9 @@ class Evaluation(SQLModel, table=True):
     scores: list[float] = Field(sa_column=Column(JSON, nullable=False))
     n_envs: int
     n_episodes: int
-    latency_ms: Optional[float] = None
-    latency_ms_1env: Optional[float] = None
-    device: Optional[str] = None
+    latency_ms: float | None = None
+    latency_ms_1env: float | None = None
+    device: str | None = None
     created_at: float
 
 
@@ -189,7 +203,7 @@ class Artifact(SQLModel, table=True):
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("run_id", "name", name="uq_artifact_run_name"),)
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
     name: str
     kind: str
@@ -207,9 +221,10 @@ class Artifact(SQLModel, table=True):
 class Event(SQLModel, table=True):
     __tablename__ = "events"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    run_id: Optional[int] = Field(default=None, sa_column=Column(
-        Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=True, index=True))
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=True, index=True)
+    )
     ts: float
     level: str
     message: str = Field(sa_type=Text)
@@ -221,10 +236,12 @@ class ConsoleLine(SQLModel, table=True):
     makes a replayed write a no-op."""
 
     __tablename__ = "console_lines"
-    __table_args__ = (UniqueConstraint("run_id", "uid", name="uq_console_run_uid"),
-                      Index("ix_console_lines_run_id_id", "run_id", "id"))
+    __table_args__ = (
+        UniqueConstraint("run_id", "uid", name="uq_console_run_uid"),
+        Index("ix_console_lines_run_id_id", "run_id", "id"),
+    )
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False))
     uid: str = Field(max_length=32)
     attempt: int
@@ -238,20 +255,28 @@ class Worker(SQLModel, table=True):
 
     id: str = Field(primary_key=True)
     name: str
-    host: Optional[str] = None
-    device: Optional[str] = None
-    gpu_name: Optional[str] = None
+    host: str | None = None
+    device: str | None = None
+    gpu_name: str | None = None
     last_seen: float
+    provider: str | None = None
+    """Where it runs when the worker can tell: colab, or a SkyPilot cloud and region."""
+    max_runs: int | None = None
+    """The user's cap on the runs it claims (None: no cap); at the cap it is told to exit."""
+    runs_claimed: int = 0
+    stop_requested_at: float | None = None
+    """The user asked it to stop: its current run stops at a checkpoint, and it exits."""
+    exited_at: float | None = None
 
 
 class Command(SQLModel, table=True):
     __tablename__ = "commands"
 
-    id: Optional[int] = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(sa_column=_run_fk())
     kind: str
     state: str = "queued"
-    detail: Optional[str] = Field(default=None, sa_type=Text)
+    detail: str | None = Field(default=None, sa_type=Text)
     created_at: float
     updated_at: float
 
@@ -263,9 +288,10 @@ class Change(SQLModel, table=True):
     __tablename__ = "changes"
     __table_args__ = {"sqlite_autoincrement": True}  # ids only grow, even when a run's changes are deleted
 
-    id: Optional[int] = Field(default=None, primary_key=True)
-    run_id: Optional[int] = Field(default=None, sa_column=Column(
-        Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=True, index=True))
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=True, index=True)
+    )
     kind: str
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     ts: float

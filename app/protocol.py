@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 import string
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -54,6 +54,7 @@ FinalStatus = Literal["succeeded", "failed", "cancelled"]
 BackupState = Literal["local", "uploading", "hub", "error"]
 EventLevel = Literal["debug", "info", "warning", "error"]
 NonFinite = Literal["nan", "inf", "-inf"]
+CommandKind = Literal["backup", "cancel", "stop"]
 
 
 def metric_point(key: str, step: int, value: float, wall_time: float) -> dict[str, Any]:
@@ -147,9 +148,14 @@ class _Fenced(_Body):
 
 class RegisterRequest(_Body):
     name: str = Field(min_length=1, max_length=SHORT_TEXT)
-    host: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
-    device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
-    gpu_name: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    host: str | None = Field(default=None, max_length=SHORT_TEXT)
+    device: str | None = Field(default=None, max_length=SHORT_TEXT)
+    gpu_name: str | None = Field(default=None, max_length=SHORT_TEXT)
+    provider: str | None = Field(
+        default=None,
+        max_length=SHORT_TEXT,
+        description="where it runs, when it can tell: colab, or skypilot:<cloud>/<region>",
+    )
 
 
 class RegisterResponse(BaseModel):
@@ -161,7 +167,7 @@ class ChecklistRecord(BaseModel):
 
     key: str
     failed: bool
-    attempt: Optional[int]
+    attempt: int | None
     """The attempt that verified it; null for an item verified before the server recorded it."""
 
 
@@ -170,7 +176,7 @@ class ClaimResponse(BaseModel):
     run_uuid: str
     attempt: int
     task: str
-    name: Optional[str]
+    name: str | None
     config: dict[str, Any]
     lease_seconds: float
     lease_expires_at: float
@@ -181,12 +187,13 @@ class ClaimResponse(BaseModel):
 
 class HeartbeatRequest(_Fenced):
     step: Integer = Field(ge=0, le=MAX_INT)
-    steps_per_s: Optional[float] = Field(default=None, ge=0, allow_inf_nan=False)
+    steps_per_s: float | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class CommandOut(BaseModel):
     id: int
-    kind: Literal["backup", "cancel"]
+    kind: CommandKind
+    """stop: checkpoint, report the command done (the run is requeued at once), and exit."""
 
 
 class HeartbeatResponse(BaseModel):
@@ -195,21 +202,26 @@ class HeartbeatResponse(BaseModel):
 
 
 class MetricPointIn(_Body):
-    model_config = ConfigDict(**STRICT_BODY, json_schema_extra={"oneOf": [
-        {"required": ["value"], "properties": {"value": {"type": "number"}, "nonfinite": {"type": "null"}}},
-        {"required": ["nonfinite"], "properties": {"value": {"type": "null"}, "nonfinite": {"type": "string"}}}]})
+    model_config = ConfigDict(
+        **STRICT_BODY,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["value"], "properties": {"value": {"type": "number"}, "nonfinite": {"type": "null"}}},
+                {"required": ["nonfinite"], "properties": {"value": {"type": "null"}, "nonfinite": {"type": "string"}}},
+            ]
+        },
+    )
 
     key: str = Field(min_length=1, max_length=SHORT_TEXT)
     step: Integer = Field(ge=0, le=MAX_INT)
-    value: Optional[float] = Field(default=None, allow_inf_nan=False)
-    nonfinite: Optional[NonFinite] = None
+    value: float | None = Field(default=None, allow_inf_nan=False)
+    nonfinite: NonFinite | None = None
     wall_time: float = Field(allow_inf_nan=False)
 
     @model_validator(mode="after")
-    def _value_or_nonfinite(self) -> "MetricPointIn":
+    def _value_or_nonfinite(self) -> MetricPointIn:
         if (self.value is None) == (self.nonfinite is None):
-            raise ValueError("give either a finite `value` or `nonfinite` ('nan', 'inf' or '-inf') "
-                             "with `value` null")
+            raise ValueError("give either a finite `value` or `nonfinite` ('nan', 'inf' or '-inf') with `value` null")
         return self
 
 
@@ -230,7 +242,7 @@ class StageRequest(_Fenced):
 
 class ChecklistRequest(_Fenced):
     key: str = Field(json_schema_extra={"enum": list(CHECKLIST_KEYS)})
-    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    detail: str | None = Field(default=None, max_length=LONG_TEXT)
     failed: bool = False
     """The check ran and failed: the item shows ✗, with `detail` saying what to do next."""
 
@@ -247,12 +259,11 @@ class CheckpointRequest(_Fenced):
     size: Integer = Field(ge=0, le=MAX_INT)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     backup_state: BackupState = "local"
-    hub_url: Optional[str] = Field(default=None, max_length=LONG_TEXT,
-                                   pattern=r"^(https://huggingface\.co/|file:///)")
+    hub_url: str | None = Field(default=None, max_length=LONG_TEXT, pattern=r"^(https://huggingface\.co/|file:///)")
     """Where the backed-up checkpoint is: a Hub URL, or a file:// URL in the run's backup_dir."""
-    local_url: Optional[str] = Field(default=None, max_length=LONG_TEXT, pattern=r"^file:///")
+    local_url: str | None = Field(default=None, max_length=LONG_TEXT, pattern=r"^file:///")
     """Where the worker saved it on its own disk, for a server on the same machine to serve."""
-    error: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    error: str | None = Field(default=None, max_length=LONG_TEXT)
     pruned: bool = False
 
 
@@ -266,9 +277,9 @@ class EvaluationRequest(_Fenced):
     scores: list[Score] = Field(max_length=MAX_SCORES)
     n_envs: Integer = Field(ge=1, le=MAX_INT)
     n_episodes: Integer = Field(ge=1, le=MAX_INT)
-    latency_ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
-    latency_ms_1env: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
-    device: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    latency_ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    latency_ms_1env: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    device: str | None = Field(default=None, max_length=SHORT_TEXT)
 
 
 CheckStatus = Literal["reference", "ok", "failed", "skipped"]
@@ -283,18 +294,18 @@ class CheckedPath(_Body):
     stage: Literal["train", "plan"]
     name: str = Field(min_length=1, max_length=SHORT_TEXT)
     status: CheckStatus
-    ms: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    ms: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     """Median ms of one training step, or of one planning decision for one environment."""
-    ms_batch: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    ms_batch: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     """Planning only: median ms of one decision for the whole evaluation batch."""
-    ms_reflow: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    ms_reflow: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     """Training only, R2 runs: median ms of one reflow step."""
-    warmup_s: Optional[float] = Field(default=None, ge=0, le=MAX_LATENCY_MS)
+    warmup_s: float | None = Field(default=None, ge=0, le=MAX_LATENCY_MS)
     """The untimed first calls (compilation, graph capture, allocator), apart from `ms`."""
-    max_diff: Optional[float] = Field(default=None, ge=0)
+    max_diff: float | None = Field(default=None, ge=0)
     """Largest difference from the reference: relative for losses, absolute for actions."""
-    tolerance: Optional[float] = Field(default=None, ge=0)
-    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    tolerance: float | None = Field(default=None, ge=0)
+    detail: str | None = Field(default=None, max_length=LONG_TEXT)
     """Why it failed or was skipped (the error's first line), or what it was held to."""
 
 
@@ -307,9 +318,9 @@ class Projection(_Body):
     reflow_s: float = Field(default=0.0, ge=0)
     eval_s: float = Field(ge=0)
     """Planning time of the quick and final evaluations (the simulator's own time excluded)."""
-    quick_eval_s: Optional[float] = Field(default=None, ge=0)
+    quick_eval_s: float | None = Field(default=None, ge=0)
     """The part of `eval_s` spent in quick evaluations along training (null from older workers)."""
-    final_eval_s: Optional[float] = Field(default=None, ge=0)
+    final_eval_s: float | None = Field(default=None, ge=0)
     """The part of `eval_s` spent in the final evaluation, R1's and R2's (null from older workers)."""
     total_s: float = Field(ge=0)
 
@@ -319,11 +330,11 @@ class DeviceCheckRequest(_Fenced):
 
     device: str = Field(max_length=SHORT_TEXT)
     device_name: str = Field(max_length=SHORT_TEXT)
-    memory_gb: Optional[float] = Field(default=None, ge=0)
-    peak_memory_gb: Optional[float] = Field(default=None, ge=0)
+    memory_gb: float | None = Field(default=None, ge=0)
+    peak_memory_gb: float | None = Field(default=None, ge=0)
     torch: str = Field(max_length=SHORT_TEXT)
-    cuda: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
-    cpu_capability: Optional[str] = Field(default=None, max_length=SHORT_TEXT)
+    cuda: str | None = Field(default=None, max_length=SHORT_TEXT)
+    cpu_capability: str | None = Field(default=None, max_length=SHORT_TEXT)
     requested: dict[Literal["train", "plan"], Annotated[str, Field(max_length=SHORT_TEXT)]]
     """The run's train_accel and plan_accel settings."""
     chosen: dict[Literal["train", "plan"], Annotated[str, Field(max_length=SHORT_TEXT)]]
@@ -340,12 +351,12 @@ class EventRequest(_Fenced):
 
 class CommandUpdateRequest(_Fenced):
     state: Literal["uploading", "done", "error"]
-    detail: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    detail: str | None = Field(default=None, max_length=LONG_TEXT)
 
 
 class FinishRequest(_Fenced):
     status: FinalStatus
-    error: Optional[str] = Field(default=None, max_length=LONG_TEXT)
+    error: str | None = Field(default=None, max_length=LONG_TEXT)
 
 
 class Ok(BaseModel):
@@ -356,9 +367,17 @@ SYSTEM_PREFIX = "system/"
 """Metric keys of the worker's system metrics (worker/system_metrics.py). Their `step` is the
 sample's Unix second, not a training step: samples go on while the step stands still (the
 device check, evaluation), and a later attempt never overwrites an earlier one's samples."""
-SYSTEM_KEYS: tuple[str, ...] = tuple(SYSTEM_PREFIX + name for name in (
-    "cpu_percent", "ram_used_gib", "disk_used_gib", "gpu_util_percent", "gpu_mem_allocated_gib",
-    "gpu_mem_reserved_gib"))
+SYSTEM_KEYS: tuple[str, ...] = tuple(
+    SYSTEM_PREFIX + name
+    for name in (
+        "cpu_percent",
+        "ram_used_gib",
+        "disk_used_gib",
+        "gpu_util_percent",
+        "gpu_mem_allocated_gib",
+        "gpu_mem_reserved_gib",
+    )
+)
 CONSOLE_TEXT = 8_000
 """Longest console entry: a log line, or a whole traceback folded into one entry."""
 CONSOLE_BATCH = 100

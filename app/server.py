@@ -21,8 +21,14 @@ def serve(host: str = "127.0.0.1", port: int = 8000, data_dir: str | Path | None
     print(settings.token, flush=True)
     # Forwarded headers only from the proxies named in DLITE_TRUSTED_PROXIES: uvicorn's default
     # trusts 127.0.0.1, where a local tunnel hands every visitor's forged header on.
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=bool(settings.trusted_proxies),
-                forwarded_allow_ips=settings.trusted_proxies or None)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=settings.trusted_proxies or None,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

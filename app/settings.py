@@ -11,6 +11,7 @@ import re
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from app.protocol import MAX_BODY_BYTES
 
@@ -22,8 +23,9 @@ MIN_TOKEN_LENGTH = 24
 ROOT_PATH = re.compile(r"(/[A-Za-z0-9._~-]+)+")
 """A path prefix: segments of URL-safe characters that need no escaping in HTML, JavaScript
 or a cookie's Path; "." and ".." segments (which a browser folds away) are refused too."""
-APP_SEGMENTS = frozenset({"api", "compare", "docs", "healthz", "login", "logout", "results", "runs", "static",
-                          "sweeps", "vendor"})
+APP_SEGMENTS = frozenset(
+    {"api", "compare", "docs", "healthz", "login", "logout", "results", "runs", "static", "sweeps", "vendor", "workers"}
+)
 """First segments of the app's own paths (a test keeps this in step with the routes): behind a
 proxy that strips the prefix, a prefix starting with one would make some paths ambiguous."""
 YES, NO = frozenset({"1", "true", "yes", "on"}), frozenset({"", "0", "false", "no", "off"})
@@ -57,7 +59,7 @@ class Settings:
     """Mark cookies Secure even when the connection looks like plain HTTP: for a TLS proxy
     not listed in trusted_proxies, whose X-Forwarded-Proto is therefore not believed."""
 
-    def with_(self, **changes: object) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
@@ -105,13 +107,17 @@ def check_root_path(value: str) -> str:
     links somewhere the proxy does not serve."""
     value = value.strip()
     if value and (not ROOT_PATH.fullmatch(value) or {".", ".."} & set(value.split("/"))):
-        raise SystemExit(f"DLITE_ROOT_PATH={value!r} is not a path prefix: write it as the proxy serves the "
-                         "dashboard, e.g. /lab or /tools/lab (a leading /, no trailing / or //, letters, digits "
-                         "and - . _ ~ only), or unset it when the dashboard is at the root")
+        raise SystemExit(
+            f"DLITE_ROOT_PATH={value!r} is not a path prefix: write it as the proxy serves the "
+            "dashboard, e.g. /lab or /tools/lab (a leading /, no trailing / or //, letters, digits "
+            "and - . _ ~ only), or unset it when the dashboard is at the root"
+        )
     if value and value.split("/")[1] in APP_SEGMENTS:
-        raise SystemExit(f"DLITE_ROOT_PATH={value!r} starts with /{value.split('/')[1]}, one of the dashboard's "
-                         "own paths, so a proxy that strips the prefix would make pages and API calls ambiguous: "
-                         "pick another prefix, e.g. /lab")
+        raise SystemExit(
+            f"DLITE_ROOT_PATH={value!r} starts with /{value.split('/')[1]}, one of the dashboard's "
+            "own paths, so a proxy that strips the prefix would make pages and API calls ambiguous: "
+            "pick another prefix, e.g. /lab"
+        )
     return value
 
 
@@ -132,10 +138,18 @@ def settings_from_env(data_dir: str | Path | None = None) -> Settings:
     token_file = None if env.get("DLITE_TOKEN") else root / TOKEN_FILE
     token = env.get("DLITE_TOKEN") or load_or_create_token(root)
     if len(token) < MIN_TOKEN_LENGTH:
-        raise SystemExit(f"DLITE_TOKEN is too short ({len(token)} characters): the dashboard may be public, "
-                         f"use at least {MIN_TOKEN_LENGTH} random characters, or unset it to get a generated one")
+        raise SystemExit(
+            f"DLITE_TOKEN is too short ({len(token)} characters): the dashboard may be public, "
+            f"use at least {MIN_TOKEN_LENGTH} random characters, or unset it to get a generated one"
+        )
     lease = float(env.get("DLITE_LEASE_SECONDS") or Settings.lease_seconds)
-    return Settings(data_dir=root, database_url=url, token=token, lease_seconds=lease, token_file=token_file,
-                    trusted_proxies=env.get("DLITE_TRUSTED_PROXIES", "").strip(),
-                    root_path=check_root_path(env.get("DLITE_ROOT_PATH", "")),
-                    secure_cookies=_flag("DLITE_SECURE_COOKIES", env.get("DLITE_SECURE_COOKIES", "")))
+    return Settings(
+        data_dir=root,
+        database_url=url,
+        token=token,
+        lease_seconds=lease,
+        token_file=token_file,
+        trusted_proxies=env.get("DLITE_TRUSTED_PROXIES", "").strip(),
+        root_path=check_root_path(env.get("DLITE_ROOT_PATH", "")),
+        secure_cookies=_flag("DLITE_SECURE_COOKIES", env.get("DLITE_SECURE_COOKIES", "")),
+    )

@@ -12,8 +12,8 @@ import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 class TunnelError(RuntimeError):
@@ -23,15 +23,19 @@ class TunnelError(RuntimeError):
 def colab(port: int) -> str:
     """Colab's own port proxy: works only inside a Colab kernel."""
     try:
-        from google.colab.output import eval_js  # type: ignore[import-not-found]
+        from google.colab.output import eval_js
     except ImportError:
-        raise TunnelError("--tunnel colab works only inside a Colab notebook; run the notebook's "
-                          "dashboard cell (2) there, or use --tunnel cloudflared") from None
+        raise TunnelError(
+            "--tunnel colab works only inside a Colab notebook; run the notebook's "
+            "dashboard cell (2) there, or use --tunnel cloudflared"
+        ) from None
     try:
         return str(eval_js(f"google.colab.kernel.proxyPort({port})"))
     except Exception as e:  # eval_js fails outside the kernel's main thread
-        raise TunnelError(f"Colab's port proxy did not answer ({e}); run the notebook's "
-                          f"dashboard cell (2), which asks for it from the kernel") from None
+        raise TunnelError(
+            f"Colab's port proxy did not answer ({e}); run the notebook's "
+            f"dashboard cell (2), which asks for it from the kernel"
+        ) from None
 
 
 CLOUDFLARE_URL = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
@@ -41,14 +45,21 @@ def cloudflared(port: int, binary: str | None = None, timeout: float = 30.0) -> 
     """A quick Cloudflare tunnel; needs the `cloudflared` binary on PATH."""
     binary = binary or shutil.which("cloudflared")
     if not binary:
-        raise TunnelError("cloudflared is not installed: see https://developers.cloudflare.com/"
-                          "cloudflare-one/connections/connect-networks/downloads/ or use --tunnel ngrok")
-    proc = subprocess.Popen([binary, "tunnel", "--no-autoupdate", "--url", f"http://127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        raise TunnelError(
+            "cloudflared is not installed: see https://developers.cloudflare.com/"
+            "cloudflare-one/connections/connect-networks/downloads/ or use --tunnel ngrok"
+        )
+    proc = subprocess.Popen(
+        [binary, "tunnel", "--no-autoupdate", "--url", f"http://127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     found: list[str] = []
     done = threading.Event()
 
     def read() -> None:
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:  # keeps draining so the pipe never blocks cloudflared
             match = CLOUDFLARE_URL.search(line)
             if match and not found:
@@ -67,13 +78,16 @@ def cloudflared(port: int, binary: str | None = None, timeout: float = 30.0) -> 
 def ngrok(port: int) -> str:
     """An ngrok tunnel through pyngrok; needs NGROK_AUTHTOKEN."""
     try:
-        from pyngrok import conf, ngrok as pyngrok  # type: ignore[import-not-found]
+        from pyngrok import conf
+        from pyngrok import ngrok as pyngrok
     except ImportError:
         raise TunnelError("--tunnel ngrok needs pyngrok: pip install pyngrok") from None
     token = os.environ.get("NGROK_AUTHTOKEN")
     if not token:
-        raise TunnelError("--tunnel ngrok needs an authtoken in NGROK_AUTHTOKEN "
-                          "(https://dashboard.ngrok.com/get-started/your-authtoken)")
+        raise TunnelError(
+            "--tunnel ngrok needs an authtoken in NGROK_AUTHTOKEN "
+            "(https://dashboard.ngrok.com/get-started/your-authtoken)"
+        )
     conf.get_default().auth_token = token
     try:
         return pyngrok.connect(port, "http").public_url
@@ -84,8 +98,9 @@ def ngrok(port: int) -> str:
 PROVIDERS: dict[str, Callable[[int], str]] = {"colab": colab, "cloudflared": cloudflared, "ngrok": ngrok}
 
 
-def open_tunnel(kind: str, port: int, data_dir: Path,
-                providers: dict[str, Callable[[int], str]] | None = None) -> str | None:
+def open_tunnel(
+    kind: str, port: int, data_dir: Path, providers: dict[str, Callable[[int], str]] | None = None
+) -> str | None:
     """Start the tunnel, print and store its URL (data_dir/tunnel_url); None when it failed."""
     providers = PROVIDERS if providers is None else providers
     if kind not in providers:

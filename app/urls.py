@@ -23,7 +23,7 @@ def root(request: HTTPConnection) -> str:
 def app_path(request: HTTPConnection) -> str:
     """The path inside the app, which routes and `next=` speak in."""
     path, prefix = request.scope["path"], root(request)
-    return path[len(prefix):] if prefix and path.startswith(prefix + "/") else path
+    return path[len(prefix) :] if prefix and path.startswith(prefix + "/") else path
 
 
 def url(request: HTTPConnection, path: str) -> str:

@@ -46,8 +46,12 @@ def _start(data_dir: Path, token: str) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = {**os.environ, "DLITE_TOKEN": token, "PYTHONPATH": str(ROOT)}
     env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port), "--data-dir",
-                             str(data_dir)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -67,30 +71,52 @@ def bench_ingest(c: httpx.Client, rounds: int, batches: int) -> dict:
     for _ in range(rounds):
         bodies = []
         for _ in range(batches):
-            bodies.append({"attempt": attempt, "points": [
-                {"key": "loss", "step": step + i, "value": math.sin(step + i), "wall_time": time.time()}
-                for i in range(1000)]})
+            bodies.append(
+                {
+                    "attempt": attempt,
+                    "points": [
+                        {"key": "loss", "step": step + i, "value": math.sin(step + i), "wall_time": time.time()}
+                        for i in range(1000)
+                    ],
+                }
+            )
             step += 1000
         t = time.perf_counter()
         for body in bodies:
             c.post(f"/api/runs/{rid}/metrics", json=body).raise_for_status()
         rates.append(batches * 1000 / (time.perf_counter() - t))
-    return {"batch_points": 1000, "batches_per_round": batches, "rounds": rounds,
-            "points_per_s_median": round(statistics.median(rates)),
-            "points_per_s_rounds": [round(r) for r in rates]}
+    return {
+        "batch_points": 1000,
+        "batches_per_round": batches,
+        "rounds": rounds,
+        "points_per_s_median": round(statistics.median(rates)),
+        "points_per_s_rounds": [round(r) for r in rates],
+    }
 
 
 def bench_downsample(c: httpx.Client, db: Database, steps: int, reads: int) -> dict:
     with db.write() as session:
         rid = runs.create_run(session, "hopper-medium-v2", "bench-1M", {}).id
+        assert rid is not None  # set by the flush
     t = time.perf_counter()
     chunk = 100_000
     for n, key in enumerate(SERIES):
         for lo in range(0, steps, chunk):
             with db.write() as session:
-                metrics.upsert_points(session, rid, [
-                    {"key": key, "step": s, "value": math.exp(-s / steps) + 0.1 * math.sin(s * (n + 1)),
-                     "wall_time": float(s)} for s in range(lo, min(lo + chunk, steps))], notify=False)
+                metrics.upsert_points(
+                    session,
+                    rid,
+                    [
+                        {
+                            "key": key,
+                            "step": s,
+                            "value": math.exp(-s / steps) + 0.1 * math.sin(s * (n + 1)),
+                            "wall_time": float(s),
+                        }
+                        for s in range(lo, min(lo + chunk, steps))
+                    ],
+                    notify=False,
+                )
     insert_s = time.perf_counter() - t
     per_series = {}
     for key in SERIES:
@@ -102,19 +128,25 @@ def bench_downsample(c: httpx.Client, db: Database, steps: int, reads: int) -> d
             times.append(time.perf_counter() - t)
         body = r.json()
         assert body["total"] == steps and len(body["steps"]) <= 2000
-        per_series[key] = {"median_ms": round(1000 * statistics.median(times), 1),
-                           "points_returned": len(body["steps"])}
+        per_series[key] = {
+            "median_ms": round(1000 * statistics.median(times), 1),
+            "points_returned": len(body["steps"]),
+        }
     page = []
     for _ in range(reads):  # what a browser opening the run page asks for: the HTML, then all chart data
         t = time.perf_counter()
         c.get(f"/runs/{rid}").raise_for_status()
         c.get(f"/api/runs/{rid}/charts").raise_for_status()
         page.append(time.perf_counter() - t)
-    return {"steps_per_series": steps, "series": len(SERIES), "reads_per_series": reads,
-            "service_insert_points_per_s": round(len(SERIES) * steps / insert_s),
-            "get_metrics_max_points_2000": per_series,
-            "median_ms_over_series": statistics.median(v["median_ms"] for v in per_series.values()),
-            "run_page_html_plus_charts_median_ms": round(1000 * statistics.median(page), 1)}
+    return {
+        "steps_per_series": steps,
+        "series": len(SERIES),
+        "reads_per_series": reads,
+        "service_insert_points_per_s": round(len(SERIES) * steps / insert_s),
+        "get_metrics_max_points_2000": per_series,
+        "median_ms_over_series": statistics.median(v["median_ms"] for v in per_series.values()),
+        "run_page_html_plus_charts_median_ms": round(1000 * statistics.median(page), 1),
+    }
 
 
 def main() -> None:
@@ -136,9 +168,16 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
-    print(json.dumps({"machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                  "database": "sqlite (WAL)"},
-                      "ingest": ingest, "downsample": downsample}, indent=2))
+    print(
+        json.dumps(
+            {
+                "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "database": "sqlite (WAL)"},
+                "ingest": ingest,
+                "downsample": downsample,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def matmul_gflops(device: torch.device, repeats: int) -> float:
     """What this device does at its best in the planning dtype: a large fp32 matmul. A
     batched decision cannot beat it, so it bounds the speedup any planner can reach."""
     a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
-    return 2 * 2048 ** 3 / timed(lambda: torch.mm(a, b), repeats, 5, device) / 1e9
+    return 2 * 2048**3 / timed(lambda: torch.mm(a, b), repeats, 5, device) / 1e9
 
 
 def check(result: dict, device: str) -> list[str]:
@@ -92,14 +93,24 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="training steps per timed run")
     p.add_argument("--episodes", type=int, default=200, help="1000-step episodes of synthetic data")
     p.add_argument("--train-path", default="eager", choices=sorted(STEP_PATHS), help="training path timed")
-    p.add_argument("--plan-path", choices=sorted(set(PLAN_OPTIONS) - {"plain"}),
-                   help="fast planning path timed (default: packed on a CPU, cuda_graph on CUDA)")
+    p.add_argument(
+        "--plan-path",
+        choices=sorted(set(PLAN_OPTIONS) - {"plain"}),
+        help="fast planning path timed (default: packed on a CPU, cuda_graph on CUDA)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if a target of bench/targets.json is missed")
     args = p.parse_args()
     device = torch.device(args.device)
     fast_options = PLAN_OPTIONS[args.plan_path or ("cuda_graph" if device.type == "cuda" else "packed")]
-    cfg = from_dict({"batch_size": 256, "reflow_pairs_cond": 2048, "reflow_pairs_uncond": 512,
-                     "reflow_pair_batch": 512, "variant": "R2"})
+    cfg = from_dict(
+        {
+            "batch_size": 256,
+            "reflow_pairs_cond": 2048,
+            "reflow_pairs_uncond": 512,
+            "reflow_pair_batch": 512,
+            "variant": "R2",
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         raw = synthetic_raw(Path(tmp), args.episodes)
         t0 = time.perf_counter()
@@ -112,7 +123,7 @@ def main() -> None:
         step_ops = count_ops(trainer.train_step)
         # the per-level step (eager) and the batched one, timed alternately in this run
         paths = {name: Trainer(cfg, data, None, name) for name in ("eager", "batched")}
-        path_s = {name: [] for name in paths}
+        path_s: dict[str, list[float]] = {name: [] for name in paths}
         for _ in range(args.repeats):
             for name, t in paths.items():
                 path_s[name].append(timed(t.train_step, 1, args.steps, device))
@@ -122,7 +133,7 @@ def main() -> None:
         gpu_layout = one_group_step_ops(cfg, data)
 
         fixed = data.sample(cfg.batch_size)
-        params = list(trainer.model.levels.parameters())
+        params: list[torch.Tensor] = list(trainer.model.levels.parameters())
 
         def fixed_step() -> None:
             losses = trainer._losses(fixed)
@@ -150,38 +161,44 @@ def main() -> None:
             plain = Planner(trainer.model, cfg, variant=variant, pack=False)
             eager = Planner(trainer.model, cfg, variant=variant)  # what a decision dispatches, even on CUDA
             eager.act(obs1)
-            fast1 = timed(lambda: fast.act(obs1), args.repeats, 20, device)
-            fast50 = timed(lambda: fast.act(obs50), args.repeats, 5, device)
-            plain1 = timed(lambda: plain.act_plain(obs1), args.repeats, 20, device)
-            plain50 = timed(lambda: plain.act_plain(obs50), args.repeats, 5, device)
-            planning.update({
-                f"plan_hz_1env_{variant}": round(1 / fast1, 1),
-                f"plan_latency_ms_1env_{variant}": round(1000 * fast1, 3),
-                f"plan_latency_ms_50env_{variant}": round(1000 * fast50, 2),
-                f"plan_decisions_per_s_50env_{variant}": round(50 / fast50, 1),
-                f"plan_plain_latency_ms_1env_{variant}": round(1000 * plain1, 3),
-                f"plan_plain_latency_ms_50env_{variant}": round(1000 * plain50, 2),
-                f"plan_speedup_1env_{variant}_vs_plain": round(plain1 / fast1, 2),
-                f"plan_speedup_50env_{variant}_vs_plain": round(plain50 / fast50, 2),
-                f"ops_per_decision_{variant}": count_ops(lambda: eager.act(obs1)),
-                f"ops_per_decision_plain_{variant}": count_ops(lambda: plain.act_plain(obs1)),
-            })
+            fast1 = timed(partial(fast.act, obs1), args.repeats, 20, device)
+            fast50 = timed(partial(fast.act, obs50), args.repeats, 5, device)
+            plain1 = timed(partial(plain.act_plain, obs1), args.repeats, 20, device)
+            plain50 = timed(partial(plain.act_plain, obs50), args.repeats, 5, device)
+            planning.update(
+                {
+                    f"plan_hz_1env_{variant}": round(1 / fast1, 1),
+                    f"plan_latency_ms_1env_{variant}": round(1000 * fast1, 3),
+                    f"plan_latency_ms_50env_{variant}": round(1000 * fast50, 2),
+                    f"plan_decisions_per_s_50env_{variant}": round(50 / fast50, 1),
+                    f"plan_plain_latency_ms_1env_{variant}": round(1000 * plain1, 3),
+                    f"plan_plain_latency_ms_50env_{variant}": round(1000 * plain50, 2),
+                    f"plan_speedup_1env_{variant}_vs_plain": round(plain1 / fast1, 2),
+                    f"plan_speedup_50env_{variant}_vs_plain": round(plain50 / fast50, 2),
+                    f"ops_per_decision_{variant}": count_ops(partial(eager.act, obs1)),
+                    f"ops_per_decision_plain_{variant}": count_ops(partial(plain.act_plain, obs1)),
+                }
+            )
             gflop = decision_gflop(Planner(trainer.model, cfg, variant=variant, pack=False), obs50)
-            planning.update({
-                f"gflop_per_decision_50env_{variant}": round(gflop, 3),
-                f"plan_gflops_per_s_50env_{variant}": round(gflop / fast50, 1),
-                # the most any planner doing this work can gain on the plain loop here
-                f"plan_speedup_50env_{variant}_ceiling": round(plain50 / (gflop / peak), 2),
-                f"plan_share_of_matmul_50env_{variant}": round(gflop / fast50 / peak, 3),
-            })
+            planning.update(
+                {
+                    f"gflop_per_decision_50env_{variant}": round(gflop, 3),
+                    f"plan_gflops_per_s_50env_{variant}": round(gflop / fast50, 1),
+                    # the most any planner doing this work can gain on the plain loop here
+                    f"plan_speedup_50env_{variant}_ceiling": round(plain50 / (gflop / peak), 2),
+                    f"plan_share_of_matmul_50env_{variant}": round(gflop / fast50 / peak, 3),
+                }
+            )
             bf16 = Planner(trainer.model, cfg, variant=variant, **PLAN_OPTIONS["bf16"])
-            bf1 = timed(lambda: bf16.act(obs1), args.repeats, 20, device)
-            bf50 = timed(lambda: bf16.act(obs50), args.repeats, 5, device)
-            planning.update({
-                f"plan_hz_1env_{variant}_bf16": round(1 / bf1, 1),
-                f"plan_latency_ms_50env_{variant}_bf16": round(1000 * bf50, 2),
-                f"plan_speedup_50env_{variant}_bf16_vs_plain": round(plain50 / bf50, 2),
-            })
+            bf1 = timed(partial(bf16.act, obs1), args.repeats, 20, device)
+            bf50 = timed(partial(bf16.act, obs50), args.repeats, 5, device)
+            planning.update(
+                {
+                    f"plan_hz_1env_{variant}_bf16": round(1 / bf1, 1),
+                    f"plan_latency_ms_50env_{variant}_bf16": round(1000 * bf50, 2),
+                    f"plan_speedup_50env_{variant}_bf16_vs_plain": round(plain50 / bf50, 2),
+                }
+            )
         eval_planner = Planner(trainer.model, cfg, **fast_options)
         eval_runs = [evaluate(eval_planner, n_envs=10, n_episodes=1, max_steps=50).wall_s for _ in range(3)]
         report = run_check(cfg.replace(variant="R1"), data).to_dict()
@@ -189,7 +206,9 @@ def main() -> None:
     result = {
         "device": device_name(device),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__, "train_path": args.train_path, "plan_path": args.plan_path or "default",
+        "torch": torch.__version__,
+        "train_path": args.train_path,
+        "plan_path": args.plan_path or "default",
         "batch_size": cfg.batch_size,
         "dataset_build_s": round(build_s, 3),
         "train_steps_per_s": round(1 / step_s, 2),

@@ -4,9 +4,9 @@ continue a run exactly (weights, EMA, optimisers, schedule, RNG, data fingerprin
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -21,11 +21,19 @@ FORMAT = "dlite-checkpoint-v1"
 
 RESUME_SAFE_GROUPS = {"planning", "evaluation", "backup", "reflow"}
 RESUME_SAFE_FIELDS = {"log_interval", "save_interval", "on_nonfinite", "train_accel"} | {
-    name for name, f in FIELDS.items() if f.metadata["group"] in RESUME_SAFE_GROUPS}
+    name for name, f in FIELDS.items() if f.metadata["group"] in RESUME_SAFE_GROUPS
+}
 """Settings that may change on resume: none of them alters a gradient step (train_accel picks
 how a step runs, verified against eager; mixed precision is held by the checkpoint's `amp`)."""
-REFLOW_TRAINING_FIELDS = {"reflow_pairs_cond", "reflow_pairs_uncond", "reflow_pair_steps", "reflow_pair_batch",
-                          "reflow_gradient_steps", "reflow_lr", "reflow_uncond_every"}
+REFLOW_TRAINING_FIELDS = {
+    "reflow_pairs_cond",
+    "reflow_pairs_uncond",
+    "reflow_pair_steps",
+    "reflow_pair_batch",
+    "reflow_gradient_steps",
+    "reflow_lr",
+    "reflow_uncond_every",
+}
 """Reflow settings that shape its pairs or gradient steps: fixed once a reflow run started."""
 
 
@@ -47,8 +55,9 @@ def read(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                              f"it may be truncated or not a dlite checkpoint") from None
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); it may be truncated or not a dlite checkpoint"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file")
     return state
@@ -77,9 +86,11 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
 
 
-def newest_readable(folder: Path, map_location: str | torch.device = "cpu",
-                    on_skip: Callable[[Path, CheckpointError], None] | None = None
-                    ) -> tuple[Path, dict[str, Any]] | None:
+def newest_readable(
+    folder: Path,
+    map_location: str | torch.device = "cpu",
+    on_skip: Callable[[Path, CheckpointError], None] | None = None,
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that loads, skipping (and naming) broken newer ones; `on_skip`
     lets a caller report each skipped file where its user looks (a run's events)."""
     for path in reversed(list_checkpoints(folder)):
@@ -92,20 +103,23 @@ def newest_readable(folder: Path, map_location: str | torch.device = "cpu",
     return None
 
 
-def check_compatible(state: dict[str, Any], cfg: Config, fingerprint: str, path: Path,
-                     safe: set[str] = RESUME_SAFE_FIELDS) -> None:
+def check_compatible(
+    state: dict[str, Any], cfg: Config, fingerprint: str, path: Path, safe: set[str] = RESUME_SAFE_FIELDS
+) -> None:
     """Refuse to resume on other data or with settings that change training (all but `safe`)."""
     if state["dataset"]["fingerprint"] != fingerprint:
         raise CheckpointError(
             f"{path} was trained on another dataset (fingerprint {state['dataset']['fingerprint'][:12]}…, "
-            f"this dataset {fingerprint[:12]}…); resume with the same file or start in a new folder")
+            f"this dataset {fingerprint[:12]}…); resume with the same file or start in a new folder"
+        )
     saved = saved_config(state)
     wanted = cfg.to_dict()
     differ = [k for k in wanted if k not in safe and saved.get(k) != wanted[k]]
     if differ:
         detail = ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {wanted[k]!r})" for k in differ)
-        raise CheckpointError(f"{path} was trained with other settings: {detail}; "
-                              f"resume with the same settings or start in a new folder")
+        raise CheckpointError(
+            f"{path} was trained with other settings: {detail}; resume with the same settings or start in a new folder"
+        )
 
 
 def prune(folder: Path, keep: int, protect: Collection[Path] = ()) -> list[Path]:

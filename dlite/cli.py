@@ -12,8 +12,9 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from dlite.config import PLAN_ACCEL, ConfigError, from_dict, parse_overrides
 
@@ -55,8 +56,13 @@ def _checked(cfg: Config, data: WindowDataset, out: Path, resumes: dict[str, Any
     from dlite.device_check import JOURNAL_FILE, run_check
 
     out.mkdir(parents=True, exist_ok=True)
-    report = run_check(cfg, data, journal_file=out / JOURNAL_FILE, resumes=(resumes or {}).get("train_path"),
-                       progress=lambda line: print(f"device check: {line}", file=sys.stderr))
+    report = run_check(
+        cfg,
+        data,
+        journal_file=out / JOURNAL_FILE,
+        resumes=(resumes or {}).get("train_path"),
+        progress=lambda line: print(f"device check: {line}", file=sys.stderr),
+    )
     print(report.table(), file=sys.stderr)
     return report
 
@@ -105,11 +111,15 @@ def _train(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     data = load_dataset(args.dataset, cfg, device, _download_bar())
     refuse_existing(out, args.resume)
-    trainer = build_trainer(data, cfg, out, args.resume, found,
-                            _checked(cfg, data, out, found and found[1]).chosen["train"])
+    trainer = build_trainer(
+        data, cfg, out, args.resume, found, _checked(cfg, data, out, found and found[1]).chosen["train"]
+    )
     resumed = found[0] if found else None
-    print(f"{cfg.task}: {data.n_episodes} episodes on {device}; "
-          + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"), file=sys.stderr)
+    print(
+        f"{cfg.task}: {data.n_episodes} episodes on {device}; "
+        + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"),
+        file=sys.stderr,
+    )
     return _fit_with_progress(trainer, out, _interruptible())
 
 
@@ -135,8 +145,13 @@ def _reflow(args: argparse.Namespace) -> int:
     interrupted = _interruptible()
     store = PairStore(out / "pairs", PairSpec.of(cfg, r1, data))
     if not store.complete:
-        bar = tqdm(total=store.spec.total * len(cfg.horizons), initial=store.pairs_done, unit="pair",
-                   desc="reflow pairs", dynamic_ncols=True)
+        bar = tqdm(
+            total=store.spec.total * len(cfg.horizons),
+            initial=store.pairs_done,
+            unit="pair",
+            desc="reflow pairs",
+            dynamic_ncols=True,
+        )
 
         def progress(level: int, done: int, total: int) -> None:
             bar.update(level * total + done - bar.n)
@@ -146,18 +161,21 @@ def _reflow(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         if not finished:
-            print(f"interrupted; {store.pairs_done} pairs kept in {store.folder}, run again to go on",
-                  file=sys.stderr)
+            print(f"interrupted; {store.pairs_done} pairs kept in {store.folder}, run again to go on", file=sys.stderr)
             return 130
     trainer = ReflowTrainer(cfg, data, store, r1, state["step"], out, path)
     resumed = trainer.resume_latest() if args.resume else None
-    print(f"{cfg.task}: reflow of {source} on {device}; "
-          + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"), file=sys.stderr)
+    print(
+        f"{cfg.task}: reflow of {source} on {device}; "
+        + (f"resumed from {resumed} (step {trainer.step})" if resumed else "started fresh"),
+        file=sys.stderr,
+    )
     return _fit_with_progress(trainer, out, interrupted)
 
 
-def _checked_planning(model: DiffuserLite, cfg: Config, variant: str, envs: int, overrides: dict[str, Any],
-                      quiet: bool) -> str:
+def _checked_planning(
+    model: DiffuserLite, cfg: Config, variant: str, envs: int, overrides: dict[str, Any], quiet: bool
+) -> str:
     """The planning path for this checkpoint on this device, verified on its own weights."""
     from dlite import device_check
 
@@ -167,8 +185,9 @@ def _checked_planning(model: DiffuserLite, cfg: Config, variant: str, envs: int,
     if not quiet:
         for r in found:
             speed = "" if r.ms is None else f", {r.ms:.2f} ms for 1 env, {r.ms_batch:.2f} ms for {envs}"
-            print(f"planning path {r.name}: {r.status}{speed}" + (f" ({r.detail})" if r.detail else ""),
-                  file=sys.stderr)
+            print(
+                f"planning path {r.name}: {r.status}{speed}" + (f" ({r.detail})" if r.detail else ""), file=sys.stderr
+            )
         print(f"planning with {choice}", file=sys.stderr)
     return choice
 
@@ -181,18 +200,24 @@ def _eval(args: argparse.Namespace) -> int:
 
     model, cfg, variant = checkpoint_model(Path(args.checkpoint), args.device or default_device())
     cfg = cfg.replace(**({"plan_accel": args.accel} if args.accel else {}))
-    overrides = dict(w_cfg=args.w_cfg, target_return=args.target_return, temperature=args.temperature,
-                     sampling_steps=args.sampling_steps)
+    overrides = dict(
+        w_cfg=args.w_cfg,
+        target_return=args.target_return,
+        temperature=args.temperature,
+        sampling_steps=args.sampling_steps,
+    )
     choice = _checked_planning(model, cfg, variant, args.envs, overrides, quiet=args.json)
     planner = PLANNERS[choice](model, cfg, variant, **overrides)
     result = evaluate(planner, args.envs, args.episodes, seed=args.seed, max_steps=args.max_steps)
     if args.json:
         print(json.dumps({**result.to_dict(), "decisions_per_s": result.decisions_per_s, "hz_1env": result.hz_1env}))
     else:
-        print(f"{result.task} {result.variant} ({planner.sampling_steps} sampling steps): normalised score "
-              f"{result.score_mean:.1f} ± {result.score_std:.1f} (std over {len(result.scores)} episodes); "
-              f"planning {result.hz_1env:.0f} Hz for one env, {result.decisions_per_s:.0f} decisions/s for "
-              f"{args.envs} envs on {result.device}; {result.wall_s:.0f} s")
+        print(
+            f"{result.task} {result.variant} ({planner.sampling_steps} sampling steps): normalised score "
+            f"{result.score_mean:.1f} ± {result.score_std:.1f} (std over {len(result.scores)} episodes); "
+            f"planning {result.hz_1env:.0f} Hz for one env, {result.decisions_per_s:.0f} decisions/s for "
+            f"{args.envs} envs on {result.device}; {result.wall_s:.0f} s"
+        )
     if args.record:
         _record(planner, args, first_unused_seed=args.seed + args.envs * args.episodes)
     return 0
@@ -205,10 +230,19 @@ def _record(planner: Planner, args: argparse.Namespace, first_unused_seed: int) 
     from dlite.record import record_episode
 
     path = Path(args.checkpoint)
-    rec = record_episode(planner, seed=first_unused_seed, checkpoint_step=checkpoint.read(path)["step"],
-                         out_dir=Path(args.record), stem=path.stem, max_steps=args.max_steps)
-    print(f"recorded {rec.steps} steps (score {rec.score:.1f}) as {rec.video} and {rec.plans}; rendering "
-          f"{rec.render_s:.1f} s, encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s", file=sys.stderr)
+    rec = record_episode(
+        planner,
+        seed=first_unused_seed,
+        checkpoint_step=checkpoint.read(path)["step"],
+        out_dir=Path(args.record),
+        stem=path.stem,
+        max_steps=args.max_steps,
+    )
+    print(
+        f"recorded {rec.steps} steps (score {rec.score:.1f}) as {rec.video} and {rec.plans}; rendering "
+        f"{rec.render_s:.1f} s, encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s",
+        file=sys.stderr,
+    )
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -253,8 +287,13 @@ def add_commands(sub: Any) -> None:
     r.add_argument("--dataset", help="task name or HDF5 path (default: the checkpoint's task)")
     r.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     r.add_argument("--resume", action="store_true", help="continue from the newest reflow checkpoint in --out")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a reflow setting (e.g. reflow_gradient_steps=200000)")
+    r.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a reflow setting (e.g. reflow_gradient_steps=200000)",
+    )
     r.set_defaults(func=_reflow)
 
     e = sub.add_parser("eval", help="score an R1 or R2 checkpoint on the -v4 MuJoCo environment")
@@ -268,23 +307,37 @@ def add_commands(sub: Any) -> None:
     e.add_argument("--target-return", type=float, help="value condition (default: the task's, R1 or R2)")
     e.add_argument("--temperature", type=float)
     e.add_argument("--sampling-steps", type=int, help="Euler steps per level (default: R1 3, R2 1)")
-    e.add_argument("--accel", choices=PLAN_ACCEL,
-                   help="planning path, verified against the textbook loop first (default: the checkpoint's "
-                        "plan_accel, auto: the fastest verified full-precision one)")
+    e.add_argument(
+        "--accel",
+        choices=PLAN_ACCEL,
+        help="planning path, verified against the textbook loop first (default: the checkpoint's "
+        "plan_accel, auto: the fastest verified full-precision one)",
+    )
     e.add_argument("--json", action="store_true", help="print the result as JSON")
-    e.add_argument("--record", metavar="DIR",
-                   help="also record one extra episode (not scored) as DIR/<checkpoint>.webm with its plans in "
-                        "DIR/<checkpoint>.plans.json; needs MUJOCO_GL=egl or osmesa")
+    e.add_argument(
+        "--record",
+        metavar="DIR",
+        help="also record one extra episode (not scored) as DIR/<checkpoint>.webm with its plans in "
+        "DIR/<checkpoint>.plans.json; needs MUJOCO_GL=egl or osmesa",
+    )
     e.set_defaults(func=_eval)
 
     c = sub.add_parser("check", help="verify and time every training and planning path on this device")
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     c.add_argument("--dataset", help="task name or HDF5 path (default: random data of the task's sizes)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a run setting (e.g. d_model=128, train_accel=compile); default: the seed configuration")
-    c.add_argument("--all", action="store_true",
-                   help="measure every path this device has, also those `auto` does not try (compile on a "
-                        "CPU, mixed precision, bf16); `chosen` is then the fastest of them all")
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run setting (e.g. d_model=128, train_accel=compile); default: the seed configuration",
+    )
+    c.add_argument(
+        "--all",
+        action="store_true",
+        help="measure every path this device has, also those `auto` does not try (compile on a "
+        "CPU, mixed precision, bf16); `chosen` is then the fastest of them all",
+    )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=_check)
 
@@ -300,8 +353,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, DeviceCheckError, ExistingRunError, PairsError,
-            RenderUnavailable, ValueError) as e:
+    except (
+        ConfigError,
+        DatasetError,
+        CheckpointError,
+        DeviceCheckError,
+        ExistingRunError,
+        PairsError,
+        RenderUnavailable,
+        ValueError,
+    ) as e:
         print(f"dlite: error: {e}", file=sys.stderr)
         return 2
 

@@ -10,9 +10,9 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
@@ -91,7 +91,8 @@ def download(url: str, target: Path, progress: ProgressFn | None = None) -> None
         partial.unlink(missing_ok=True)
         raise DatasetError(
             f"could not download {url}: {e}. Download it by hand and either put it at "
-            f"{target} or pass its path as --dataset") from None
+            f"{target} or pass its path as --dataset"
+        ) from None
     os.replace(partial, target)
 
 
@@ -101,12 +102,15 @@ def load(path: Path) -> RawDataset:
         with h5py.File(path, "r") as f:
             missing = [k for k in KEYS if k not in f]
             if missing:
-                raise DatasetError(f"{path}: missing dataset key(s) {', '.join(missing)}; "
-                                   f"a D4RL file holds {', '.join(KEYS)}")
+                raise DatasetError(
+                    f"{path}: missing dataset key(s) {', '.join(missing)}; a D4RL file holds {', '.join(KEYS)}"
+                )
             arrays = {k: f[k][()] for k in KEYS}
     except OSError as e:
-        raise DatasetError(f"{path}: cannot be read as HDF5 ({e}); the file may be truncated "
-                           f"or corrupt: delete it and download it again") from None
+        raise DatasetError(
+            f"{path}: cannot be read as HDF5 ({e}); the file may be truncated "
+            f"or corrupt: delete it and download it again"
+        ) from None
     n = len(arrays["observations"])
     if arrays["observations"].ndim != 2 or arrays["actions"].ndim != 2:
         raise DatasetError(f"{path}: observations and actions must be 2-d arrays")

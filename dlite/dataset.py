@@ -26,7 +26,7 @@ class Normalizer:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, observations: np.ndarray) -> "Normalizer":
+    def fit(cls, observations: np.ndarray) -> Normalizer:
         std = observations.std(0)
         return cls(observations.mean(0).astype(np.float32), np.where(std == 0, 1.0, std).astype(np.float32))
 
@@ -126,7 +126,8 @@ class WindowDataset:
         pairs = window[:, :-1]
         valid = pairs % self.pad + 1 < self.episode_lengths[pairs // self.pad]
         return Batch(
-            points=points, values=values,
+            points=points,
+            values=values,
             obs=self.obs[pairs].reshape(-1, self.obs_dim),
             next_obs=self.obs[window[:, 1:]].reshape(-1, self.obs_dim),
             act=self.act[pairs].reshape(-1, self.act_dim),

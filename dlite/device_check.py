@@ -29,22 +29,25 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
 from dlite.config import Config
 from dlite.dataset import WindowDataset
+from dlite.dit import DiT1d
 from dlite.files import atomic_path
 from dlite.flow import fix_mask, sample
 from dlite.model import DiffuserLite
 from dlite.packed import available as packing_available
 from dlite.planner import Planner, Variant
 from dlite.reflow import PairSpec, PairStore, ReflowTrainer
-from dlite.train import STEP_PATHS, Trainer, amp_dtype
+from dlite.train import STEP_PATHS, Trainer, TrainerBase, amp_dtype
 
 Status = Literal["reference", "ok", "failed", "skipped"]
 TRAIN_REFERENCE = "eager"
@@ -88,17 +91,20 @@ ReflowFactory = Callable[[Config, WindowDataset, PairStore, DiffuserLite], Reflo
 
 
 def _planner_factory(name: str) -> PlannerFactory:
-    return lambda model, cfg, variant, **overrides: Planner(model, cfg, variant=variant, **overrides,
-                                                            **PLAN_OPTIONS[name])
+    return lambda model, cfg, variant, **overrides: Planner(
+        model, cfg, variant=variant, **overrides, **PLAN_OPTIONS[name]
+    )
 
 
 PLANNERS: dict[str, PlannerFactory] = {name: _planner_factory(name) for name in PLAN_OPTIONS}
 """How the check, and a run for its chosen path, build each path's planner."""
 TRAINERS: dict[str, TrainerFactory] = {
-    name: (lambda name: lambda cfg, data: Trainer(cfg, data, None, name))(name) for name in STEP_PATHS}
+    name: partial(lambda cfg, data, path: Trainer(cfg, data, None, path), path=name) for name in STEP_PATHS
+}
 REFLOW_TRAINERS: dict[str, ReflowFactory] = {
-    name: (lambda name: lambda cfg, data, store, r1: ReflowTrainer(cfg, data, store, r1, 0, None, name))(name)
-    for name in STEP_PATHS}
+    name: partial(lambda cfg, data, store, r1, path: ReflowTrainer(cfg, data, store, r1, 0, None, path), path=name)
+    for name in STEP_PATHS
+}
 """How the check builds each training path's trainers (a run builds its own with `path=`)."""
 
 
@@ -151,12 +157,16 @@ class CheckReport:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CheckReport":
+    def from_dict(cls, d: dict[str, Any]) -> CheckReport:
         """A report read back (from the server's API), keys it does not know ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         fields = {f.name for f in dataclasses.fields(PathResult)}
-        return cls(**{**{k: v for k, v in d.items() if k in names},
-                      "paths": [PathResult(**{k: v for k, v in p.items() if k in fields}) for p in d["paths"]]})
+        return cls(
+            **{
+                **{k: v for k, v in d.items() if k in names},
+                "paths": [PathResult(**{k: v for k, v in p.items() if k in fields}) for p in d["paths"]],
+            }
+        )
 
     def refused(self) -> list[PathResult]:
         return [p for p in self.paths if p.status == "failed"]
@@ -168,33 +178,45 @@ class CheckReport:
         """One line for the checklist: what is used, how fast, and what was refused."""
         train, plan = self.path("train", self.chosen["train"]), self.path("plan", self.chosen["plan"])
         refused = ", ".join(f"{p.stage} {p.name}" for p in self.refused())
-        return "; ".join([f"training: {train.name} {_ms(train.ms)} ms/step",
-                          f"planning: {plan.name} {_ms(plan.ms)} ms/decision (1 env)"]
-                         + ([f"refused: {refused}"] if refused else [])
-                         + [f"run projected at {_duration(self.projection['total_s'])}",
-                            f"checked in {self.check_s:.0f} s on {self.device_name}"])
+        return "; ".join(
+            [
+                f"training: {train.name} {_ms(train.ms)} ms/step",
+                f"planning: {plan.name} {_ms(plan.ms)} ms/decision (1 env)",
+            ]
+            + ([f"refused: {refused}"] if refused else [])
+            + [
+                f"run projected at {_duration(self.projection['total_s'])}",
+                f"checked in {self.check_s:.0f} s on {self.device_name}",
+            ]
+        )
 
     def table(self) -> str:
         """The check as a plain-text table, for a terminal or a notebook cell."""
         memory = f", {self.memory_gb:.1f} GB" if self.memory_gb else ""
-        head = [f"device check on {self.device_name}{memory} · torch {self.torch}"
-                + (f" · CUDA {self.cuda}" if self.cuda else "")
-                + (f" · CPU {self.cpu_capability}" if self.cpu_capability else ""),
-                f"{'stage':<6} {'path':<12} {'status':<10} {'ms':>9} {'ms batch':>9} {'ms reflow':>9} "
-                f"{'warm-up s':>9} {'max diff':>9} {'tol':>7}  detail"]
+        head = [
+            f"device check on {self.device_name}{memory} · torch {self.torch}"
+            + (f" · CUDA {self.cuda}" if self.cuda else "")
+            + (f" · CPU {self.cpu_capability}" if self.cpu_capability else ""),
+            f"{'stage':<6} {'path':<12} {'status':<10} {'ms':>9} {'ms batch':>9} {'ms reflow':>9} "
+            f"{'warm-up s':>9} {'max diff':>9} {'tol':>7}  detail",
+        ]
         rows = []
         for p in self.paths:
             detail = "; ".join(filter(None, ["used" if self.chosen.get(p.stage) == p.name else "", p.detail or ""]))
-            rows.append(f"{p.stage:<6} {p.name:<12} {p.status:<10} {_ms(p.ms):>9} {_ms(p.ms_batch):>9} "
-                        f"{_ms(p.ms_reflow):>9} {_num(p.warmup_s, '.1f'):>9} {_num(p.max_diff, '.1e'):>9} "
-                        f"{_num(p.tolerance, '.0e'):>7}  {detail}".rstrip())
+            rows.append(
+                f"{p.stage:<6} {p.name:<12} {p.status:<10} {_ms(p.ms):>9} {_ms(p.ms_batch):>9} "
+                f"{_ms(p.ms_reflow):>9} {_num(p.warmup_s, '.1f'):>9} {_num(p.max_diff, '.1e'):>9} "
+                f"{_num(p.tolerance, '.0e'):>7}  {detail}".rstrip()
+            )
         pr = self.projection
-        tail = [f"chosen: training {self.chosen['train']} (asked {self.requested['train']}), "
-                f"planning {self.chosen['plan']} (asked {self.requested['plan']})",
-                f"projected for the whole run: training {_duration(pr['train_s'])} ({pr['train_steps']:,} steps), "
-                f"reflow pairs {_duration(pr['reflow_pairs_s'])}, reflow {_duration(pr['reflow_s'])}, "
-                f"evaluations' planning {_duration(pr['eval_s'])}; total {_duration(pr['total_s'])}",
-                f"check took {self.check_s:.1f} s"]
+        tail = [
+            f"chosen: training {self.chosen['train']} (asked {self.requested['train']}), "
+            f"planning {self.chosen['plan']} (asked {self.requested['plan']})",
+            f"projected for the whole run: training {_duration(pr['train_s'])} ({pr['train_steps']:,} steps), "
+            f"reflow pairs {_duration(pr['reflow_pairs_s'])}, reflow {_duration(pr['reflow_s'])}, "
+            f"evaluations' planning {_duration(pr['eval_s'])}; total {_duration(pr['total_s'])}",
+            f"check took {self.check_s:.1f} s",
+        ]
         return "\n".join(head + rows + tail)
 
 
@@ -207,8 +229,11 @@ def _num(value: float | None, spec: str) -> str:
 
 
 def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else (f"{seconds / 60:.0f} min" if seconds >= 60
-                                                                 else f"{seconds:.0f} s")
+    return (
+        f"{seconds / 3600:.1f} h"
+        if seconds >= 3600
+        else (f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s")
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -252,8 +277,11 @@ class Journal:
         saved = json.loads(path.read_text()) if path and path.exists() else {}
         self.crashed: dict[str, str] = saved.get("crashed", {})
         for key in saved.get("running", []):
-            self.crashed.setdefault(key, "the process died while checking this path (a crash, or the machine "
-                                         "went away); not tried again on this machine")
+            self.crashed.setdefault(
+                key,
+                "the process died while checking this path (a crash, or the machine "
+                "went away); not tried again on this machine",
+            )
         self.running: list[str] = []
         self._write()
 
@@ -293,9 +321,11 @@ def _tried(journal: Journal, result: PathResult, device: torch.device, fn: Calla
         except Exception as broken:
             why = f"it broke the CUDA context ({_first_line(broken)}); not tried again on this machine"
             journal.broke(key, why)
-            raise DeviceCheckError(f"device check: the {result.stage} path {result.name} failed ({result.detail}) "
-                                   f"and {why}. Restart the worker (on Colab: run cell 1 again) and retry the run: "
-                                   f"it goes on without that path") from e
+            raise DeviceCheckError(
+                f"device check: the {result.stage} path {result.name} failed ({result.detail}) "
+                f"and {why}. Restart the worker (on Colab: run cell 1 again) and retry the run: "
+                f"it goes on without that path"
+            ) from e
     journal.done(key)
     _free(device)
 
@@ -340,23 +370,46 @@ def _auto_plan(device: torch.device) -> list[str]:
 
 def train_paths(requested: str, every: bool, device: torch.device) -> tuple[list[str], dict[str, str]]:
     """The training paths to measure besides eager, and why each other one is not."""
-    return _selection(requested, every, [n for n in STEP_PATHS if n != TRAIN_REFERENCE], _auto_train(device),
-                      "train_accel", device, lambda n: _unavailable_train(n, device))
+    return _selection(
+        requested,
+        every,
+        [n for n in STEP_PATHS if n != TRAIN_REFERENCE],
+        _auto_train(device),
+        "train_accel",
+        device,
+        lambda n: _unavailable_train(n, device),
+    )
 
 
 def plan_paths(requested: str, every: bool, device: torch.device) -> tuple[list[str], dict[str, str]]:
     """The planning paths to measure besides the textbook loop, and why each other one is not."""
-    return _selection(requested, every, [n for n in PLAN_OPTIONS if n != PLAN_REFERENCE], _auto_plan(device),
-                      "plan_accel", device, lambda n: _unavailable_plan(n, device))
+    return _selection(
+        requested,
+        every,
+        [n for n in PLAN_OPTIONS if n != PLAN_REFERENCE],
+        _auto_plan(device),
+        "plan_accel",
+        device,
+        lambda n: _unavailable_plan(n, device),
+    )
 
 
-def _selection(requested: str, every: bool, names: list[str], auto: list[str], setting: str,
-               device: torch.device, unavailable: Callable[[str], str | None]) -> tuple[list[str], dict[str, str]]:
+def _selection(
+    requested: str,
+    every: bool,
+    names: list[str],
+    auto: list[str],
+    setting: str,
+    device: torch.device,
+    unavailable: Callable[[str], str | None],
+) -> tuple[list[str], dict[str, str]]:
     """(paths to measure, reason for each one left out). An explicit setting that cannot run
     here is an error now: training has not started."""
     if requested != "auto" and (why := unavailable(requested)):
-        raise DeviceCheckError(f"{setting}={requested} cannot run on this device: {why}; "
-                               f"set {setting}=auto to use the fastest path that works here")
+        raise DeviceCheckError(
+            f"{setting}={requested} cannot run on this device: {why}; "
+            f"set {setting}=auto to use the fastest path that works here"
+        )
     wanted = names if every else (auto if requested == "auto" else [requested])
     measured, skipped = [], {}
     for name in names:
@@ -368,8 +421,10 @@ def _selection(requested: str, every: bool, names: list[str], auto: list[str], s
         elif name in REDUCED_PRECISION:
             skipped[name] = f"not the paper's precision: measured when {setting}={name} asks for it"
         else:
-            skipped[name] = (f"not tried by {setting}={requested} on {'a GPU' if device.type == 'cuda' else 'a CPU'}"
-                             f" (set {setting}={name}, or run `dlite check --all`)")
+            skipped[name] = (
+                f"not tried by {setting}={requested} on {'a GPU' if device.type == 'cuda' else 'a CPU'}"
+                f" (set {setting}={name}, or run `dlite check --all`)"
+            )
     return measured, skipped
 
 
@@ -381,7 +436,7 @@ class _TrainRun:
     warmup_s: float
 
 
-def _train(trainer: Trainer, steps: int) -> _TrainRun:
+def _train(trainer: TrainerBase[Any], steps: int) -> _TrainRun:
     """`steps` steps of a trainer built from the seeded start every path shares (a trainer
     seeds itself, so all paths see the same weights, batches and noise), each step's losses
     kept on the device and read back at the end."""
@@ -429,8 +484,7 @@ def _verify_losses(result: PathResult, run: np.ndarray, ref: np.ndarray, amp: bo
         return
     result.max_diff = _loss_diff(run, ref, amp)
     if result.tolerance is not None and result.max_diff > result.tolerance:
-        result.refuse(f"losses differ from eager by {result.max_diff:.1e} (relative), "
-                      f"more than {result.tolerance:.0e}")
+        result.refuse(f"losses differ from eager by {result.max_diff:.1e} (relative), more than {result.tolerance:.0e}")
 
 
 NO_REFERENCE = "the reference's own results were not finite, so nothing could be verified against it"
@@ -442,8 +496,12 @@ class _ReflowPairs:
 
     def __init__(self, cfg: Config, data: WindowDataset, model: DiffuserLite, folder: Path) -> None:
         b = cfg.batch_size
-        self.cfg = cfg.replace(reflow_pairs_cond=2 * b, reflow_pairs_uncond=b if cfg.reflow_pairs_uncond else 0,
-                               reflow_pair_batch=b, reflow_pair_steps=2)
+        self.cfg = cfg.replace(
+            reflow_pairs_cond=2 * b,
+            reflow_pairs_uncond=b if cfg.reflow_pairs_uncond else 0,
+            reflow_pair_batch=b,
+            reflow_pair_steps=2,
+        )
         self.store = PairStore(folder, PairSpec.of(self.cfg, model, data))
         self.store.generate(model, data)
         self.model = model
@@ -452,17 +510,26 @@ class _ReflowPairs:
         return _train(REFLOW_TRAINERS[name](self.cfg, data, self.store, self.model), REFLOW_CHECK_STEPS)
 
 
-def check_training(cfg: Config, data: WindowDataset, names: list[str], steps: int = TRAIN_CHECK_STEPS,
-                   journal: Journal | None = None) -> list[PathResult]:
+def check_training(
+    cfg: Config, data: WindowDataset, names: list[str], steps: int = TRAIN_CHECK_STEPS, journal: Journal | None = None
+) -> list[PathResult]:
     """The reference and each path in `names`, verified and timed (reflow too for R2)."""
     journal = journal or Journal(None)
     device = data.device
     ref = _train(TRAINERS[TRAIN_REFERENCE](cfg, data), steps)
     ref_losses = ref.losses
     falls = _falls(ref_losses)
-    results = [PathResult("train", TRAIN_REFERENCE, "reference", ref.step_ms, warmup_s=ref.warmup_s,
-                          detail="fp32, foreach optimisers" + ("" if falls else
-                                 f"; its loss did not fall over {steps} steps, so no path is held to falling"))]
+    results = [
+        PathResult(
+            "train",
+            TRAIN_REFERENCE,
+            "reference",
+            ref.step_ms,
+            warmup_s=ref.warmup_s,
+            detail="fp32, foreach optimisers"
+            + ("" if falls else f"; its loss did not fall over {steps} steps, so no path is held to falling"),
+        )
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         pairs = _ReflowPairs(cfg, data, check_model(cfg, data), Path(tmp)) if cfg.variant == "R2" else None
         ref_reflow = None
@@ -547,9 +614,15 @@ def _max_abs_diff(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
     return float(np.max([np.abs(a - b).max() for a, b in pairs]))
 
 
-def check_planning(model: DiffuserLite, cfg: Config, names: list[str], batches: tuple[int, ...],
-                   variants: tuple[Variant, ...] = ("R1",), overrides: dict[str, Any] | None = None,
-                   journal: Journal | None = None) -> tuple[list[PathResult], dict[str, Rates]]:
+def check_planning(
+    model: DiffuserLite,
+    cfg: Config,
+    names: list[str],
+    batches: tuple[int, ...],
+    variants: tuple[Variant, ...] = ("R1",),
+    overrides: dict[str, Any] | None = None,
+    journal: Journal | None = None,
+) -> tuple[list[PathResult], dict[str, Rates]]:
     """The textbook loop and each path in `names`: the same actions for one environment and
     for each of `batches` (the evaluations' batch sizes; the last is the final evaluation's),
     for every variant the run plans with. Returns the results (`ms` and `ms_batch` are the
@@ -562,11 +635,20 @@ def check_planning(model: DiffuserLite, cfg: Config, names: list[str], batches: 
     refs = {v: PLANNERS[PLAN_REFERENCE](model, cfg, v, **overrides) for v in variants}
     ref_actions = {(v, n): _actions(p.act, o, 7) for v, p in refs.items() for n, o in obs.items()}
     finite = bool(np.isfinite(_max_abs_diff([(a, 0 * a) for a in ref_actions.values()])))
-    rates = {PLAN_REFERENCE: {(v, n): _time_planner(p.act, o, device) for v, p in refs.items()
-                              for n, o in obs.items()}}
+    rates: dict[str, Rates] = {
+        PLAN_REFERENCE: {(v, n): _time_planner(p.act, o, device) for v, p in refs.items() for n, o in obs.items()}
+    }
     first, final = variants[0], batches[-1]
-    results = [PathResult("plan", PLAN_REFERENCE, "reference", rates[PLAN_REFERENCE][first, 1],
-                          rates[PLAN_REFERENCE][first, final], detail="the textbook loop (flow.sample per level)")]
+    results = [
+        PathResult(
+            "plan",
+            PLAN_REFERENCE,
+            "reference",
+            rates[PLAN_REFERENCE][first, 1],
+            rates[PLAN_REFERENCE][first, final],
+            detail="the textbook loop (flow.sample per level)",
+        )
+    ]
     if not finite:
         results[0].detail = f"{results[0].detail}; its actions were not finite"
     elif max(float(np.abs(a).max()) for a in ref_actions.values()) < 1e-3:
@@ -587,8 +669,9 @@ def check_planning(model: DiffuserLite, cfg: Config, names: list[str], batches: 
                     p.act(o)
             sync(device)
             result.warmup_s = time.perf_counter() - t0
-            diff = _max_abs_diff([(_actions(planners[v].act, o, 7), ref_actions[v, n])
-                                  for v in variants for n, o in obs.items()])
+            diff = _max_abs_diff(
+                [(_actions(planners[v].act, o, 7), ref_actions[v, n]) for v in variants for n, o in obs.items()]
+            )
             if not np.isfinite(diff):
                 result.refuse("its actions are NaN or infinite")
                 return
@@ -605,8 +688,7 @@ def check_planning(model: DiffuserLite, cfg: Config, names: list[str], batches: 
 
 
 # -- choosing and projecting -------------------------------------------------
-def choose(results: list[PathResult], requested: str, setting: str, reference: str,
-           prefer: str | None = None) -> str:
+def choose(results: list[PathResult], requested: str, setting: str, reference: str, prefer: str | None = None) -> str:
     """The fastest verified full-precision path for `auto` (planning by its batch time: that is
     what evaluations spend), else the one asked for, which must have passed. `prefer` (the path
     of the checkpoint a run resumes) wins for `auto` when it passed: the run then goes on
@@ -616,8 +698,10 @@ def choose(results: list[PathResult], requested: str, setting: str, reference: s
     if requested != "auto":
         mine = next(r for r in results if r.name == requested)
         if not mine.usable:
-            raise DeviceCheckError(f"{setting}={requested} failed the device check: {mine.detail}; "
-                                   f"set {setting}=auto to use the fastest path that passed")
+            raise DeviceCheckError(
+                f"{setting}={requested} failed the device check: {mine.detail}; "
+                f"set {setting}=auto to use the fastest path that passed"
+            )
         return requested
     usable = [r for r in results if r.usable and r.name not in REDUCED_PRECISION and r.ms is not None]
     if reference == PLAN_REFERENCE and len(usable) > 1:  # the textbook loop only when nothing else passed
@@ -632,11 +716,11 @@ def _pairs_s(model: DiffuserLite, cfg: Config, data: WindowDataset) -> float:
     rows = min(cfg.reflow_pair_batch, 256)
     total = 0.0
     pairs = cfg.reflow_pairs_cond + cfg.reflow_pairs_uncond
-    for level, (net, points) in enumerate(zip(model.ema_levels, cfg.horizons)):
+    for level, (net, points) in enumerate(zip(cast("list[DiT1d]", model.ema_levels), cfg.horizons)):
         mask = fix_mask(points, data.obs_dim, level, device)
         prior = torch.zeros(rows, points, data.obs_dim, device=device)
         value = torch.zeros(rows, 1, device=device)
-        seconds = timed(lambda: sample(net, prior, mask, value, 1, 1.0, 1.0), 3, 1, device)
+        seconds = timed(partial(sample, net, prior, mask, value, 1, 1.0, 1.0), 3, 1, device)
         total += seconds * cfg.reflow_pair_steps * pairs / rows
     return total
 
@@ -648,8 +732,10 @@ def project(cfg: Config, train: PathResult, plan: PathResult, rates: Rates, pair
     what torch.compile built; the simulator's time excluded)."""
     r2 = cfg.variant == "R2"
     steps, every, reflow = cfg.total_steps, cfg.eval_every, cfg.reflow_gradient_steps if cfg.variant == "R2" else 0
-    quick = {"R1": (steps - 1) // every if every else 0,  # quick ones during R1, then during reflow
-             "R2": (steps + reflow - 1) // every - steps // every if every and r2 else 0}
+    quick = {
+        "R1": (steps - 1) // every if every else 0,  # quick ones during R1, then during reflow
+        "R2": (steps + reflow - 1) // every - steps // every if every and r2 else 0,
+    }
     quick_s, final_s = 0.0, plan.warmup_s or 0.0
     per_episode = cfg.max_episode_steps / 1000
     for variant in ("R1", "R2") if r2 else ("R1",):
@@ -659,9 +745,16 @@ def project(cfg: Config, train: PathResult, plan: PathResult, rates: Rates, pair
     train_s = steps * (train.ms or 0.0) / 1000
     reflow_s = reflow * (train.ms_reflow or train.ms or 0.0) / 1000
     pairs = pairs_s if r2 else 0.0
-    return {"train_steps": steps, "train_s": train_s, "reflow_pairs_s": pairs, "reflow_s": reflow_s,
-            "eval_s": eval_s, "quick_eval_s": quick_s, "final_eval_s": final_s,
-            "total_s": train_s + pairs + reflow_s + eval_s}
+    return {
+        "train_steps": steps,
+        "train_s": train_s,
+        "reflow_pairs_s": pairs,
+        "reflow_s": reflow_s,
+        "eval_s": eval_s,
+        "quick_eval_s": quick_s,
+        "final_eval_s": final_s,
+        "total_s": train_s + pairs + reflow_s + eval_s,
+    }
 
 
 # -- the whole check ---------------------------------------------------------
@@ -675,14 +768,19 @@ def _device_facts(device: torch.device) -> dict[str, Any]:
             memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
         except (AttributeError, ValueError, OSError):  # not a POSIX system
             memory = None
-    return {"device": device.type, "device_name": device_name(device),
-            "memory_gb": None if memory is None else round(memory, 2),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "memory_gb": None if memory is None else round(memory, 2),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
-def _check_train_stage(cfg: Config, data: WindowDataset, every: bool, journal: Journal,
-                       progress: Callable[[str], None], prefer: str | None) -> tuple[list[PathResult], str]:
+def _check_train_stage(
+    cfg: Config, data: WindowDataset, every: bool, journal: Journal, progress: Callable[[str], None], prefer: str | None
+) -> tuple[list[PathResult], str]:
     names, skipped = train_paths(cfg.train_accel, every, data.device)
     if cfg.train_accel == "auto" and prefer in skipped and _unavailable_train(prefer, data.device) is None:
         # the resumed checkpoint's path, though auto would not try it here: keeping it keeps the run bit-exact
@@ -694,8 +792,14 @@ def _check_train_stage(cfg: Config, data: WindowDataset, every: bool, journal: J
     return found + [PathResult("train", n, "skipped", detail=why) for n, why in skipped.items()], chosen
 
 
-def _check_plan_stage(cfg: Config, model: DiffuserLite, names: list[str], skipped: dict[str, str],
-                      journal: Journal, progress: Callable[[str], None]) -> tuple[list[PathResult], str, Rates]:
+def _check_plan_stage(
+    cfg: Config,
+    model: DiffuserLite,
+    names: list[str],
+    skipped: dict[str, str],
+    journal: Journal,
+    progress: Callable[[str], None],
+) -> tuple[list[PathResult], str, Rates]:
     progress(f"planning paths: {', '.join([PLAN_REFERENCE, *names])}")
     variants: tuple[Variant, ...] = ("R1", "R2") if cfg.variant == "R2" else ("R1",)
     found, rates = check_planning(model, cfg, names, (cfg.eval_envs, cfg.num_envs), variants, journal=journal)
@@ -703,8 +807,14 @@ def _check_plan_stage(cfg: Config, model: DiffuserLite, names: list[str], skippe
     return found + [PathResult("plan", n, "skipped", detail=why) for n, why in skipped.items()], chosen, rates[chosen]
 
 
-def run_check(cfg: Config, data: WindowDataset, every: bool = False, journal_file: Path | None = None,
-              resumes: str | None = None, progress: Callable[[str], None] = lambda _: None) -> CheckReport:
+def run_check(
+    cfg: Config,
+    data: WindowDataset,
+    every: bool = False,
+    journal_file: Path | None = None,
+    resumes: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> CheckReport:
     """Verify, time and choose the training and planning paths of a run with `cfg` on the
     data's device; `every` measures all paths the device has (`dlite check --all`), not only
     those the run's settings may use; `journal_file` remembers paths that crashed the process;
@@ -724,11 +834,22 @@ def run_check(cfg: Config, data: WindowDataset, every: bool = False, journal_fil
     paths = train + plan
     chosen = {"train": train_choice, "plan": plan_choice}
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    projection = project(cfg, next(p for p in train if p.name == train_choice),
-                         next(p for p in plan if p.name == plan_choice), rates, pairs_s)
-    return CheckReport(**_device_facts(device), peak_memory_gb=None if peak is None else round(peak, 3),
-                       requested={"train": cfg.train_accel, "plan": cfg.plan_accel}, chosen=chosen, paths=paths,
-                       projection=projection, check_s=time.perf_counter() - t0)
+    projection = project(
+        cfg,
+        next(p for p in train if p.name == train_choice),
+        next(p for p in plan if p.name == plan_choice),
+        rates,
+        pairs_s,
+    )
+    return CheckReport(
+        **_device_facts(device),
+        peak_memory_gb=None if peak is None else round(peak, 3),
+        requested={"train": cfg.train_accel, "plan": cfg.plan_accel},
+        chosen=chosen,
+        paths=paths,
+        projection=projection,
+        check_s=time.perf_counter() - t0,
+    )
 
 
 def planner_for(choice: str, model: DiffuserLite, cfg: Config, variant: Variant) -> Planner:

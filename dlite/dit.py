@@ -14,6 +14,7 @@ return computes the first two once per sampling step, not once per decision.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ Modulations = tuple[list[Modulation], tuple[torch.Tensor, torch.Tensor]]
 
 class FourierTime(nn.Module):
     """Random Fourier features of t in [0, 1] (fixed frequencies, scale 16), then an MLP."""
+
+    freqs: torch.Tensor
 
     def __init__(self, emb_dim: int, scale: float = 16.0) -> None:
         super().__init__()
@@ -74,8 +77,9 @@ class Block(nn.Module):
         self.reference = reference
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(approximate="tanh"),
-                                 nn.Linear(4 * d_model, d_model))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.GELU(approximate="tanh"), nn.Linear(4 * d_model, d_model)
+        )
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d_model, 6 * d_model))
 
     def modulation(self, c: torch.Tensor) -> Modulation:
@@ -110,8 +114,11 @@ class Block(nn.Module):
 class DiT1d(nn.Module):
     """Predicts the rectified-flow velocity of a (batch, points, obs_dim) plan."""
 
-    def __init__(self, obs_dim: int, points: int, emb_dim: int, d_model: int, n_heads: int, depth: int,
-                 block: str = "reference") -> None:
+    pos: torch.Tensor
+
+    def __init__(
+        self, obs_dim: int, points: int, emb_dim: int, d_model: int, n_heads: int, depth: int, block: str = "reference"
+    ) -> None:
         super().__init__()
         if block not in BLOCKS:
             raise ValueError(f"unknown block {block!r}; expected one of {', '.join(BLOCKS)}")
@@ -127,7 +134,8 @@ class DiT1d(nn.Module):
         self.out = nn.Linear(d_model, obs_dim)
         if reference:
             self._reference_init()
-        zeroed = [self.final_ada[1], self.out, *(block.ada[1] for block in self.blocks)]
+        blocks = cast("list[Block]", self.blocks)
+        zeroed = cast("list[nn.Linear]", [self.final_ada[1], self.out, *(block.ada[1] for block in blocks)])
         for layer in zeroed:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
@@ -140,7 +148,7 @@ class DiT1d(nn.Module):
             if isinstance(m, nn.Linear) and m not in condition:
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        for layer in (self.t_proj[0], self.t_proj[2]):
+        for layer in cast("tuple[nn.Linear, nn.Linear]", (self.t_proj[0], self.t_proj[2])):
             nn.init.normal_(layer.weight, std=0.02)
 
     def embed(self, t: torch.Tensor, value: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -149,7 +157,7 @@ class DiT1d(nn.Module):
 
     def modulations(self, c: torch.Tensor) -> Modulations:
         shift, scale = self.final_ada(c)[:, None].chunk(2, -1)
-        return [block.modulation(c) for block in self.blocks], (shift, 1 + scale)
+        return [block.modulation(c) for block in cast("list[Block]", self.blocks)], (shift, 1 + scale)
 
     def forward_modulated(self, x: torch.Tensor, mods: Modulations, queries: slice | None = None) -> torch.Tensor:
         """Velocity given precomputed modulations; with `queries`, only at those points
@@ -157,7 +165,7 @@ class DiT1d(nn.Module):
         block_mods, (shift, scale) = mods
         h = self.x_proj(x) + self.pos
         last = len(self.blocks) - 1
-        for i, (block, mod) in enumerate(zip(self.blocks, block_mods)):
+        for i, (block, mod) in enumerate(zip(cast("list[Block]", self.blocks), block_mods)):
             h = block.forward_modulated(h, mod, queries if i == last else None)
         return self.out(modulated_norm(h, shift, scale))
 
@@ -172,8 +180,14 @@ class InverseDynamics(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(2 * obs_dim, hidden), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, act_dim), nn.Tanh())
+            nn.Linear(2 * obs_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, act_dim),
+            nn.Tanh(),
+        )
 
     def forward(self, obs: torch.Tensor, next_obs: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([obs, next_obs], -1))

@@ -100,8 +100,7 @@ def seeded_planning(planner: Planner, seed: int) -> Iterator[None]:
         yield
 
 
-def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
-             max_steps: int | None = None) -> EvalResult:
+def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0, max_steps: int | None = None) -> EvalResult:
     """Run n_envs environments in lock-step for n_episodes rounds.
 
     An environment that is done stops adding reward; Gymnasium 1.x autoresets it on
@@ -112,21 +111,35 @@ def evaluate(planner: Planner, n_envs: int, n_episodes: int, seed: int = 0,
     domain = task.domain
     max_steps = max_steps or planner.cfg.max_episode_steps
     if domain.obs_dim != planner.model.obs_dim or domain.act_dim != planner.model.act_dim:
-        raise ValueError(f"the checkpoint plans for obs/act sizes {planner.model.obs_dim}/{planner.model.act_dim}, "
-                         f"but {domain.gym_id} has {domain.obs_dim}/{domain.act_dim}")
+        raise ValueError(
+            f"the checkpoint plans for obs/act sizes {planner.model.obs_dim}/{planner.model.act_dim}, "
+            f"but {domain.gym_id} has {domain.obs_dim}/{domain.act_dim}"
+        )
     start = time.perf_counter()
     envs = make_envs(domain, n_envs, max_steps)
     with seeded_planning(planner, seed):
         returns, latency_ms, obs = _rollouts(planner, envs, n_envs, n_episodes, seed, max_steps)
         latency_1env = one_env_latency_ms(planner, obs)
     scores = [task.normalized_score(r) for r in returns]
-    return EvalResult(task.name, planner.variant, returns, scores, float(np.mean(scores)), float(np.std(scores)),
-                      n_envs, n_episodes, latency_ms, latency_1env, device_name(planner.device),
-                      time.perf_counter() - start)
+    return EvalResult(
+        task.name,
+        planner.variant,
+        returns,
+        scores,
+        float(np.mean(scores)),
+        float(np.std(scores)),
+        n_envs,
+        n_episodes,
+        latency_ms,
+        latency_1env,
+        device_name(planner.device),
+        time.perf_counter() - start,
+    )
 
 
-def _rollouts(planner: Planner, envs: gym.vector.VectorEnv, n_envs: int, n_episodes: int, seed: int,
-              max_steps: int) -> tuple[list[float], float, np.ndarray]:
+def _rollouts(
+    planner: Planner, envs: gym.vector.VectorEnv, n_envs: int, n_episodes: int, seed: int, max_steps: int
+) -> tuple[list[float], float, np.ndarray]:
     """Per-episode returns, the median planning latency (ms) of a decision for the batch,
     and the last observations (real states to time one-environment planning on). The first
     decision is left out of the latency: it pays for compilation or CUDA-graph capture."""

@@ -26,9 +26,16 @@ def loss_weight(points: int, obs_dim: int, next_obs_weight: float, device: torch
     return weight
 
 
-def flow_loss(net: DiT1d, x0: torch.Tensor, value: torch.Tensor, mask: torch.Tensor,
-              weight: torch.Tensor, label_dropout: float, x1: torch.Tensor | None = None,
-              conditional: bool = True) -> torch.Tensor:
+def flow_loss(
+    net: DiT1d,
+    x0: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    weight: torch.Tensor,
+    label_dropout: float,
+    x1: torch.Tensor | None = None,
+    conditional: bool = True,
+) -> torch.Tensor:
     """Squared velocity error on the free points, averaged over every element.
 
     R1 draws fresh noise; reflow passes the stored noise `x1` the plan was integrated
@@ -52,8 +59,16 @@ def time_grid(steps: int) -> list[float]:
 
 
 @torch.no_grad()
-def sample(net: DiT1d, prior: torch.Tensor, mask: torch.Tensor, value: torch.Tensor,
-           steps: int, temperature: float, w_cfg: float, noise: torch.Tensor | None = None) -> torch.Tensor:
+def sample(
+    net: DiT1d,
+    prior: torch.Tensor,
+    mask: torch.Tensor,
+    value: torch.Tensor,
+    steps: int,
+    temperature: float,
+    w_cfg: float,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Euler integration from temperature-scaled noise; fixed points re-imposed each step.
 
     prior holds the fixed points (zeros elsewhere). With w_cfg != 1 the conditional and

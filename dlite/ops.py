@@ -4,7 +4,8 @@ and a count (unlike a time) is the same on every machine."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch.utils._python_dispatch import TorchDispatchMode
 

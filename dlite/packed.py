@@ -68,8 +68,12 @@ def _packed(module: Module, rows: int, min_weights: int) -> Module:
     if isinstance(module, nn.Sequential):
         layers: list[nn.Module] = []
         for layer in module:
-            if (isinstance(layer, nn.GELU) and layers and isinstance(layers[-1], PackedLinear)
-                    and layers[-1].post == "none"):
+            if (
+                isinstance(layer, nn.GELU)
+                and layers
+                and isinstance(layers[-1], PackedLinear)
+                and layers[-1].post == "none"
+            ):
                 layers[-1].post, layers[-1].algorithm = "gelu", layer.approximate
             else:
                 layers.append(_packed(layer, rows, min_weights))

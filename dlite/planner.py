@@ -13,9 +13,10 @@ next level's end point, or the action's next state).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -80,11 +81,21 @@ class Planner:
     textbook loop: the last fallback when no fast path passes the device check.
     """
 
-    def __init__(self, model: DiffuserLite, cfg: Config, w_cfg: float | None = None,
-                 target_return: float | None = None, temperature: float | None = None,
-                 sampling_steps: int | None = None, variant: Variant = "R1",
-                 compile: bool = False, cuda_graph: bool = False, dtype: torch.dtype = torch.float32,
-                 pack: bool = True, plain: bool = False) -> None:
+    def __init__(
+        self,
+        model: DiffuserLite,
+        cfg: Config,
+        w_cfg: float | None = None,
+        target_return: float | None = None,
+        temperature: float | None = None,
+        sampling_steps: int | None = None,
+        variant: Variant = "R1",
+        compile: bool = False,
+        cuda_graph: bool = False,
+        dtype: torch.dtype = torch.float32,
+        pack: bool = True,
+        plain: bool = False,
+    ) -> None:
         self.model = model.eval()
         self.plain = plain
         self.dtype = dtype
@@ -93,11 +104,15 @@ class Planner:
         self.device = next(model.parameters()).device
         r2 = variant == "R2"
         self.w_cfg = (cfg.r2_planning_w_cfg if r2 else cfg.planning_w_cfg) if w_cfg is None else w_cfg
-        self.target_return = ((cfg.r2_planning_target_return if r2 else cfg.planning_target_return)
-                              if target_return is None else target_return)
+        self.target_return = (
+            (cfg.r2_planning_target_return if r2 else cfg.planning_target_return)
+            if target_return is None
+            else target_return
+        )
         self.temperature = cfg.temperature if temperature is None else temperature
-        self.sampling_steps = ((cfg.r2_sampling_steps if r2 else cfg.sampling_steps)
-                               if sampling_steps is None else sampling_steps)
+        self.sampling_steps = (
+            (cfg.r2_sampling_steps if r2 else cfg.sampling_steps) if sampling_steps is None else sampling_steps
+        )
         self.masks = [fix_mask(h, model.obs_dim, i, self.device) for i, h in enumerate(cfg.horizons)]
         # compile packs weights its own way
         self.packed = pack and not compile and packed.available(self.device, dtype)
@@ -110,14 +125,20 @@ class Planner:
         if compile:
             # on CUDA, graphs come from our own capture or from compile's reduce-overhead mode;
             # fallback_random draws PyTorch's own noise, so compiled plans equal eager ones
-            mode = ("max-autotune-no-cudagraphs" if self.cuda_graph else "reduce-overhead") \
-                if self.device.type == "cuda" else "default"
-            self._decide = torch.compile(self._decide_eager, dynamic=False, options={
-                **torch._inductor.list_mode_options(mode), "fallback_random": True})
+            mode = (
+                ("max-autotune-no-cudagraphs" if self.cuda_graph else "reduce-overhead")
+                if self.device.type == "cuda"
+                else "default"
+            )
+            self._decide = torch.compile(
+                self._decide_eager,
+                dynamic=False,
+                options={**torch._inductor.list_mode_options(mode), "fallback_random": True},
+            )
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu", **overrides: object) -> "Planner":
+    def from_checkpoint(cls, path: Path, device: str | torch.device = "cpu", **overrides: object) -> Planner:
         """A planner for an R1 or R2 checkpoint; the file says which it is."""
         model, cfg, variant = checkpoint_model(path, device)
         return cls(model, cfg, variant=variant, **overrides)  # type: ignore[arg-type]
@@ -136,14 +157,19 @@ class Planner:
         keep_t = torch.tensor(keep, device=self.device)
         value = torch.full_like(keep_t, self.target_return)
         levels = []
-        for level, (net, mask, points) in enumerate(zip(self.model.ema_levels, self.masks, self.cfg.horizons)):
+        for level, (net, mask, points) in enumerate(
+            zip(cast("list[DiT1d]", self.model.ema_levels), self.masks, self.cfg.horizons)
+        ):
             steps = []
             for t_now, t_next in zip(grid[:-1], grid[1:]):
                 t = torch.full((len(keep),), t_now, device=self.device)
                 mods = _cast(net.modulations(net.embed(t, value, keep_t)), self.dtype)
                 steps.append(_Step(mods, t_now - t_next))
-            levels.append(_Level(self._for_planning(net), points, steps,
-                                 (self.temperature * (1 - mask)).to(self.dtype), level > 0))
+            levels.append(
+                _Level(
+                    self._for_planning(net), points, steps, (self.temperature * (1 - mask)).to(self.dtype), level > 0
+                )
+            )
         return levels
 
     def _for_planning(self, net: Net) -> Net:
@@ -159,11 +185,17 @@ class Planner:
         if not self.guided:
             return [[s.mods for s in lv.steps] for lv in self.levels]
         if n not in self._expanded:
+
             def rep(t: torch.Tensor) -> torch.Tensor:
                 return t.repeat_interleave(n, 0)
-            self._expanded[n] = [[([tuple(rep(m) for m in block) for block in s.mods[0]],
-                                   (rep(s.mods[1][0]), rep(s.mods[1][1]))) for s in lv.steps]
-                                 for lv in self.levels]
+
+            self._expanded[n] = [
+                [
+                    ([tuple(rep(m) for m in block) for block in s.mods[0]], (rep(s.mods[1][0]), rep(s.mods[1][1])))
+                    for s in lv.steps
+                ]
+                for lv in self.levels
+            ]
         return self._expanded[n]
 
     def _velocity(self, net: DiT1d, x: torch.Tensor, mods: Modulations, queries: slice | None = None) -> torch.Tensor:
@@ -187,7 +219,7 @@ class Planner:
             x = noise.to(self.dtype) * lv.noise_scale
             x[:, 0] = obs
             if lv.fixes_end:
-                x[:, -1] = end
+                x[:, -1] = cast(torch.Tensor, end)
             free = lv.free
             if free.start < free.stop:
                 for step, m in zip(lv.steps[:-1], level_mods[:-1]):
@@ -236,11 +268,13 @@ class Planner:
         value = torch.full((n, 1), self.target_return, device=self.device)
         start, end = obs, None
         plans = []
-        for level, (net, mask, points) in enumerate(zip(self.model.ema_levels, self.masks, self.cfg.horizons)):
+        for level, (net, mask, points) in enumerate(
+            zip(cast("list[DiT1d]", self.model.ema_levels), self.masks, self.cfg.horizons)
+        ):
             prior = torch.zeros(n, points, self.model.obs_dim, device=self.device)
             prior[:, 0] = start
             if level > 0:
-                prior[:, -1] = end
+                prior[:, -1] = cast(torch.Tensor, end)
             x = sample(net, prior, mask, value, self.sampling_steps, self.temperature, self.w_cfg)
             plans.append(x)
             start, end = x[:, 0], x[:, 1]

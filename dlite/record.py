@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import imageio_ffmpeg
@@ -32,28 +32,57 @@ from dlite.tasks import Domain, Task, get_task
 
 PLANS_VERSION = 1
 
-_CHEETAH = ("z-coordinate of the front tip (m)", "angle of the front tip (rad)", "angle of the back thigh (rad)",
-            "angle of the back shin (rad)", "angle of the back foot (rad)", "angle of the front thigh (rad)",
-            "angle of the front shin (rad)", "angle of the front foot (rad)",
-            "velocity of the x-coordinate of the front tip (m/s)",
-            "velocity of the z-coordinate of the front tip (m/s)",
-            "angular velocity of the front tip (rad/s)", "angular velocity of the back thigh (rad/s)",
-            "angular velocity of the back shin (rad/s)", "angular velocity of the back foot (rad/s)",
-            "angular velocity of the front thigh (rad/s)", "angular velocity of the front shin (rad/s)",
-            "angular velocity of the front foot (rad/s)")
-_HOPPER = ("z-coordinate of the torso (height of hopper) (m)", "angle of the torso (rad)",
-           "angle of the thigh joint (rad)", "angle of the leg joint (rad)", "angle of the foot joint (rad)",
-           "velocity of the x-coordinate of the torso (m/s)", "velocity of the z-coordinate of the torso (m/s)",
-           "angular velocity of the torso (rad/s)", "angular velocity of the thigh hinge (rad/s)",
-           "angular velocity of the leg hinge (rad/s)", "angular velocity of the foot hinge (rad/s)")
-_WALKER = ("z-coordinate of the torso (height of walker2d) (m)", "angle of the torso (rad)",
-           "angle of the thigh joint (rad)", "angle of the leg joint (rad)", "angle of the foot joint (rad)",
-           "angle of the left thigh joint (rad)", "angle of the left leg joint (rad)",
-           "angle of the left foot joint (rad)", "velocity of the x-coordinate of the torso (m/s)",
-           "velocity of the z-coordinate of the torso (m/s)", "angular velocity of the torso (rad/s)",
-           "angular velocity of the thigh hinge (rad/s)", "angular velocity of the leg hinge (rad/s)",
-           "angular velocity of the foot hinge (rad/s)", "angular velocity of the left thigh hinge (rad/s)",
-           "angular velocity of the left leg hinge (rad/s)", "angular velocity of the left foot hinge (rad/s)")
+_CHEETAH = (
+    "z-coordinate of the front tip (m)",
+    "angle of the front tip (rad)",
+    "angle of the back thigh (rad)",
+    "angle of the back shin (rad)",
+    "angle of the back foot (rad)",
+    "angle of the front thigh (rad)",
+    "angle of the front shin (rad)",
+    "angle of the front foot (rad)",
+    "velocity of the x-coordinate of the front tip (m/s)",
+    "velocity of the z-coordinate of the front tip (m/s)",
+    "angular velocity of the front tip (rad/s)",
+    "angular velocity of the back thigh (rad/s)",
+    "angular velocity of the back shin (rad/s)",
+    "angular velocity of the back foot (rad/s)",
+    "angular velocity of the front thigh (rad/s)",
+    "angular velocity of the front shin (rad/s)",
+    "angular velocity of the front foot (rad/s)",
+)
+_HOPPER = (
+    "z-coordinate of the torso (height of hopper) (m)",
+    "angle of the torso (rad)",
+    "angle of the thigh joint (rad)",
+    "angle of the leg joint (rad)",
+    "angle of the foot joint (rad)",
+    "velocity of the x-coordinate of the torso (m/s)",
+    "velocity of the z-coordinate of the torso (m/s)",
+    "angular velocity of the torso (rad/s)",
+    "angular velocity of the thigh hinge (rad/s)",
+    "angular velocity of the leg hinge (rad/s)",
+    "angular velocity of the foot hinge (rad/s)",
+)
+_WALKER = (
+    "z-coordinate of the torso (height of walker2d) (m)",
+    "angle of the torso (rad)",
+    "angle of the thigh joint (rad)",
+    "angle of the leg joint (rad)",
+    "angle of the foot joint (rad)",
+    "angle of the left thigh joint (rad)",
+    "angle of the left leg joint (rad)",
+    "angle of the left foot joint (rad)",
+    "velocity of the x-coordinate of the torso (m/s)",
+    "velocity of the z-coordinate of the torso (m/s)",
+    "angular velocity of the torso (rad/s)",
+    "angular velocity of the thigh hinge (rad/s)",
+    "angular velocity of the leg hinge (rad/s)",
+    "angular velocity of the foot hinge (rad/s)",
+    "angular velocity of the left thigh hinge (rad/s)",
+    "angular velocity of the left leg hinge (rad/s)",
+    "angular velocity of the left foot hinge (rad/s)",
+)
 OBS_NAMES: dict[str, tuple[str, ...]] = {"halfcheetah": _CHEETAH, "hopper": _HOPPER, "walker2d": _WALKER}
 """Every observation dimension of each domain, in Gymnasium's documented order (-v4 = -v5 here)."""
 DEFAULT_DIM = {"halfcheetah": 8, "hopper": 0, "walker2d": 0}
@@ -96,9 +125,19 @@ class _Episode:
     plan_s: float
 
 
-def record_episode(planner: Planner, *, seed: int, checkpoint_step: int, out_dir: Path, stem: str,
-                   max_steps: int | None = None, width: int = 480, height: int = 480, fps: int = 30,
-                   plan_decisions: int = 6) -> Recording:
+def record_episode(
+    planner: Planner,
+    *,
+    seed: int,
+    checkpoint_step: int,
+    out_dir: Path,
+    stem: str,
+    max_steps: int | None = None,
+    width: int = 480,
+    height: int = 480,
+    fps: int = 30,
+    plan_decisions: int = 6,
+) -> Recording:
     """Play one episode from `env.reset(seed=seed)` and write `stem.webm` (VP9) and `stem.plans.json`
     in `out_dir`, each atomically. `plan_decisions` decisions spread over the episode act on
     `plan_plain`'s plans, so the plans kept are the ones acted on; the others use `planner.act`."""
@@ -111,16 +150,31 @@ def record_episode(planner: Planner, *, seed: int, checkpoint_step: int, out_dir
     env = _render_env(task.domain, max_steps, width, height)
     try:
         caption = functools.partial(_caption_lines, task, planner.variant, checkpoint_step)
-        with seeded_planning(planner, seed), atomic_path(video) as tmp, \
-                closing(_Camera(env, tmp, fps, caption)) as camera:
+        with (
+            seeded_planning(planner, seed),
+            atomic_path(video) as tmp,
+            closing(_Camera(env, tmp, fps, caption)) as camera,
+        ):
             episode = _play(planner, env, seed, max_steps, planned, camera.shoot)
     finally:
         env.close()
     score = task.normalized_score(episode.episode_return)
     with atomic_path(plans) as tmp:
         tmp.write_text(json.dumps(_plans_json(planner, task, checkpoint_step, seed, episode, score)))
-    return Recording(video, plans, camera.frames, width, height, fps, len(episode.states) - 1,
-                     episode.episode_return, score, camera.render_s, camera.encode_s, episode.plan_s)
+    return Recording(
+        video,
+        plans,
+        camera.frames,
+        width,
+        height,
+        fps,
+        len(episode.states) - 1,
+        episode.episode_return,
+        score,
+        camera.render_s,
+        camera.encode_s,
+        episode.plan_s,
+    )
 
 
 def _unavailable(gym_id: str, error: BaseException) -> RenderUnavailable:
@@ -128,7 +182,8 @@ def _unavailable(gym_id: str, error: BaseException) -> RenderUnavailable:
     return RenderUnavailable(
         f"cannot render {gym_id} with MUJOCO_GL={backend} ({type(error).__name__}: {str(error).rstrip('.')}). "
         "Set MUJOCO_GL=egl (on Debian install libegl1 and libgl1-mesa-dri: Mesa's software EGL needs no GPU) "
-        "or MUJOCO_GL=osmesa (install libosmesa6), or record no video.")
+        "or MUJOCO_GL=osmesa (install libosmesa6), or record no video."
+    )
 
 
 def _render_env(domain: Domain, max_steps: int, width: int, height: int) -> gym.Env:
@@ -141,7 +196,8 @@ def _render_env(domain: Domain, max_steps: int, width: int, height: int) -> gym.
         env = make_env(domain, max_steps, render_mode="rgb_array", width=width, height=height, camera_name="track")
     except Exception as e:  # the backend's import and context errors: RuntimeError, AttributeError, ImportError
         raise _unavailable(domain.gym_id, e) from e
-    env.unwrapped.model.vis.quality.shadowsize = 0  # read when the first render makes the GL context
+    # read when the first render makes the GL context; `model` is MujocoEnv's, not in gym.Env's stub
+    env.unwrapped.model.vis.quality.shadowsize = 0  # type: ignore[attr-defined]
     return env
 
 
@@ -165,7 +221,7 @@ class _Camera:
     def shoot(self, t: int, episode_return: float) -> None:
         t0 = time.perf_counter()
         try:
-            frame = self.env.render()
+            frame = cast(np.ndarray, self.env.render())  # rgb_array mode: one frame
         except Exception as e:  # no GL context: see _render_env
             raise _unavailable(getattr(self.env.spec, "id", "the environment"), e) from e
         _draw_caption(frame, self.caption(t, episode_return))
@@ -173,9 +229,16 @@ class _Camera:
         t1 = time.perf_counter()
         if self._writer is None:
             self._writer = imageio_ffmpeg.write_frames(
-                str(self.path), (frame.shape[1], frame.shape[0]), fps=self.fps, codec="libvpx-vp9",
-                pix_fmt_out="yuv420p", quality=None, macro_block_size=2, ffmpeg_log_level="error",
-                output_params=_VP9)
+                str(self.path),
+                (frame.shape[1], frame.shape[0]),
+                fps=self.fps,
+                codec="libvpx-vp9",
+                pix_fmt_out="yuv420p",
+                quality=None,
+                macro_block_size=2,
+                ffmpeg_log_level="error",
+                output_params=_VP9,
+            )
             self._writer.send(None)  # starts ffmpeg
         self._writer.send(frame)
         self.frames += 1
@@ -199,19 +262,22 @@ def _draw_caption(frame: np.ndarray, lines: list[str]) -> None:
     pad = max(2, height // 120)
     text = "\n".join(lines)
     box = ImageDraw.Draw(Image.new("RGB", (1, 1))).multiline_textbbox((pad, pad), text, font=font)
-    band = frame[:min(height, box[3] + pad)]
+    band = frame[: min(height, box[3] + pad)]
     image = Image.fromarray(band // 2)
     ImageDraw.Draw(image).multiline_text((pad, pad), text, font=font, fill=(255, 255, 255))
     band[:] = np.asarray(image)
 
 
 def _caption_lines(task: Task, variant: str, checkpoint_step: int, t: int, episode_return: float) -> list[str]:
-    return [f"step {t}   return {episode_return:.1f}   score {task.normalized_score(episode_return):.1f}",
-            f"{variant}   checkpoint {checkpoint_step:,}"]
+    return [
+        f"step {t}   return {episode_return:.1f}   score {task.normalized_score(episode_return):.1f}",
+        f"{variant}   checkpoint {checkpoint_step:,}",
+    ]
 
 
-def _play(planner: Planner, env: gym.Env, seed: int, max_steps: int, planned: set[int],
-          shoot: Callable[[int, float], None]) -> _Episode:
+def _play(
+    planner: Planner, env: gym.Env, seed: int, max_steps: int, planned: set[int], shoot: Callable[[int, float], None]
+) -> _Episode:
     """The episode's states, kept plans, return and planning seconds: env steps and frames
     are not planning, so they stay out of `plan_s`."""
     obs, _ = env.reset(seed=seed)
@@ -247,15 +313,29 @@ def _planned_action(planner: Planner, obs: np.ndarray) -> tuple[np.ndarray, list
 def _decision(t: int, levels: list[np.ndarray], strides: tuple[int, ...]) -> dict[str, Any]:
     """A decision's plans with each point's env step: level l's points lie `strides[l]` steps
     apart from the decision's step (see `_planned_action`)."""
-    return {"t": t, "levels": [{"level": level, "times": [t + k * strides[level] for k in range(len(points))],
-                                "points": points.tolist()} for level, points in enumerate(levels)]}
+    return {
+        "t": t,
+        "levels": [
+            {"level": level, "times": [t + k * strides[level] for k in range(len(points))], "points": points.tolist()}
+            for level, points in enumerate(levels)
+        ],
+    }
 
 
-def _plans_json(planner: Planner, task: Task, checkpoint_step: int, seed: int, episode: _Episode,
-                score: float) -> dict[str, Any]:
+def _plans_json(
+    planner: Planner, task: Task, checkpoint_step: int, seed: int, episode: _Episode, score: float
+) -> dict[str, Any]:
     domain = task.domain.name
-    return {"version": PLANS_VERSION, "task": task.name, "variant": planner.variant,
-            "checkpoint_step": checkpoint_step, "seed": seed,
-            "dims": [{"index": i, "name": name} for i, name in enumerate(OBS_NAMES[domain])],
-            "default_dim": DEFAULT_DIM[domain], "states": episode.states, "decisions": episode.decisions,
-            "episode_return": episode.episode_return, "score": score}
+    return {
+        "version": PLANS_VERSION,
+        "task": task.name,
+        "variant": planner.variant,
+        "checkpoint_step": checkpoint_step,
+        "seed": seed,
+        "dims": [{"index": i, "name": name} for i, name in enumerate(OBS_NAMES[domain])],
+        "default_dim": DEFAULT_DIM[domain],
+        "states": episode.states,
+        "decisions": episode.decisions,
+        "episode_return": episode.episode_return,
+        "score": score,
+    }

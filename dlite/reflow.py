@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,10 +28,11 @@ import torch
 from dlite import checkpoint
 from dlite.config import Config, level_loss_keys
 from dlite.dataset import WindowDataset
+from dlite.dit import DiT1d
 from dlite.files import atomic_path
 from dlite.flow import fix_mask, sample
 from dlite.model import DiffuserLite
-from dlite.train import Trainer
+from dlite.train import TrainerBase
 
 PAIRS_FORMAT = "dlite-reflow-pairs-v1"
 MANIFEST = "manifest.json"
@@ -68,9 +70,18 @@ class PairSpec:
     obs_dim: int
 
     @classmethod
-    def of(cls, cfg: Config, model: DiffuserLite, data: WindowDataset) -> "PairSpec":
-        return cls(weights_digest(model), data.fingerprint, cfg.reflow_pairs_cond, cfg.reflow_pairs_uncond,
-                   cfg.reflow_pair_steps, cfg.reflow_pair_batch, cfg.seed, tuple(cfg.horizons), data.obs_dim)
+    def of(cls, cfg: Config, model: DiffuserLite, data: WindowDataset) -> PairSpec:
+        return cls(
+            weights_digest(model),
+            data.fingerprint,
+            cfg.reflow_pairs_cond,
+            cfg.reflow_pairs_uncond,
+            cfg.reflow_pair_steps,
+            cfg.reflow_pair_batch,
+            cfg.seed,
+            tuple(cfg.horizons),
+            data.obs_dim,
+        )
 
     @property
     def total(self) -> int:
@@ -80,16 +91,24 @@ class PairSpec:
         """(conditional, first index, size) of every batch: conditional pairs first."""
         out = []
         for conditional, first, count in ((True, 0, self.n_cond), (False, self.n_cond, self.n_uncond)):
-            out += [(conditional, first + i * self.batch, min(self.batch, count - i * self.batch))
-                    for i in range(math.ceil(count / self.batch))]
+            out += [
+                (conditional, first + i * self.batch, min(self.batch, count - i * self.batch))
+                for i in range(math.ceil(count / self.batch))
+            ]
         return out
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "horizons": list(self.horizons)}
 
 
-_SHOWN = {"r1_weights": "R1 weights", "dataset": "dataset", "n_cond": "reflow_pairs_cond",
-          "n_uncond": "reflow_pairs_uncond", "steps": "reflow_pair_steps", "batch": "reflow_pair_batch"}
+_SHOWN = {
+    "r1_weights": "R1 weights",
+    "dataset": "dataset",
+    "n_cond": "reflow_pairs_cond",
+    "n_uncond": "reflow_pairs_uncond",
+    "steps": "reflow_pair_steps",
+    "batch": "reflow_pair_batch",
+}
 """How a PairSpec field is named to the user: by its setting."""
 
 
@@ -108,10 +127,13 @@ class PairStore:
         if manifest.exists():
             saved = json.loads(manifest.read_text())
             if saved.get("format") != PAIRS_FORMAT or saved.get("spec") != spec.to_json():
-                differ = sorted(_SHOWN.get(k, k) for k, v in spec.to_json().items()
-                                if saved.get("spec", {}).get(k) != v)
-                raise PairsError(f"{folder} holds reflow pairs of another R1 model or other settings "
-                                 f"({', '.join(differ) or 'file format'} differ); delete the folder to regenerate")
+                differ = sorted(
+                    _SHOWN.get(k, k) for k, v in spec.to_json().items() if saved.get("spec", {}).get(k) != v
+                )
+                raise PairsError(
+                    f"{folder} holds reflow pairs of another R1 model or other settings "
+                    f"({', '.join(differ) or 'file format'} differ); delete the folder to regenerate"
+                )
             self.done = saved["done"]
 
     def _path(self, level: int, name: str) -> Path:
@@ -120,9 +142,12 @@ class PairStore:
     def _arrays(self, level: int, mode: str) -> dict[str, np.memmap]:
         n, h, o = self.spec.total, self.spec.horizons[level], self.spec.obs_dim
         shapes = {"x0": (n, h, o), "x1": (n, h, o), "value": (n, 1)}
-        return {name: np.lib.format.open_memmap(self._path(level, name), mode=mode, dtype=np.float32, shape=shape)
-                if mode == "w+" else np.load(self._path(level, name), mmap_mode=mode)
-                for name, shape in shapes.items()}
+        return {
+            name: np.lib.format.open_memmap(self._path(level, name), mode=mode, dtype=np.float32, shape=shape)
+            if mode == "w+"
+            else np.load(self._path(level, name), mmap_mode=mode)  # type: ignore[arg-type]  # r or r+
+            for name, shape in shapes.items()
+        }
 
     @property
     def complete(self) -> bool:
@@ -138,8 +163,13 @@ class PairStore:
             tmp.write_text(json.dumps({"format": PAIRS_FORMAT, "spec": self.spec.to_json(), "done": self.done}))
 
     @torch.no_grad()
-    def generate(self, model: DiffuserLite, data: WindowDataset, progress: PairProgress | None = None,
-                 should_stop: Callable[[], bool] = lambda: False) -> bool:
+    def generate(
+        self,
+        model: DiffuserLite,
+        data: WindowDataset,
+        progress: PairProgress | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> bool:
         """Generate the missing batches; returns False if stopped before the end. Each
         batch is flushed before the manifest counts it, so a crash loses at most one."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -159,10 +189,18 @@ class PairStore:
                     torch.manual_seed(_batch_seed(self.spec.seed, level, index))
                     windows, values, _ = data.sample_level(level, size)
                     x1 = torch.randn_like(windows)
-                    x0 = sample(net, windows * mask, mask, values, self.spec.steps, 1.0,
-                                1.0 if conditional else 0.0, noise=x1)
+                    x0 = sample(
+                        cast(DiT1d, net),
+                        windows * mask,
+                        mask,
+                        values,
+                        self.spec.steps,
+                        1.0,
+                        1.0 if conditional else 0.0,
+                        noise=x1,
+                    )
                 for name, tensor in (("x0", x0), ("x1", x1), ("value", values)):
-                    arrays[name][first:first + size] = tensor.float().cpu().numpy()
+                    arrays[name][first : first + size] = tensor.float().cpu().numpy()
                 for array in arrays.values():
                     array.flush()
                 self.done[level] = index + 1
@@ -176,13 +214,19 @@ class PairStore:
         """The pairs of every level as tensors: on the GPU when training there (they fit
         a T4 at the paper's sizes), else views of the memory-mapped files."""
         if not self.complete:
-            raise PairsError(f"{self.folder} holds {self.pairs_done} of {self.spec.total * len(self.done)} "
-                             f"reflow pairs; generate the rest first")
+            raise PairsError(
+                f"{self.folder} holds {self.pairs_done} of {self.spec.total * len(self.done)} "
+                f"reflow pairs; generate the rest first"
+            )
         out = []
         for level in range(len(self.spec.horizons)):
             arrays = self._arrays(level, "c")  # copy-on-write: writable views, the files stay as they are
-            out.append({name: torch.from_numpy(np.asarray(a)).to(device) if device.type != "cpu"
-                        else torch.from_numpy(a) for name, a in arrays.items()})
+            out.append(
+                {
+                    name: torch.from_numpy(np.asarray(a)).to(device) if device.type != "cpu" else torch.from_numpy(a)
+                    for name, a in arrays.items()
+                }
+            )
         return out
 
 
@@ -197,11 +241,22 @@ def load_r1(state: dict[str, Any], cfg: Config, data: WindowDataset, path: Path)
     return model
 
 
-class ReflowTrainer(Trainer):
+@dataclass(frozen=True)
+class PairBatch:
+    """One reflow step's pairs, per level, and whether they are the conditional ones."""
+
+    x0: list[torch.Tensor]
+    x1: list[torch.Tensor]
+    values: list[torch.Tensor]
+    conditional: bool
+
+
+class ReflowTrainer(TrainerBase[PairBatch]):
     """Fine-tunes the level models on stored pairs, from the R1 weights (training
     and EMA), with a fresh AdamW at a constant rate: the reference sets a 2e-5 rate on an
     attribute its optimiser never reads, so it trained at 2e-4 (reflow_lr). Every
-    `reflow_uncond_every`-th step trains on unconditional pairs. Inverse dynamics is R1's.
+    `reflow_uncond_every`-th step trains on unconditional pairs. Inverse dynamics is R1's,
+    so there is no schedule and no inverse-dynamics optimiser to build, step or save.
     Checkpoints hold the full state and resume bit-exactly, like R1's.
 
     Steps continue R1's count (reflow step k of an R1 model trained n steps is step n + k),
@@ -209,15 +264,27 @@ class ReflowTrainer(Trainer):
 
     variant = "R2"
 
-    def __init__(self, cfg: Config, data: WindowDataset, pairs: PairStore, r1: DiffuserLite, r1_step: int,
-                 out_dir: Path | None = None, path: str = "eager") -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        data: WindowDataset,
+        pairs: PairStore,
+        r1: DiffuserLite,
+        r1_step: int,
+        out_dir: Path | None = None,
+        path: str = "eager",
+    ) -> None:
         super().__init__(cfg, data, out_dir, path)
+        # R1's weights go into the model the base built from the seed, not `r1` itself: the
+        # caller's R1 model stays as it is, and the draws that follow are those of a seeded build
         self.model.load_state_dict(r1.state_dict())
         self.start_step = self.step = r1_step
-        self.optim = torch.optim.AdamW(self.level_parameters, lr=cfg.reflow_lr,
-                                       weight_decay=cfg.weight_decay, **self.optimizer_kind)
         self.pair_spec = pairs.spec
         self.pairs = pairs.tensors(self.device)
+
+    @property
+    def level_lr(self) -> float:
+        return self.cfg.reflow_lr
 
     @property
     def loss_keys(self) -> tuple[str, ...]:
@@ -237,47 +304,53 @@ class ReflowTrainer(Trainer):
         every = self.cfg.reflow_uncond_every
         return (self.step - self.start_step) % every != every - 1
 
-    def _batch(self, conditional: bool) -> list[tuple[torch.Tensor, ...]]:
-        """(x0, x1, value) per level, drawn from the conditional or unconditional pairs."""
+    def _sample(self) -> PairBatch:
+        """Pairs of every level, drawn from the conditional or unconditional ones (`conditional_step`)."""
+        conditional = self.conditional_step()
         lo, hi = (0, self.pair_spec.n_cond) if conditional else (self.pair_spec.n_cond, self.pair_spec.total)
-        out = []
+        batch = PairBatch([], [], [], conditional)
         for level in self.pairs:
             index = torch.randint(lo, hi, (self.cfg.batch_size,))
-            out.append(tuple(level[k][index.to(level[k].device)].to(self.device, non_blocking=True)
-                             for k in ("x0", "x1", "value")))
-        return out
+            for parts, key in ((batch.x0, "x0"), (batch.x1, "x1"), (batch.values, "value")):
+                parts.append(level[key][index.to(level[key].device)].to(self.device, non_blocking=True))
+        return batch
 
-    def _compute_losses(self, batch: list[tuple[torch.Tensor, ...]], conditional: bool) -> torch.Tensor:
-        x0, x1, values = (list(parts) for parts in zip(*batch))
-        return self._level_losses(x0, values, x1, conditional)
+    def _compute_losses(self, batch: PairBatch) -> torch.Tensor:
+        return self._level_losses(batch.x0, batch.values, batch.x1, batch.conditional)
 
-    def train_step(self) -> None:
-        """One reflow step of every level. No host sync."""
-        self.model.train()
-        conditional = self.conditional_step()
-        batch = self._batch(conditional)
-        with self.autocast():
-            losses = self._losses(batch, conditional)
+    def _optimize(self, losses: torch.Tensor) -> None:
         self.optim.zero_grad(set_to_none=True)
         self.scaler.scale(losses.sum()).backward()
         self.scaler.step(self.optim)
         self.scaler.update()
         self.model.update_ema(self.cfg.ema_rate)
-        self.loss_sum += losses.detach().float()
-        self.loss_count += 1
-        self.step += 1
 
-    def state_dict(self) -> dict[str, Any]:
-        state = {k: v for k, v in super().state_dict().items() if k not in ("sched", "invdyn_optim")}
-        return {**state, "variant": "R2", "pairs": self.pair_spec.to_json(), "r1_step": self.start_step}
+    def _extra_optimizer_state(self) -> dict[str, Any]:
+        """None: the level optimiser is all reflow trains, at a constant rate."""
+        return {}
 
-    def load_state(self, state: dict[str, Any], path: Path) -> None:
-        """Continue a reflow run; refuses R1 checkpoints and other pairs or settings."""
+    def _load_extra_optimizer_state(self, state: dict[str, Any]) -> None:
+        """Nothing: see `_extra_optimizer_state`."""
+
+    def _origin(self) -> dict[str, Any]:
+        """Planners and `dlite reflow --resume` tell R2 checkpoints by these; the pairs and
+        the R1 step say which R1 model and pairs a resume must use."""
+        return {"variant": "R2", "pairs": self.pair_spec.to_json(), "r1_step": self.start_step}
+
+    def _check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """Refuses R1 checkpoints, other pairs and other settings: the reflow settings R1's
+        resume lets change (`REFLOW_TRAINING_FIELDS`) shape reflow's steps, so they are fixed here."""
         if checkpoint.variant_of(state) != "R2":
             raise checkpoint.CheckpointError(f"{path} is not a reflow (R2) checkpoint")
         if state["pairs"] != self.pair_spec.to_json() or state["r1_step"] != self.start_step:
-            raise checkpoint.CheckpointError(f"{path} was reflowed on other pairs (another R1 model or pair "
-                                             f"settings); resume with the same ones or start in a new folder")
-        checkpoint.check_compatible(state, self.cfg, self.data.fingerprint, path,
-                                    safe=checkpoint.RESUME_SAFE_FIELDS - checkpoint.REFLOW_TRAINING_FIELDS)
-        self._load(state, path)
+            raise checkpoint.CheckpointError(
+                f"{path} was reflowed on other pairs (another R1 model or pair "
+                f"settings); resume with the same ones or start in a new folder"
+            )
+        checkpoint.check_compatible(
+            state,
+            self.cfg,
+            self.data.fingerprint,
+            path,
+            safe=checkpoint.RESUME_SAFE_FIELDS - checkpoint.REFLOW_TRAINING_FIELDS,
+        )

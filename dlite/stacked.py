@@ -21,7 +21,7 @@ points and nothing is padded (5, 5, 9 makes two groups).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ def _stacked_buffer(nets: list[DiT1d], name: str, width: int | None = None) -> t
     rows = own if width is None else [F.pad(b, (0, 0, 0, width - b.shape[0])) for b in own]
     stacked = torch.stack(rows)
     for row, (net, b) in enumerate(zip(nets, own)):
-        _alias(net, name, stacked[row, :b.shape[0]], buffer=True)
+        _alias(net, name, stacked[row, : b.shape[0]], buffer=True)
     return stacked
 
 
@@ -78,8 +78,14 @@ class _Group:
     """Levels padded to one length: their weights stacked (the trained tensors) and their
     constant tensors stacked once."""
 
-    def __init__(self, nets: list[DiT1d], levels: list[int], horizons: tuple[int, ...],
-                 masks: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    def __init__(
+        self,
+        nets: list[DiT1d],
+        levels: list[int],
+        horizons: tuple[int, ...],
+        masks: list[torch.Tensor],
+        weights: list[torch.Tensor],
+    ) -> None:
         self.nets, self.levels = nets, levels
         self.points = [horizons[i] for i in levels]
         self.width = max(self.points)
@@ -95,13 +101,19 @@ class _Group:
         self.freqs = _stacked_buffer(nets, "time.freqs")  # (G, emb/8)
         # padded points are "given": they never move, and weigh nothing in the loss
         self.fixed = torch.stack([F.pad(masks[i], (0, 0, 0, k), value=1.0) for i, k in zip(levels, padding)])
-        self.loss_weight = torch.stack([F.pad(weights[i] * (1 - masks[i]), (0, 0, 0, k))
-                                        for i, k in zip(levels, padding)])
+        self.loss_weight = torch.stack(
+            [F.pad(weights[i] * (1 - masks[i]), (0, 0, 0, k)) for i, k in zip(levels, padding)]
+        )
         self.sizes = torch.tensor([float(p) for p in self.points], device=self.pos.device)
-        self.keys = None if not any(padding) else torch.stack(  # (G, 1, 1, 1, P): which keys are real
-            [torch.arange(self.width, device=self.pos.device) < p for p in self.points])[:, None, None, None]
-        self.reference = nets[0].blocks[0].reference
-        self.n_heads = nets[0].blocks[0].n_heads
+        self.keys = (
+            None
+            if not any(padding)
+            else torch.stack(  # (G, 1, 1, 1, P): which keys are real
+                [torch.arange(self.width, device=self.pos.device) < p for p in self.points]
+            )[:, None, None, None]
+        )
+        self.reference = cast(bool, nets[0].blocks[0].reference)
+        self.n_heads = cast(int, nets[0].blocks[0].n_heads)
         self.depth = len(nets[0].blocks)
         self.mish_end = isinstance(nets[0].t_proj[-1], nn.Mish)
 
@@ -131,12 +143,15 @@ class _Group:
                 h = normed  # the reference replaces the residual stream here
             d = normed.shape[-1]
             # (G*B, heads, P, d/heads): the 4-D layout the fused attention kernels take
-            q, kk, v = lin(normed, f"blocks.{k}.qkv").view(g * b, p, 3, self.n_heads, d // self.n_heads) \
-                .permute(2, 0, 3, 1, 4)
+            q, kk, v = (
+                lin(normed, f"blocks.{k}.qkv").view(g * b, p, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+            )
             attn = F.scaled_dot_product_attention(q, kk, v, attn_mask=mask).transpose(1, 2).reshape(g, b, p, d)
             h = torch.addcmul(h, gate1, lin(attn, f"blocks.{k}.proj"))
-            mlp = lin(F.gelu(lin(modulated_norm(h, shift2, 1 + scale2), f"blocks.{k}.mlp.0"), approximate="tanh"),
-                      f"blocks.{k}.mlp.2")
+            mlp = lin(
+                F.gelu(lin(modulated_norm(h, shift2, 1 + scale2), f"blocks.{k}.mlp.0"), approximate="tanh"),
+                f"blocks.{k}.mlp.2",
+            )
             h = torch.addcmul(h, gate2, mlp)
         shift, scale = lin(c, "final_ada.1")[:, :, None].chunk(2, -1)
         return lin(modulated_norm(h, shift, 1 + scale), "out")
@@ -147,15 +162,28 @@ class StackedLevels:
     (see the module docstring). Building it turns `levels`' parameters into aliases: train
     `parameters()` from then on."""
 
-    def __init__(self, levels: nn.ModuleList, horizons: tuple[int, ...], masks: list[torch.Tensor],
-                 weights: list[torch.Tensor], pad: bool) -> None:
+    def __init__(
+        self,
+        levels: nn.ModuleList,
+        horizons: tuple[int, ...],
+        masks: list[torch.Tensor],
+        weights: list[torch.Tensor],
+        pad: bool,
+    ) -> None:
         self.n_levels = len(horizons)
-        self.groups = [_Group([levels[i] for i in g], g, horizons, masks, weights) for g in groups_of(horizons, pad)]
+        self.groups = [
+            _Group(cast("list[DiT1d]", [levels[i] for i in g]), g, horizons, masks, weights)
+            for g in groups_of(horizons, pad)
+        ]
         # per-level parameter index (the order of levels.parameters()) -> (stacked index, row)
-        stacked = {(group.levels[row], name): (k, row) for k, (group, name) in enumerate(
-            (g, name) for g in self.groups for name in g.names) for row in range(len(group.levels))}
-        self._slots = [stacked[level, name] for level in range(self.n_levels)
-                       for name, _ in levels[level].named_parameters()]
+        stacked = {
+            (group.levels[row], name): (k, row)
+            for k, (group, name) in enumerate((g, name) for g in self.groups for name in g.names)
+            for row in range(len(group.levels))
+        }
+        self._slots = [
+            stacked[level, name] for level in range(self.n_levels) for name, _ in levels[level].named_parameters()
+        ]
 
     def parameters(self) -> list[nn.Parameter]:
         """The trained tensors: one per group and parameter name."""
@@ -171,11 +199,18 @@ class StackedLevels:
         parameters, as a per-level (eager) step would have saved it."""
         per_param = state["state"]
         # each level gets its own step count: a shared one would be stepped once per level on resume
-        levels = {i: {key: (v[row] if v.dim() > 0 else v.clone()) if torch.is_tensor(v) else v
-                      for key, v in per_param[k].items()}
-                  for i, (k, row) in enumerate(self._slots) if k in per_param}
-        return {"state": levels, "param_groups": [{**g, "params": list(range(len(self._slots)))}
-                                                  for g in state["param_groups"]]}
+        levels = {
+            i: {
+                key: (v[row] if v.dim() > 0 else v.clone()) if torch.is_tensor(v) else v
+                for key, v in per_param[k].items()
+            }
+            for i, (k, row) in enumerate(self._slots)
+            if k in per_param
+        }
+        return {
+            "state": levels,
+            "param_groups": [{**g, "params": list(range(len(self._slots)))} for g in state["param_groups"]],
+        }
 
     def optimizer_state_from_levels(self, state: dict[str, Any]) -> dict[str, Any]:
         """The inverse: a per-level optimiser's state for an optimiser over `parameters()`."""
@@ -188,13 +223,23 @@ class StackedLevels:
         for k, found in rows.items():
             found.sort(key=lambda item: item[0])
             first = found[0][1]
-            stacked[k] = {key: torch.stack([s[key] for _, s in found]) if torch.is_tensor(v) and v.dim() > 0 else v
-                          for key, v in first.items()}
-        return {"state": stacked, "param_groups": [{**g, "params": list(range(len(self.parameters())))}
-                                                   for g in state["param_groups"]]}
+            stacked[k] = {
+                key: torch.stack([s[key] for _, s in found]) if torch.is_tensor(v) and v.dim() > 0 else v
+                for key, v in first.items()
+            }
+        return {
+            "state": stacked,
+            "param_groups": [{**g, "params": list(range(len(self.parameters())))} for g in state["param_groups"]],
+        }
 
-    def losses(self, x0: list[torch.Tensor], values: list[torch.Tensor], label_dropout: float,
-               x1: list[torch.Tensor] | None = None, conditional: bool = True) -> torch.Tensor:
+    def losses(
+        self,
+        x0: list[torch.Tensor],
+        values: list[torch.Tensor],
+        label_dropout: float,
+        x1: list[torch.Tensor] | None = None,
+        conditional: bool = True,
+    ) -> torch.Tensor:
         """Each level's flow loss (`flow.flow_loss` for every level, as one tensor (L,)), drawing
         the same random numbers in the same order: per level the noise (unless `x1` is
         given), then the times, then the dropout of the condition."""
@@ -211,8 +256,9 @@ class StackedLevels:
             t = torch.stack([times[i] for i in group.levels])
             xt = torch.lerp(a, n, t[..., None, None])
             xt = xt * (1 - group.fixed[:, None]) + a * group.fixed[:, None]
-            pred = group.velocity(xt, t, torch.stack([values[i] for i in group.levels]),
-                                  torch.stack([keeps[i] for i in group.levels]))
+            pred = group.velocity(
+                xt, t, torch.stack([values[i] for i in group.levels]), torch.stack([keeps[i] for i in group.levels])
+            )
             err = ((pred.float() - (a - n)) ** 2 * group.loss_weight[:, None]).sum((1, 2, 3))
             mean = err / (group.sizes * a.shape[1] * a.shape[3])
             for i, level in enumerate(group.levels):

@@ -25,8 +25,9 @@ def write_hdf5(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     return path
 
 
-def rollouts(task: str, n_episodes: int, length: int, policy: str = "random", seed: int = 0,
-             terminal_episode: int | None = None) -> dict[str, np.ndarray]:
+def rollouts(
+    task: str, n_episodes: int, length: int, policy: str = "random", seed: int = 0, terminal_episode: int | None = None
+) -> dict[str, np.ndarray]:
     """Roll `policy` ('random' or 'gait') in the task's -v4 env.
 
     Every episode ends on a timeout after `length` steps, except `terminal_episode`,
@@ -74,8 +75,15 @@ def random_dataset(path: Path, obs_dim: int, act_dim: int, episodes: int, seed: 
     n = episodes * 1000
     timeouts = np.zeros(n, bool)
     timeouts[999::1000] = True
-    return load(write_hdf5(path, {
-        "observations": rng.standard_normal((n, obs_dim), dtype=np.float32),
-        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-        "rewards": rng.standard_normal(n, dtype=np.float32),
-        "terminals": np.zeros(n, bool), "timeouts": timeouts}))
+    return load(
+        write_hdf5(
+            path,
+            {
+                "observations": rng.standard_normal((n, obs_dim), dtype=np.float32),
+                "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+                "rewards": rng.standard_normal(n, dtype=np.float32),
+                "terminals": np.zeros(n, bool),
+                "timeouts": timeouts,
+            },
+        )
+    )

@@ -62,9 +62,11 @@ class ReferenceCurve:
 
 REFERENCE_CURVES: dict[str, ReferenceCurve] = {
     "halfcheetah-medium-expert-v2": ReferenceCurve(
-        "R1", (1_000, 11_000, 21_000, 26_000, 31_000, 41_000, 51_000, 61_000, 71_000, 81_000, 86_000),
+        "R1",
+        (1_000, 11_000, 21_000, 26_000, 31_000, 41_000, 51_000, 61_000, 71_000, 81_000, 86_000),
         (-1.6, -0.5, 1.5, 15.9, 76.8, 78.0, 89.5, 91.9, 93.5, 91.6, 92.8),
-        "public Colab reproduction (R1, batch 256, seed hyper-parameters, 100k steps; one seed, quick evaluations)"),
+        "public Colab reproduction (R1, batch 256, seed hyper-parameters, 100k steps; one seed, quick evaluations)",
+    ),
 }
 """Learning curves of other reproductions, by task; only one is public so far."""
 
@@ -102,16 +104,23 @@ class Task:
         return 100.0 * (episode_return - d.random_return) / (d.expert_return - d.random_return)
 
 
-def _task(name: str, scale: float, r1: tuple[float, float], r2: tuple[float, float],
-          paper: tuple[float, float, float, float, float, float],
-          seed_readme: float | None = None) -> Task:
+def _task(
+    name: str,
+    scale: float,
+    r1: tuple[float, float],
+    r2: tuple[float, float],
+    paper: tuple[float, float, float, float, float, float],
+    seed_readme: float | None = None,
+) -> Task:
     d_mean, _, r1_mean, r1_sem, r2_mean, r2_sem = paper
     return Task(
         name=name,
         domain=DOMAINS[name.split("-")[0]],
         return_scale=scale,
-        target_return_r1=r1[0], guidance_r1=r1[1],
-        target_return_r2=r2[0], guidance_r2=r2[1],
+        target_return_r1=r1[0],
+        guidance_r1=r1[1],
+        target_return_r2=r2[0],
+        guidance_r2=r2[1],
         paper_d=d_mean,
         paper_r1=PaperScore(r1_mean, r1_sem, NEURIPS),
         paper_r2=PaperScore(r2_mean, r2_sem, NEURIPS),
@@ -119,22 +128,27 @@ def _task(name: str, scale: float, r1: tuple[float, float], r2: tuple[float, flo
     )
 
 
-TASKS: dict[str, Task] = {t.name: t for t in [
-    _task("halfcheetah-medium-expert-v2", 3600, (1.0, 1.0), (0.9, 1.0), (88.5, 0.4, 90.8, 0.9, 84.0, 2.9), 91.9),
-    _task("halfcheetah-medium-v2", 1700, (1.0, 10.0), (1.0, 7.0), (48.9, 1.1, 48.6, 0.7, 45.3, 0.5)),
-    _task("halfcheetah-medium-replay-v2", 1600, (1.0, 2.0), (1.0, 1.5), (41.6, 0.4, 42.9, 0.4, 39.6, 0.4)),
-    _task("hopper-medium-expert-v2", 1200, (0.9, 1.0), (0.9, 1.0), (111.6, 0.2, 110.3, 0.3, 110.1, 0.5), 103.3),
-    _task("hopper-medium-v2", 1000, (0.8, 5.0), (1.0, 6.0), (100.9, 1.1, 99.5, 0.7, 96.8, 0.3)),
-    _task("hopper-medium-replay-v2", 1000, (1.0, 0.9), (1.0, 1.5), (96.6, 0.3, 97.8, 1.3, 93.2, 0.7)),
-    _task("walker2d-medium-expert-v2", 1600, (1.0, 1.0), (1.0, 3.0), (107.1, 0.6, 106.4, 0.3, 106.1, 0.7), 109.1),
-    _task("walker2d-medium-v2", 1300, (0.9, 8.0), (0.9, 2.0), (88.8, 0.6, 85.1, 0.5, 83.7, 1.0)),
-    _task("walker2d-medium-replay-v2", 1300, (0.9, 1.0), (1.0, 1.0), (90.2, 0.5, 84.6, 1.7, 78.2, 1.7)),
-]}
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in [
+        _task("halfcheetah-medium-expert-v2", 3600, (1.0, 1.0), (0.9, 1.0), (88.5, 0.4, 90.8, 0.9, 84.0, 2.9), 91.9),
+        _task("halfcheetah-medium-v2", 1700, (1.0, 10.0), (1.0, 7.0), (48.9, 1.1, 48.6, 0.7, 45.3, 0.5)),
+        _task("halfcheetah-medium-replay-v2", 1600, (1.0, 2.0), (1.0, 1.5), (41.6, 0.4, 42.9, 0.4, 39.6, 0.4)),
+        _task("hopper-medium-expert-v2", 1200, (0.9, 1.0), (0.9, 1.0), (111.6, 0.2, 110.3, 0.3, 110.1, 0.5), 103.3),
+        _task("hopper-medium-v2", 1000, (0.8, 5.0), (1.0, 6.0), (100.9, 1.1, 99.5, 0.7, 96.8, 0.3)),
+        _task("hopper-medium-replay-v2", 1000, (1.0, 0.9), (1.0, 1.5), (96.6, 0.3, 97.8, 1.3, 93.2, 0.7)),
+        _task("walker2d-medium-expert-v2", 1600, (1.0, 1.0), (1.0, 3.0), (107.1, 0.6, 106.4, 0.3, 106.1, 0.7), 109.1),
+        _task("walker2d-medium-v2", 1300, (0.9, 8.0), (0.9, 2.0), (88.8, 0.6, 85.1, 0.5, 83.7, 1.0)),
+        _task("walker2d-medium-replay-v2", 1300, (0.9, 1.0), (1.0, 1.0), (90.2, 0.5, 84.6, 1.7, 78.2, 1.7)),
+    ]
+}
 
 
-ABLATION_SOURCE = ("DiffuserLite, NeurIPS 2024, Table 6 \"PRP design choices\" (an image: static/images/table4.png "
-                   "of the project page's repository diffuserlite/diffuserlite.github.io); D4RL normalised score, "
-                   "mean ± s.e. over 5 seeds, of DiffuserLite-D")
+ABLATION_SOURCE = (
+    'DiffuserLite, NeurIPS 2024, Table 6 "PRP design choices" (an image: static/images/table4.png '
+    "of the project page's repository diffuserlite/diffuserlite.github.io); D4RL normalised score, "
+    "mean ± s.e. over 5 seeds, of DiffuserLite-D"
+)
 ABLATION_VARIANT = "Lite-D"
 """The variant the paper's ablations ran: their default column equals its Lite-D score of the task
 (88.5 ± 0.4 on halfcheetah-medium-expert), the DDIM variant with no public code, not R1 or R2."""
@@ -154,16 +168,22 @@ class PaperAblation:
 
 
 def _ablation(title: str, setting: str, scores: dict[Any, tuple[float, float]]) -> PaperAblation:
-    return PaperAblation(title, "halfcheetah-medium-expert-v2", setting, 129,
-                         tuple((value, PaperScore(mean, sem, ABLATION_SOURCE))
-                               for value, (mean, sem) in scores.items()))
+    return PaperAblation(
+        title,
+        "halfcheetah-medium-expert-v2",
+        setting,
+        129,
+        tuple((value, PaperScore(mean, sem, ABLATION_SOURCE)) for value, (mean, sem) in scores.items()),
+    )
 
 
 PAPER_ABLATIONS: dict[str, PaperAblation] = {
-    "levels": _ablation("number of plan levels", "horizons",
-                        {(9, 17): (75.6, 8.3), (5, 5, 9): (88.5, 0.4), (5, 3, 5, 5): (88.3, 0.5)}),
-    "level-horizons": _ablation("points per level", "horizons",
-                                {(3, 5, 17): (85.6, 0.6), (9, 5, 5): (88.6, 0.7), (17, 5, 3): (89.0, 1.7)}),
+    "levels": _ablation(
+        "number of plan levels", "horizons", {(9, 17): (75.6, 8.3), (5, 5, 9): (88.5, 0.4), (5, 3, 5, 5): (88.3, 0.5)}
+    ),
+    "level-horizons": _ablation(
+        "points per level", "horizons", {(3, 5, 17): (85.6, 0.6), (9, 5, 5): (88.6, 0.7), (17, 5, 3): (89.0, 1.7)}
+    ),
 }
 """The paper's ablations (Antmaze and Kitchen rows exist too; the lab runs MuJoCo only). A
 `horizons` value is the tuple of points per level, as `dlite.config.Config.horizons`."""
@@ -172,8 +192,16 @@ PAPER_ABLATIONS: dict[str, PaperAblation] = {
 def paper_ablation_score(task: str, setting: str, value: Any) -> PaperScore | None:
     """The paper's score of `task` with `setting` at `value`, from any of its ablations."""
     key = tuple(value) if isinstance(value, list) else value
-    return next((score for a in PAPER_ABLATIONS.values() if a.task == task and a.setting == setting
-                 for v, score in a.scores if v == key), None)
+    return next(
+        (
+            score
+            for a in PAPER_ABLATIONS.values()
+            if a.task == task and a.setting == setting
+            for v, score in a.scores
+            if v == key
+        ),
+        None,
+    )
 
 
 class UnknownTaskError(ValueError):
@@ -185,14 +213,14 @@ def get_task(name: str) -> Task:
     try:
         return TASKS[name]
     except KeyError:
-        raise UnknownTaskError(
-            f"unknown task {name!r}; expected one of: {', '.join(TASKS)}") from None
+        raise UnknownTaskError(f"unknown task {name!r}; expected one of: {', '.join(TASKS)}") from None
 
 
 def domain_of(name: str) -> Domain:
     """The domain of a task name, also for local files named like `hopper-...`."""
     key = name.split("-")[0].split("_")[0].lower()
     if key not in DOMAINS:
-        raise UnknownTaskError(f"cannot tell the MuJoCo domain of {name!r}; expected a name "
-                               f"starting with one of: {', '.join(DOMAINS)}")
+        raise UnknownTaskError(
+            f"cannot tell the MuJoCo domain of {name!r}; expected a name starting with one of: {', '.join(DOMAINS)}"
+        )
     return DOMAINS[key]

@@ -2,7 +2,8 @@
 # The test command: installs what the tests need on a clean machine (CPU torch,
 # the package with its test extras, Debian's chromium for the browser tests and
 # caddy for the reverse-proxy one, a throw-away PostgreSQL for the PostgreSQL
-# tests), then lints (ruff, pyproject.toml's rules) and runs pytest.
+# tests, and SkyPilot in a virtual environment of its own for `dlite launch`'s), then lints
+# (ruff), checks the formatting (ruff format) and the types (mypy), and runs pytest.
 # Extra arguments go to pytest (e.g. `-m slow`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +45,17 @@ if [ -z "${DLITE_TEST_POSTGRES_URL:-}" ]; then
   start_postgres || echo "no PostgreSQL: its tests are skipped" >&2
 fi
 
+# SkyPilot (the `cloud` extra) pins click and uvicorn below the lab's own, so it gets a virtual
+# environment of its own that sees the lab's packages, as docs/many-gpus.md tells users to make;
+# `dlite launch`'s tests run there (in the main environment they skip).
+CLOUD_VENV=${DLITE_CLOUD_VENV:-$HOME/.venvs/dlite-cloud}
+[ -x "$CLOUD_VENV/bin/python" ] || "$PY" -m venv --system-site-packages "$CLOUD_VENV"
+"$CLOUD_VENV/bin/python" -m pip install -q -e '.[cloud]'
+
 "$PY" -m ruff check .  # lint first: seconds, and a red lint needs no 15-minute suite to show it
+"$PY" -m ruff format --check .
+"$PY" -m mypy  # the type check, over the tree pyproject.toml's [tool.mypy] names
+if [ $# -eq 0 ]; then
+  "$CLOUD_VENV/bin/python" -m pytest -q -p no:cacheprovider tests/test_launch_skypilot.py
+fi
 "$PY" -m pytest "$@"

@@ -13,19 +13,29 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from app.main import create_app
+from app.protocol import ClaimResponse
 from app.settings import Settings
+from worker.client import ServerClient
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +55,14 @@ def browser() -> Iterator[object]:
 
 
 def make_settings(tmp_path: Path, **changes: object) -> Settings:
-    base = Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'dlite.db'}",
-                    token=secrets.token_urlsafe(32), sse_poll_seconds=0.05,
-                    sse_keepalive_seconds=1.0, lease_sweep_seconds=0.2)
+    base = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'dlite.db'}",
+        token=secrets.token_urlsafe(32),
+        sse_poll_seconds=0.05,
+        sse_keepalive_seconds=1.0,
+        lease_sweep_seconds=0.2,
+    )
     return base.with_(**changes)
 
 
@@ -86,23 +101,29 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield c
 
 
+def app_of(client: TestClient) -> FastAPI:
+    """The app a TestClient drives (TestClient types it as any ASGI app): its `state` holds db, settings, auth."""
+    return cast(FastAPI, client.app)
+
+
 def small_config(**overrides: object) -> dict[str, object]:
     """A tiny run, so totals are easy to read in assertions."""
     return {"diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000, **overrides}
 
 
-def create_run(client: TestClient | httpx.Client, task: str = "hopper-medium-v2", paper: bool = False,
-               **config: object) -> dict:
+def create_run(
+    client: TestClient | httpx.Client, task: str = "hopper-medium-v2", paper: bool = False, **config: object
+) -> dict:
     """Queue a tiny run, or one at the paper's settings (`paper`) for what is compared with the paper."""
-    r = client.post("/api/runs", json={"task": task, "name": None,
-                                       "config": config if paper else small_config(**config)})
+    r = client.post(
+        "/api/runs", json={"task": task, "name": None, "config": config if paper else small_config(**config)}
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def register(client: TestClient | httpx.Client, name: str = "w") -> str:
-    r = client.post("/api/workers/register", json={"name": name, "host": "h", "device": "cpu",
-                                                   "gpu_name": None})
+    r = client.post("/api/workers/register", json={"name": name, "host": "h", "device": "cpu", "gpu_name": None})
     assert r.status_code == 200, r.text
     return r.json()["worker_id"]
 
@@ -111,6 +132,13 @@ def claim(client: TestClient | httpx.Client, worker_id: str) -> dict | None:
     r = client.post(f"/api/workers/{worker_id}/claim")
     assert r.status_code in (200, 204), r.text
     return r.json() if r.status_code == 200 else None
+
+
+def claim_run(client: TestClient | httpx.Client, worker_id: str) -> dict:
+    """`claim` where the test expects a run to be handed out: fails if none is."""
+    got = claim(client, worker_id)
+    assert got is not None, "no run was claimed"
+    return got
 
 
 def free_port() -> int:
@@ -132,12 +160,12 @@ class LiveServer:
     process: subprocess.Popen
 
     def client(self, timeout: float | httpx.Timeout = 30) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
-                            timeout=timeout)
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=timeout)
 
 
-def start_server(data_dir: Path, database_url: str | None = None,
-                 lease_seconds: float = 60, **settings: str) -> LiveServer:
+def start_server(
+    data_dir: Path, database_url: str | None = None, lease_seconds: float = 60, **settings: str
+) -> LiveServer:
     """A real uvicorn process, as in production (`python -m app.server`); `settings` are
     more environment variables for it (DLITE_ROOT_PATH=...)."""
     port, token = free_port(), secrets.token_urlsafe(32)
@@ -146,13 +174,19 @@ def start_server(data_dir: Path, database_url: str | None = None,
         env["DATABASE_URL"] = database_url
     else:
         env.pop("DATABASE_URL", None)
-    proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port),
-                             "--data-dir", str(data_dir)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
+            assert proc.stdout is not None  # stdout=PIPE
             raise RuntimeError(f"server exited: {proc.stdout.read()}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
@@ -188,3 +222,17 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_claim(client: ServerClient, worker_id: str, timeout: float = 30) -> ClaimResponse:
+    """The worker client's claim, tried until the server hands out a run."""
+    claimed: list[ClaimResponse | None] = []
+
+    def got_one() -> bool:
+        claimed.append(client.claim(worker_id))
+        return claimed[-1] is not None
+
+    wait_for(got_one, timeout, "a claim")
+    got = claimed[-1]
+    assert got is not None
+    return got

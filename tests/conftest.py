@@ -12,9 +12,19 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 
 pytest_plugins = ["tests.app_helpers"]  # the server fixtures: settings, client, live_server
 
-TINY = {"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 1, "batch_size": 16, "invdyn_hidden": 32,
-        "diffusion_gradient_steps": 40, "invdyn_gradient_steps": 40, "log_interval": 10,
-        "save_interval": 20, "keep_local": 10}
+TINY = {
+    "emb_dim": 32,
+    "d_model": 32,
+    "n_heads": 2,
+    "depth": 1,
+    "batch_size": 16,
+    "invdyn_hidden": 32,
+    "diffusion_gradient_steps": 40,
+    "invdyn_gradient_steps": 40,
+    "log_interval": 10,
+    "save_interval": 20,
+    "keep_local": 10,
+}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import sys
 import torch
 
 from dlite import train
+from dlite.dataset import Batch
 from worker.cli import main
 
 NAN_AT = int(os.environ.get("DLITE_TEST_NAN_AT", "0"))
@@ -19,7 +20,7 @@ SPIKES = {int(s) for s in os.environ.get("DLITE_TEST_SPIKES", "").split(",") if 
 _train_step = train.Trainer.train_step
 
 
-def _diverging_step(self: train.Trainer) -> None:
+def _diverging_step(self: train.TrainerBase[Batch]) -> None:
     if self.out_dir is None:  # the device check's trainers: the run's own training is what diverges
         _train_step(self)
         return
@@ -31,7 +32,7 @@ def _diverging_step(self: train.Trainer) -> None:
         self.loss_sum[0], self.loss_sum[1] = float("nan"), float("inf")
 
 
-train.Trainer.train_step = _diverging_step
+train.Trainer.train_step = _diverging_step  # type: ignore[method-assign]  # the patch is the point
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import NoReturn, cast
 
 import httpx2
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, ModelInfo, RepoUrl
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelInfo, RepoUrl
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.utils import hf_raise_for_status
 
 
-def _raise(status: int, method: str, url: str, headers: dict[str, str] | None = None) -> None:
+def _raise(status: int, method: str, url: str, headers: dict[str, str] | None = None) -> NoReturn:
     """Raises exactly what huggingface_hub raises for this response; the request carries the
     token in its Authorization header, as a real one does, so a leak would show."""
     request = httpx2.Request(method, url, headers={"authorization": f"Bearer {os.environ['HF_TOKEN']}"})
@@ -44,6 +45,11 @@ class FakeHubApi:
         self.commit_gate: threading.Event | None = None
         self.commit_entered = threading.Event()
 
+    def as_hf_api(self) -> HfApi:
+        """This fake where an HfApi is expected (HubBackup's `api`): it is not one, but it has
+        every method worker.hub calls, with the same keywords."""
+        return cast(HfApi, self)
+
     def _maybe_fail(self, name: str, method: str, url: str) -> None:
         self.calls.append(name)
         queued = self.fail.get(name)
@@ -56,8 +62,15 @@ class FakeHubApi:
             _raise(404, method, url, {"X-Error-Code": "RepoNotFound"})
         return self.repos[repo_id]
 
-    def create_repo(self, repo_id: str, *, token: str | bool | None = None, private: bool | None = None,
-                    repo_type: str | None = None, exist_ok: bool = False) -> RepoUrl:
+    def create_repo(
+        self,
+        repo_id: str,
+        *,
+        token: str | bool | None = None,
+        private: bool | None = None,
+        repo_type: str | None = None,
+        exist_ok: bool = False,
+    ) -> RepoUrl:
         self._maybe_fail("create_repo", "POST", "https://huggingface.co/api/repos/create")
         assert repo_type in (None, "model")
         if repo_id in self.repos and not exist_ok:
@@ -66,8 +79,16 @@ class FakeHubApi:
         self.private.setdefault(repo_id, bool(private))
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-    def create_commit(self, repo_id: str, operations, *, commit_message: str, token: str | bool | None = None,
-                      repo_type: str | None = None, revision: str | None = None) -> CommitInfo:
+    def create_commit(
+        self,
+        repo_id: str,
+        operations,
+        *,
+        commit_message: str,
+        token: str | bool | None = None,
+        repo_type: str | None = None,
+        revision: str | None = None,
+    ) -> CommitInfo:
         url = f"https://huggingface.co/api/models/{repo_id}/commit/main"
         if self.commit_gate is not None:
             self.commit_entered.set()
@@ -90,21 +111,45 @@ class FakeHubApi:
                 raise TypeError(op)
         files.clear()
         files.update(staged)
-        self.commits.append({"time": self.clock.now if self.clock else None, "message": commit_message,
-                             "added": added, "deleted": deleted})
+        self.commits.append(
+            {
+                "time": self.clock.now if self.clock else None,
+                "message": commit_message,
+                "added": added,
+                "deleted": deleted,
+            }
+        )
         oid = f"{len(self.commits):040x}"
-        return CommitInfo(commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}", commit_message=commit_message,
-                          commit_description="", oid=oid)
+        return CommitInfo(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/{oid}",
+            commit_message=commit_message,
+            commit_description="",
+            oid=oid,
+        )
 
-    def list_repo_files(self, repo_id: str, *, revision: str | None = None, repo_type: str | None = None,
-                        token: str | bool | None = None) -> list[str]:
+    def list_repo_files(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        repo_type: str | None = None,
+        token: str | bool | None = None,
+    ) -> list[str]:
         url = f"https://huggingface.co/api/models/{repo_id}/tree/main"
         self._maybe_fail("list_repo_files", "GET", url)
         return sorted(self._files(repo_id, "GET", url))
 
-    def hf_hub_download(self, repo_id: str, filename: str, *, subfolder: str | None = None,
-                        repo_type: str | None = None, revision: str | None = None,
-                        local_dir: str | Path | None = None, token: bool | str | None = None) -> str:
+    def hf_hub_download(
+        self,
+        repo_id: str,
+        filename: str,
+        *,
+        subfolder: str | None = None,
+        repo_type: str | None = None,
+        revision: str | None = None,
+        local_dir: str | Path | None = None,
+        token: bool | str | None = None,
+    ) -> str:
         url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
         try:
             self._maybe_fail("hf_hub_download", "HEAD", url)
@@ -118,13 +163,20 @@ class FakeHubApi:
             _raise(404, "HEAD", url, {"X-Error-Code": "EntryNotFound"})
         if filename in self.corrupt:
             data = bytes(b ^ 0xFF for b in data)
+        assert local_dir is not None, "worker.hub always downloads into a local_dir"
         target = Path(local_dir) / filename
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         return str(target)
 
-    def repo_info(self, repo_id: str, *, revision: str | None = None, repo_type: str | None = None,
-                  token: bool | str | None = None) -> ModelInfo:
+    def repo_info(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        repo_type: str | None = None,
+        token: bool | str | None = None,
+    ) -> ModelInfo:
         url = f"https://huggingface.co/api/models/{repo_id}"
         self._maybe_fail("repo_info", "GET", url)
         self._files(repo_id, "GET", url)

@@ -7,6 +7,7 @@ and the run must train and evaluate on the fallbacks."""
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 import numpy as np
 
@@ -22,7 +23,8 @@ def _off_when_packed(self: Planner, obs: np.ndarray) -> np.ndarray:
 
 
 def _no_fused(self: Trainer, *args: object, **kwargs: object) -> None:
-    if STEP_PATHS[kwargs.get("path") or (args[3] if len(args) > 3 else "eager")].fused:
+    path = cast(str, kwargs.get("path") or (args[3] if len(args) > 3 else "eager"))
+    if STEP_PATHS[path].fused:
         raise RuntimeError("fused AdamW is not supported on this device\nsecond line")
     _init(self, *args, **kwargs)  # type: ignore[arg-type]
 

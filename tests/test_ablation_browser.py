@@ -21,10 +21,16 @@ STEPS = {1: (70.0, 4.0), 3: (85.0, 10.0), 10: (88.0, 30.0)}
 
 def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
-        r = api.post("/api/sweeps", json={
-            "name": "steps", "tasks": [TASK], "seeds": [0, 1], "config": {"diffusion_gradient_steps": 1000,
-                                                                         "invdyn_gradient_steps": 1000},
-            "ablation": {"setting": "sampling_steps", "values": [1, 3, 10]}})
+        r = api.post(
+            "/api/sweeps",
+            json={
+                "name": "steps",
+                "tasks": [TASK],
+                "seeds": [0, 1],
+                "config": {"diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000},
+                "ablation": {"setting": "sampling_steps", "values": [1, 3, 10]},
+            },
+        )
         assert r.status_code == 201, r.text
         sweep = r.json()
         play(api, len(sweep["runs"]), lambda cfg: tuple(x + 2 * cfg["seed"] for x in STEPS[cfg["sampling_steps"]]))
@@ -32,21 +38,25 @@ def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/results?sweep={sweep['id']}")
     page.wait_for_selector("#ablations[data-ready=true]")
-    [trace] = page.evaluate(f"document.getElementById('ablation-chart-{sweep['id']}').data.map(t => ("
-                            "{name: t.name, x: t.x, y: t.y, text: t.text, ey: t.error_y.array, ex: t.error_x.array}))")
+    [trace] = page.evaluate(
+        f"document.getElementById('ablation-chart-{sweep['id']}').data.map(t => ("
+        "{name: t.name, x: t.x, y: t.y, text: t.text, ey: t.error_y.array, ex: t.error_x.array}))"
+    )
     hz = {n: [1000 / STEPS[n][1], 1000 / (STEPS[n][1] + 2)] for n in STEPS}
     assert trace["name"] == "R1 (± s.e. over seeds)" and trace["text"] == ["1", "3", "10"]
     assert trace["x"] == pytest.approx([statistics.fmean(hz[n]) for n in STEPS])
     assert trace["y"] == pytest.approx([STEPS[n][0] + 1 for n in STEPS])
     assert trace["ey"] == pytest.approx([1.0] * 3), "s.e. over seeds of (s, s + 2) is 1"
-    assert trace["ex"] == pytest.approx([statistics.stdev(hz[n]) / 2 ** 0.5 for n in STEPS])
+    assert trace["ex"] == pytest.approx([statistics.stdev(hz[n]) / 2**0.5 for n in STEPS])
     assert page.locator(".ablation-chart .scatterlayer .point").count() == 3, "the points are drawn"
     assert page.inner_text("#ablation-status") == ""
 
     page.click("text=Compare, coloured by sampling_steps")
     page.wait_for_selector("#compare-charts[data-ready=true]")
-    score_colours = ("document.getElementById('compare-score').data"
-                     ".filter(t => !t.name.startsWith('reference') && t.meta !== 'band').map(t => t.marker.color)")
+    score_colours = (
+        "document.getElementById('compare-score').data"
+        ".filter(t => !t.name.startsWith('reference') && t.meta !== 'band').map(t => t.marker.color)"
+    )
     colours = page.evaluate(score_colours)
     assert len(colours) == 3 and len(set(colours)) == 3, "a value's two seeds are one group, one colour each"
     page.uncheck("#compare-grouped")

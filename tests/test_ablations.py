@@ -8,8 +8,8 @@ import csv
 import io
 import math
 import statistics
-
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -18,20 +18,43 @@ from fastapi.testclient import TestClient
 from app.services.dashboard import charts
 from app.services.results import agreement
 from app.services.sweeps import paper_presets
-from tests.app_helpers import claim, create_run, register, small_config
-from tests.test_root_path import _urls, lab  # noqa: F401  (fixture)
 from dlite.config import from_dict
-from dlite.tasks import ABLATION_VARIANT, PAPER_ABLATIONS, TASKS, paper_ablation_score
+from dlite.tasks import ABLATION_VARIANT, PAPER_ABLATIONS, TASKS, PaperScore, paper_ablation_score
+from tests.app_helpers import claim_run, create_run, register, small_config
+from tests.test_root_path import _urls, lab  # noqa: F401  (fixture)
 
 TASK = "halfcheetah-medium-expert-v2"
 LEVELS = [[9, 17], [5, 5, 9], [5, 3, 5, 5]]
 
 
-def _ablation(c: TestClient, setting: str, values: list, seeds: list[int] = [0, 1, 2], variants: list[str] = ["R1"],
-              config: dict | None = None, tasks: list[str] = [TASK], name: str | None = "abl"):
-    return c.post("/api/sweeps", json={"name": name, "tasks": tasks, "seeds": seeds, "variants": variants,
-                                       "config": small_config() if config is None else config,
-                                       "ablation": {"setting": setting, "values": values}})
+def _ablation(
+    c: TestClient,
+    setting: str,
+    values: list,
+    seeds: Sequence[int] = (0, 1, 2),
+    variants: Sequence[str] = ("R1",),
+    config: dict | None = None,
+    tasks: Sequence[str] = (TASK,),
+    name: str | None = "abl",
+):
+    return c.post(
+        "/api/sweeps",
+        json={
+            "name": name,
+            "tasks": tasks,
+            "seeds": seeds,
+            "variants": variants,
+            "config": small_config() if config is None else config,
+            "ablation": {"setting": setting, "values": values},
+        },
+    )
+
+
+def _paper_score(task: str, setting: str, value: Any) -> PaperScore:
+    """paper_ablation_score where the paper has one."""
+    score = paper_ablation_score(task, setting, value)
+    assert score is not None, (task, setting, value)
+    return score
 
 
 def test_the_papers_ablations_plan_129_steps_and_their_default_is_lite_d() -> None:
@@ -40,9 +63,9 @@ def test_the_papers_ablations_plan_129_steps_and_their_default_is_lite_d() -> No
         for horizons, score in ablation.scores:
             assert from_dict({"horizons": list(horizons)}).spans[0] == ablation.planning_horizon == 129
             assert "Table 6" in score.source and "table4.png" in score.source and "DiffuserLite-D" in score.source
-    assert paper_ablation_score(TASK, "horizons", [5, 5, 9]).mean == TASKS[TASK].paper_d == 88.5
-    assert paper_ablation_score(TASK, "horizons", [17, 5, 3]).mean == 89.0
-    assert paper_ablation_score(TASK, "horizons", (9, 17)).sem == 8.3
+    assert _paper_score(TASK, "horizons", [5, 5, 9]).mean == TASKS[TASK].paper_d == 88.5
+    assert _paper_score(TASK, "horizons", [17, 5, 3]).mean == 89.0
+    assert _paper_score(TASK, "horizons", (9, 17)).sem == 8.3
     assert paper_ablation_score(TASK, "horizons", [5, 9]) is None
     assert paper_ablation_score("hopper-medium-v2", "horizons", [5, 5, 9]) is None
 
@@ -66,26 +89,32 @@ def test_a_preset_queues_the_papers_ablation_as_ordinary_runs(client) -> None:
 
 
 def test_an_ablation_of_sampling_steps_with_r2_and_other_overrides(client) -> None:
-    r = _ablation(client, "sampling_steps", [1, 3, 1, 10], seeds=[4], variants=["R1", "R2"],
-                  config=small_config(batch_size=64))
+    r = _ablation(
+        client, "sampling_steps", [1, 3, 1, 10], seeds=[4], variants=["R1", "R2"], config=small_config(batch_size=64)
+    )
     assert r.status_code == 201, r.text
     sweep = r.json()
     assert sweep["ablation"] == {"setting": "sampling_steps", "values": [1, 3, 10]}, "repeats dropped"
     assert sorted(run["name"] for run in sweep["runs"]) == sorted(
-        f"abl/{TASK}/{v}/sampling_steps-{n}/seed4" for v in ("R1", "R2") for n in (1, 3, 10))
+        f"abl/{TASK}/{v}/sampling_steps-{n}/seed4" for v in ("R1", "R2") for n in (1, 3, 10)
+    )
     configs = [client.get(f"/api/runs/{run['id']}").json()["config"] for run in sweep["runs"]]
     assert {c["batch_size"] for c in configs} == {64} and {c["sampling_steps"] for c in configs} == {1, 3, 10}
 
 
-@pytest.mark.parametrize("setting, values, config, loc, message", [
-    ("horizons", [[9, 17], [5]], None, ["body", "ablation", "values", 1], "horizons: must be a list of 2 to"),
-    ("d_model", [64, 12], None, ["body", "ablation", "values", 1], "n_heads: must divide d_model (12)"),
-    ("block", ["dit", "textbook"], None, ["body", "ablation", "values", 1], "block: must be one of reference, dit"),
-    ("d_model", [64, 128], small_config(batch_size=0), ["body", "config", "batch_size"], "must be >= 1"),
-    ("horizons", LEVELS, small_config(horizons=[5, 5, 9]), ["body", "config", "horizons"], "the ablation varies"),
-])
-def test_a_bad_ablation_is_a_422_naming_the_field_and_queues_nothing(client, setting, values, config, loc,
-                                                                     message) -> None:
+@pytest.mark.parametrize(
+    "setting, values, config, loc, message",
+    [
+        ("horizons", [[9, 17], [5]], None, ["body", "ablation", "values", 1], "horizons: must be a list of 2 to"),
+        ("d_model", [64, 12], None, ["body", "ablation", "values", 1], "n_heads: must divide d_model (12)"),
+        ("block", ["dit", "textbook"], None, ["body", "ablation", "values", 1], "block: must be one of reference, dit"),
+        ("d_model", [64, 128], small_config(batch_size=0), ["body", "config", "batch_size"], "must be >= 1"),
+        ("horizons", LEVELS, small_config(horizons=[5, 5, 9]), ["body", "config", "horizons"], "the ablation varies"),
+    ],
+)
+def test_a_bad_ablation_is_a_422_naming_the_field_and_queues_nothing(
+    client, setting, values, config, loc, message
+) -> None:
     r = _ablation(client, setting, values, config=config)
     assert r.status_code == 422, r.text
     [problem] = r.json()["detail"]
@@ -107,12 +136,26 @@ def play(c: TestClient | httpx.Client, n_runs: int, outcome: Callable[[dict], tu
     and one-environment planning latency (ms) `outcome` picks from the run's config."""
     wid = register(c)
     for _ in range(n_runs):
-        got = claim(c, wid)
+        got = claim_run(c, wid)
         score, latency = outcome(c.get(f"/api/runs/{got['run_id']}").json()["config"])
-        r = c.post(f"/api/runs/{got['run_id']}/evaluations", json={
-            "attempt": got["attempt"], "step": 1000, "kind": "final", "variant": "R1", "score_mean": score,
-            "score_std": 1.0, "returns": [score], "scores": [score - 1, score + 1], "n_envs": 2, "n_episodes": 1,
-            "latency_ms": 2 * latency, "latency_ms_1env": latency, "device": "cpu"})
+        r = c.post(
+            f"/api/runs/{got['run_id']}/evaluations",
+            json={
+                "attempt": got["attempt"],
+                "step": 1000,
+                "kind": "final",
+                "variant": "R1",
+                "score_mean": score,
+                "score_std": 1.0,
+                "returns": [score],
+                "scores": [score - 1, score + 1],
+                "n_envs": 2,
+                "n_episodes": 1,
+                "latency_ms": 2 * latency,
+                "latency_ms_1env": latency,
+                "device": "cpu",
+            },
+        )
         assert r.status_code == 200, r.text
         c.post(f"/api/runs/{got['run_id']}/finish", json={"attempt": got["attempt"], "status": "succeeded"})
 
@@ -133,8 +176,9 @@ def test_the_ablation_view_groups_by_value_beside_the_papers_lite_d_numbers(clie
     play(client, len(sweep["runs"]), by_horizons)
 
     answer = client.get("/api/results").json()
-    assert [(r["task"], r["n"], r["run_ids"]) for r in answer["rows"]] == [(TASK, 1, [plain["runs"][0]["id"]])], \
+    assert [(r["task"], r["n"], r["run_ids"]) for r in answer["rows"]] == [(TASK, 1, [plain["runs"][0]["id"]])], (
         "ablation runs stay out of the main table"
+    )
     [view] = answer["ablations"]
     assert client.get("/api/results", params={"sweep": sweep["id"]}).json() == {"rows": [], "ablations": [view]}
     assert client.get("/api/results", params={"sweep": plain["id"]}).json()["ablations"] == []
@@ -142,14 +186,20 @@ def test_the_ablation_view_groups_by_value_beside_the_papers_lite_d_numbers(clie
     assert view["paper_variant"] == "Lite-D"
     assert "Lite-D" in view["caveat"] and "R1" in view["caveat"] and "Table 6" in view["paper_source"]
     assert [(r["value"], r["variant"], r["n"], r["seeds"]) for r in view["rows"]] == [
-        (h, "R1", 3, [0, 1, 2]) for h in LEVELS]
+        (h, "R1", 3, [0, 1, 2]) for h in LEVELS
+    ]
     for row, (horizons, paper) in zip(view["rows"], PAPER_ABLATIONS["levels"].scores):
         scores, hz = SCORES[str(row["value"])], [1000 / x for x in LATENCY[str(row["value"])]]
         mean, sem = statistics.fmean(scores), statistics.stdev(scores) / math.sqrt(3)
         assert list(horizons) == row["value"] and row["label"] == "mean ± s.e. over seeds"
         assert row["mean"] == pytest.approx(mean) and row["sem"] == pytest.approx(sem)
-        assert row["paper"] == {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
-                                "label": "mean ± s.e. over 5 seeds", "variant": ABLATION_VARIANT}
+        assert row["paper"] == {
+            "mean": paper.mean,
+            "sem": paper.sem,
+            "source": paper.source,
+            "label": "mean ± s.e. over 5 seeds",
+            "variant": ABLATION_VARIANT,
+        }
         assert row["difference"] == pytest.approx(mean - paper.mean)
         assert row["agreement"] == agreement(mean - paper.mean, sem, paper.sem)
         assert row["planning"]["hz_1env"] == pytest.approx(statistics.fmean(hz))
@@ -197,10 +247,13 @@ def test_compare_colours_runs_by_the_varied_setting(client, browser_client) -> N
 def test_charts_exports_and_figures_follow_the_number_of_levels(client, browser_client, settings, horizons) -> None:
     n = len(horizons)
     rid = create_run(client, TASK, horizons=horizons)["id"]
-    attempt = claim(client, register(client))["attempt"]
+    attempt = claim_run(client, register(client))["attempt"]
     keys = [f"loss{i}" for i in range(n)] + ["invdyn_loss"]
-    points = [{"key": k, "step": s, "value": 1.0 / (s + i + 1), "wall_time": 1e9 + s}
-              for i, k in enumerate(keys) for s in range(0, 50, 10)]
+    points = [
+        {"key": k, "step": s, "value": 1.0 / (s + i + 1), "wall_time": 1e9 + s}
+        for i, k in enumerate(keys)
+        for s in range(0, 50, 10)
+    ]
     client.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": points}).raise_for_status()
     series = client.get(f"/api/runs/{rid}/charts").json()["series"]
     assert set(series) == set(keys) and all(len(series[k]["steps"]) == 5 for k in keys)
@@ -226,14 +279,15 @@ def test_comparing_runs_of_different_levels_draws_every_level(client, browser_cl
     two, four = (create_run(client, TASK, horizons=h)["id"] for h in ([9, 17], [5, 3, 5, 5]))
     wid = register(client)
     for _ in range(2):
-        got = claim(client, wid)
+        got = claim_run(client, wid)
         n = len(client.get(f"/api/runs/{got['run_id']}").json()["config"]["horizons"])
         points = [{"key": f"loss{i}", "step": 10, "value": 0.5, "wall_time": 1e9} for i in range(n)]
         client.post(f"/api/runs/{got['run_id']}/metrics", json={"attempt": got["attempt"], "points": points})
     data = client.get("/api/compare", params={"runs": f"{two},{four}"}).json()["charts"]["loss"]
     assert data["title"] == "Diffusion loss (levels 0, 1, 2, 3)"
     assert sorted((row[0], row[2]) for row in data["rows"]) == sorted(
-        [(two, "loss0"), (two, "loss1")] + [(four, f"loss{i}") for i in range(4)])
+        [(two, "loss0"), (two, "loss1")] + [(four, f"loss{i}") for i in range(4)]
+    )
     assert "Diffusion loss (levels 0, 1, 2, 3)" in browser_client.get(f"/compare?runs={two},{four}").text
 
 
@@ -242,8 +296,14 @@ def test_the_ablation_pages_link_under_the_path_prefix(lab) -> None:  # noqa: F8
     sweep = _ablation(api, "horizons", LEVELS, seeds=[0, 1, 2]).json()
     play(api, len(sweep["runs"]), by_horizons)
     ids = ",".join(str(r["id"]) for r in sweep["runs"][:4])
-    for page in ("/sweeps", f"/sweeps/{sweep['id']}", f"/sweeps/{sweep['id']}/progress", "/results",
-                 f"/results?sweep={sweep['id']}", f"/compare?runs={ids}&color_by=horizons"):
+    for page in (
+        "/sweeps",
+        f"/sweeps/{sweep['id']}",
+        f"/sweeps/{sweep['id']}/progress",
+        "/results",
+        f"/results?sweep={sweep['id']}",
+        f"/compare?runs={ids}&color_by=horizons",
+    ):
         r = proxy.get(proxy.root + page)
         assert r.status_code == 200, page
         links = _urls(r.text)

@@ -14,11 +14,16 @@ import pytest
 import schemathesis
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, settings
+from schemathesis import Case
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.core.transport import Response
-from schemathesis.specs.openapi.checks import (content_type_conformance, negative_data_rejection,
-                                               positive_data_acceptance, response_schema_conformance,
-                                               status_code_conformance)
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    positive_data_acceptance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from app.main import create_app
 from dlite.config import JOINT_RULES
@@ -32,10 +37,11 @@ def _joint_rule(error: dict[str, Any]) -> bool:
     setting an ablation value of a sweep breaks ("n_heads: must divide d_model (12)")."""
     loc, message = error["loc"], error["msg"]
     return (loc[:2] == ["body", "config"] and loc[-1] in JOINT_RULES) or (
-        loc[:3] == ["body", "ablation", "values"] and message.split(":")[0] in JOINT_RULES)
+        loc[:3] == ["body", "ablation", "values"] and message.split(":")[0] in JOINT_RULES
+    )
 
 
-def accepts_what_the_document_allows(ctx: CheckContext, response: Response, case: object) -> bool | None:
+def accepts_what_the_document_allows(ctx: CheckContext, response: Response, case: Case) -> bool | None:
     """positive_data_acceptance, except for the rules between settings that JSON Schema cannot
     state (dlite.config.JOINT_RULES), refused with a 422 naming only them."""
     if response.status_code == 422 and all(_joint_rule(e) for e in response.json()["detail"]):
@@ -43,8 +49,14 @@ def accepts_what_the_document_allows(ctx: CheckContext, response: Response, case
     return positive_data_acceptance(ctx, response, case)
 
 
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-          accepts_what_the_document_allows, negative_data_rejection]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    accepts_what_the_document_allows,
+    negative_data_rejection,
+]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +78,12 @@ schema = schemathesis.pytest.from_fixture("api_schema").exclude(path_regex="/str
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
-          suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+@settings(
+    max_examples=EXAMPLES_PER_OPERATION,
+    deadline=None,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 def test_no_request_breaks_the_api_or_its_document(case, api) -> None:
     case.call_and_validate(headers=api[1], checks=CHECKS)

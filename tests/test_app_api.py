@@ -15,8 +15,8 @@ from sqlalchemy import inspect
 from app.db import Database
 from app.models import SQLModel
 from app.settings import load_or_create_token, settings_from_env
-from tests.app_helpers import ROOT, create_run, small_config, subprocess_env
 from dlite.config import Config, from_dict, schema
+from tests.app_helpers import ROOT, create_run, small_config, subprocess_env
 
 
 def test_create_list_get_store_the_full_resolved_config(client) -> None:
@@ -40,12 +40,15 @@ def test_defaults_are_dlite_defaults(client) -> None:
     assert r.json()["total_steps"] == Config().total_steps
 
 
-@pytest.mark.parametrize("config, field", [
-    ({"no_such_setting": 1}, "no_such_setting"),
-    ({"batch_size": "big"}, "batch_size"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"diffusion_gradient_steps": -5}, "diffusion_gradient_steps"),
-])
+@pytest.mark.parametrize(
+    "config, field",
+    [
+        ({"no_such_setting": 1}, "no_such_setting"),
+        ({"batch_size": "big"}, "batch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"diffusion_gradient_steps": -5}, "diffusion_gradient_steps"),
+    ],
+)
 def test_bad_config_is_a_422_naming_the_field(client, config, field) -> None:
     r = client.post("/api/runs", json={"task": "hopper-medium-v2", "config": config})
     assert r.status_code == 422
@@ -76,14 +79,15 @@ def test_healthz_needs_no_token(client) -> None:
 
 
 def test_importing_the_app_does_not_import_torch() -> None:
-    code = ("import sys, app.main, app.server; "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = "import sys, app.main, app.server; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), check=True)
 
 
 def test_protocol_module_is_light_for_the_worker() -> None:
-    code = ("import sys, app.protocol; heavy = {'torch', 'fastapi', 'sqlalchemy', 'sqlmodel', 'starlette'}; "
-            "bad = heavy & {m.split('.')[0] for m in sys.modules}; assert not bad, bad")
+    code = (
+        "import sys, app.protocol; heavy = {'torch', 'fastapi', 'sqlalchemy', 'sqlmodel', 'starlette'}; "
+        "bad = heavy & {m.split('.')[0] for m in sys.modules}; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), check=True)
 
 
@@ -133,3 +137,51 @@ def test_openapi_and_docs_need_the_token(client) -> None:
     assert client.get("/docs").status_code == 200
     anonymous = client.get("/api/openapi.json", headers={"Authorization": ""})
     assert anonymous.status_code == 401
+
+
+def test_openapi_names_the_models_of_the_answers(client) -> None:
+    """Swagger, clients and the fuzz test see what a run, a sweep, a result row or a chart is
+    (app/schemas.py), not an object of anything."""
+    doc = client.get("/api/openapi.json").json()
+    models = doc["components"]["schemas"]
+
+    def answer(path: str, method: str = "get", status: str = "200") -> dict:
+        return doc["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+
+    def ref(name: str) -> dict:
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    assert answer("/api/runs/{run_id}") == ref("RunDetail")
+    assert answer("/api/runs", "post", "201") == ref("RunDetail")
+    assert answer("/api/runs")["items"] == ref("RunSummary")
+    assert answer("/api/runs/{run_id}", "patch") == answer("/api/runs/{run_id}/retry", "post") == ref("RunSummary")
+    assert answer("/api/runs/{run_id}/charts") == ref("ChartData")
+    assert answer("/api/runs/{run_id}/metrics")["anyOf"] == [ref("MetricKeys"), ref("MetricSeries")]
+    assert answer("/api/runs/{run_id}/events")["items"] == ref("EventOut")
+    assert answer("/api/runs/{run_id}/console")["items"] == ref("ConsoleEntry")
+    assert answer("/api/runs/{run_id}/export") == ref("RunExport")
+    assert answer("/api/runs/{run_id}/backup", "post", "202") == ref("RunCommand")
+    assert answer("/api/sweeps", "post", "201") == answer("/api/sweeps/{sweep_id}") == ref("SweepDetail")
+    assert answer("/api/sweeps")["items"] == ref("SweepSummary")
+    assert answer("/api/results") == ref("ResultsTable")
+    assert answer("/api/compare") == ref("Comparison")
+    assert answer("/api/config/schema") == ref("ConfigSchema")
+    detail = models["RunDetail"]
+    assert {
+        "status",
+        "step",
+        "checkpoints",
+        "evaluations",
+        "checklist",
+        "config",
+        "metrics",
+        "device_check",
+        "change_id",
+    } <= set(detail["required"])
+    assert detail["additionalProperties"] is False, "every key a service writes is declared"
+    assert detail["properties"]["checkpoints"]["items"] == ref("CheckpointOut")
+    assert set(models["RunSummary"]["properties"]["status"]["enum"]) >= {"queued", "running", "succeeded"}
+    assert models["MetricSeries"]["properties"]["values"]["items"] == {"type": "number"}
+    assert models["ChartData"]["properties"]["series"]["additionalProperties"] == ref("MetricSeries")
+    assert models["ResultsTable"]["properties"]["rows"]["items"] == ref("ResultRow")
+    assert list(models["ResultRow"]["properties"])[:3] == ["task", "variant", "n"]

@@ -9,11 +9,10 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
-from starlette.routing import Mount
+from starlette.routing import BaseRoute, Mount
 
 from app.main import create_app
 from app.settings import settings_from_env
-
 
 # The only routes reachable without credentials. Adding a route without auth fails
 # test_every_route_needs_credentials unless it is listed here on purpose.
@@ -22,7 +21,7 @@ PUBLIC_MOUNTS = {"/static", "/vendor/swagger-ui"}
 
 
 @pytest.fixture
-def anon(settings) -> TestClient:
+def anon(settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings), follow_redirects=False) as c:
         yield c
 
@@ -32,13 +31,14 @@ def _login(client: TestClient, token: str) -> None:
     assert r.status_code == 303, r.text
 
 
-def _all_routes(routes: list) -> Iterator[object]:
+def _all_routes(routes: list) -> Iterator[BaseRoute]:
     """Routes of the app, descending into included routers (FastAPI may keep them nested)."""
     for route in routes:
         nested = getattr(route, "original_router", None)
         if nested is not None:
-            assert not getattr(getattr(route, "include_context", None), "prefix", ""), \
+            assert not getattr(getattr(route, "include_context", None), "prefix", ""), (
                 "give routers their prefix in APIRouter(prefix=...), so route.path is complete"
+            )
             yield from _all_routes(nested.routes)
         else:
             yield route
@@ -51,6 +51,7 @@ def test_every_route_needs_credentials(anon) -> None:
             assert route.path in PUBLIC_MOUNTS, f"unexpected mount {route.path}"
             continue
         assert isinstance(route, APIRoute), route
+        assert route.methods is not None, route
         path = re.sub(r"\{[^}]+\}", "1", route.path)
         for method in route.methods:
             if (method, route.path) in PUBLIC:
@@ -60,8 +61,11 @@ def test_every_route_needs_credentials(anon) -> None:
                 assert r.status_code == 401, (method, route.path, r.status_code)
                 assert r.json()["detail"]
             else:
-                assert r.status_code == 303 and r.headers["location"].startswith("/login"), \
-                    (method, route.path, r.status_code)
+                assert r.status_code == 303 and r.headers["location"].startswith("/login"), (
+                    method,
+                    route.path,
+                    r.status_code,
+                )
             wrong = anon.request(method, path, headers={"Authorization": "Bearer nope"})
             assert wrong.status_code in (401, 303), (method, route.path)
             checked += 1
@@ -179,8 +183,10 @@ def test_forged_forwarded_addresses_cannot_lock_the_owner_out(live_server) -> No
     proxy is configured), so rotating it does not make one client many, and the global cap
     that many wrong logins trip still lets the right token in."""
     with httpx.Client(base_url=live_server.url, follow_redirects=False) as c:
-        codes = [c.post("/login", data={"token": "wrong"}, headers={"X-Forwarded-For": f"10.0.{i}.1"}).status_code
-                 for i in range(30)]
+        codes = [
+            c.post("/login", data={"token": "wrong"}, headers={"X-Forwarded-For": f"10.0.{i}.1"}).status_code
+            for i in range(30)
+        ]
         assert codes[:5] == [401] * 5 and set(codes[5:]) == {429}, codes
         r = c.post("/login", data={"token": live_server.token}, headers={"X-Forwarded-For": "10.9.9.9"})
         assert r.status_code == 303 and c.get("/api/runs").status_code == 200

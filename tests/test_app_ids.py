@@ -18,34 +18,83 @@ from sqlalchemy.schema import CreateTable
 from app.db import MIGRATIONS, Database
 from app.main import create_app
 from app.models import Change, Run, SQLModel, Sweep
-from tests.app_helpers import create_run, make_settings, small_config
+from tests.app_helpers import app_of, create_run, make_settings, small_config
 from tests.test_multi_run_api import api  # noqa: F401  (the SQLite and PostgreSQL app fixture)
 
-CHILDREN = ("metric_points", "metric_blocks", "metric_nonfinite", "events", "checklist_items", "checkpoints",
-            "evaluations", "commands", "changes")
+CHILDREN = (
+    "metric_points",
+    "metric_blocks",
+    "metric_nonfinite",
+    "events",
+    "checklist_items",
+    "checkpoints",
+    "evaluations",
+    "commands",
+    "changes",
+)
 
 
 def _insert(conn: Connection, table: str, **values: object) -> None:
-    conn.execute(text(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"),
-                 values)
+    conn.execute(
+        text(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join(':' + k for k in values)})"), values
+    )
 
 
 def _run(conn: Connection, run_id: int, sweep_id: int | None = None) -> None:
-    _insert(conn, "runs", id=run_id, uuid=f"{run_id:032x}", task="hopper-medium-v2", config="{}", status="succeeded",
-            step=0, total_steps=10, attempt=1, created_at=0, updated_at=0, is_demo=0, sweep_id=sweep_id)
+    _insert(
+        conn,
+        "runs",
+        id=run_id,
+        uuid=f"{run_id:032x}",
+        task="hopper-medium-v2",
+        config="{}",
+        status="succeeded",
+        step=0,
+        total_steps=10,
+        attempt=1,
+        created_at=0,
+        updated_at=0,
+        is_demo=0,
+        sweep_id=sweep_id,
+    )
 
 
 def _children(conn: Connection, run_id: int) -> None:
     """One row of everything a run owns."""
     _insert(conn, "metric_points", run_id=run_id, key="loss0", step=10, value=0.5, wall_time=0)
-    _insert(conn, "metric_blocks", run_id=run_id, key="loss0", block=0, n=1, min_step=10, min_value=0.5,
-            min_wall_time=0, max_step=10, max_value=0.5, max_wall_time=0)
+    _insert(
+        conn,
+        "metric_blocks",
+        run_id=run_id,
+        key="loss0",
+        block=0,
+        n=1,
+        min_step=10,
+        min_value=0.5,
+        min_wall_time=0,
+        max_step=10,
+        max_value=0.5,
+        max_wall_time=0,
+    )
     _insert(conn, "metric_nonfinite", run_id=run_id, key="loss0", step=20, value="nan", wall_time=0)
     _insert(conn, "events", run_id=run_id, ts=0, level="info", message="hello")
     _insert(conn, "checklist_items", run_id=run_id, key="smoke.steps", detail="10 steps", verified_at=1)
     _insert(conn, "checkpoints", run_id=run_id, step=10, size=1, sha256="ab" * 32, backup_state="hub")
-    _insert(conn, "evaluations", run_id=run_id, step=10, kind="final", variant="R1", score_mean=1, score_std=0,
-            returns="[]", scores="[]", n_envs=1, n_episodes=1, created_at=0)
+    _insert(
+        conn,
+        "evaluations",
+        run_id=run_id,
+        step=10,
+        kind="final",
+        variant="R1",
+        score_mean=1,
+        score_std=0,
+        returns="[]",
+        scores="[]",
+        n_envs=1,
+        n_episodes=1,
+        created_at=0,
+    )
     _insert(conn, "commands", run_id=run_id, kind="backup", state="done", created_at=0, updated_at=0)
     _insert(conn, "changes", run_id=run_id, kind="run", data=json.dumps({"id": run_id}), ts=0)
 
@@ -77,18 +126,32 @@ def test_migration_0007_keeps_what_runs_own_and_never_reissues_an_id(tmp_path: P
     with db.engine.connect() as conn:
         assert _counts(conn) == before, "nothing a run owns is lost on the way"
         assert [tuple(r) for r in conn.execute(text("SELECT id, sweep_id FROM runs ORDER BY id"))] == [
-            (1, None), (2, None), (3, 1)]
+            (1, None),
+            (2, None),
+            (3, 1),
+        ]
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
         for table in ("runs", "sweeps", "changes"):
             ddl = conn.execute(text("SELECT sql FROM sqlite_master WHERE name = :t"), {"t": table}).scalar_one()
             assert "AUTOINCREMENT" in ddl, table
         assert dict(conn.execute(text("SELECT name, seq FROM sqlite_sequence")).all()) == {
-            "sweeps": 1, "runs": 4, "changes": 4}
+            "sweeps": 1,
+            "runs": 4,
+            "changes": 4,
+        }
     db.dispose()
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {settings.token}"}) as c:
         assert create_run(c)["id"] == 5, "the deleted run 4's id is not handed out again"
-        r = c.post("/api/sweeps", json={"name": None, "tasks": ["hopper-medium-v2"], "seeds": [0],
-                                        "variants": ["R1"], "config": small_config()})
+        r = c.post(
+            "/api/sweeps",
+            json={
+                "name": None,
+                "tasks": ["hopper-medium-v2"],
+                "seeds": [0],
+                "variants": ["R1"],
+                "config": small_config(),
+            },
+        )
         assert r.status_code == 201 and r.json()["id"] == 2
         assert [i["detail"] for i in c.get("/api/runs/2").json()["checklist"] if i["verified_at"]] == ["10 steps"]
 
@@ -96,7 +159,8 @@ def test_migration_0007_keeps_what_runs_own_and_never_reissues_an_id(tmp_path: P
 def test_models_declare_the_autoincrement_the_migration_gives() -> None:
     """compare_metadata does not compare it, so the DDL the models would create says it."""
     for model in (Run, Sweep, Change):
-        assert "AUTOINCREMENT" in str(CreateTable(model.__table__).compile(dialect=sqlite.dialect())), model
+        table = model.__table__  # type: ignore[union-attr]  # set by SQLModel's table=True; its types omit it
+        assert "AUTOINCREMENT" in str(CreateTable(table).compile(dialect=sqlite.dialect())), model
 
 
 def test_a_deleted_runs_id_is_never_given_to_a_new_run(api: TestClient) -> None:  # noqa: F811
@@ -112,7 +176,7 @@ def test_the_change_feed_goes_on_past_a_deleted_runs_changes(client: TestClient)
     create_run(client)
     run = create_run(client)
     client.patch(f"/api/runs/{run['id']}", json={"note": "the newest change is this run's"})
-    engine = client.app.state.db.engine
+    engine = app_of(client).state.db.engine
     with engine.connect() as conn:
         seen = conn.execute(text("SELECT MAX(id) FROM changes")).scalar_one()
     assert client.delete(f"/api/runs/{run['id']}").status_code == 200

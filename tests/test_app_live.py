@@ -30,12 +30,18 @@ while True:
 
 def _claim_race(server: LiveServer) -> None:
     with server.client() as c:
-        ids = [c.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}}).json()["id"]
-               for _ in range(20)]
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, server.url, server.token, f"w{i}"],
-                              cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, text=True)
-             for i in range(8)]
-    claimed = Counter()
+        ids = [c.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}}).json()["id"] for _ in range(20)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLAIMER, server.url, server.token, f"w{i}"],
+            cwd=ROOT,
+            env=subprocess_env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(8)
+    ]
+    claimed: Counter[int] = Counter()
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0
@@ -61,11 +67,13 @@ def test_claim_race_on_postgres(tmp_path, postgres_url) -> None:
 
 def _messages(response: httpx.Response, want: int) -> list[tuple[int, dict]]:
     """Read SSE messages until `want` data messages arrived (keep-alives are skipped)."""
-    out, event_id = [], None
+    out: list[tuple[int, dict]] = []
+    event_id: int | None = None
     for line in response.iter_lines():
         if line.startswith("id: "):
             event_id = int(line[4:])
         elif line.startswith("data: "):
+            assert event_id is not None, f"a data message before any id: {line}"
             out.append((event_id, json.loads(line[6:])))
             if len(out) == want:
                 return out
@@ -77,8 +85,10 @@ def test_sse_streams_metrics_and_resumes_after_last_event_id(live_server) -> Non
         rid = c.post("/api/runs", json={"task": "hopper-medium-v2", "config": {}}).json()["id"]
         wid = c.post("/api/workers/register", json={"name": "w"}).json()["worker_id"]
         assert c.post(f"/api/workers/{wid}/claim").json()["attempt"] == 1
-        points = lambda lo, hi: [{"key": "loss", "step": s, "value": s / 10, "wall_time": 1.0}  # noqa: E731
-                                 for s in range(lo, hi)]
+
+        def points(lo: int, hi: int) -> list[dict]:
+            return [{"key": "loss", "step": s, "value": s / 10, "wall_time": 1.0} for s in range(lo, hi)]
+
         stream = live_server.client(timeout=httpx.Timeout(10))
         with stream.stream("GET", f"/api/runs/{rid}/events/stream") as r:
             assert r.headers["content-type"].startswith("text/event-stream")
@@ -89,8 +99,7 @@ def test_sse_streams_metrics_and_resumes_after_last_event_id(live_server) -> Non
 
         c.post(f"/api/runs/{rid}/metrics", json={"attempt": 1, "points": points(5, 8)})
         c.post(f"/api/runs/{rid}/stage", json={"attempt": 1, "stage": "data"})
-        with stream.stream("GET", f"/api/runs/{rid}/events/stream",
-                           headers={"Last-Event-ID": str(first_id)}) as r:
+        with stream.stream("GET", f"/api/runs/{rid}/events/stream", headers={"Last-Event-ID": str(first_id)}) as r:
             got = _messages(r, 4)
         assert all(i > first_id for i, _ in got)
         kinds = [(m["type"], m["data"].get("step")) for _, m in got]

@@ -15,7 +15,7 @@ from sqlalchemy import text
 
 from app.db import MIGRATIONS, Database
 from app.main import create_app
-from tests.app_helpers import claim, create_run, make_settings, register
+from tests.app_helpers import claim, claim_run, create_run, make_settings, register
 
 SHA = "cd" * 32
 
@@ -70,12 +70,15 @@ def test_a_loss_that_stays_non_finite_is_thinned_in_chart_answers(client) -> Non
     assert len(client.get(f"/api/runs/{rid}/export").json()["nonfinite_metrics"]["loss0"]) == 4_999
 
 
-@pytest.mark.parametrize("point", [
-    {"key": "loss0", "step": 1, "value": None, "wall_time": 1.0},
-    {"key": "loss0", "step": 1, "value": 1.0, "nonfinite": "nan", "wall_time": 1.0},
-    {"key": "loss0", "step": 1, "value": None, "nonfinite": "NaN", "wall_time": 1.0},
-    {"key": "loss0", "step": 1, "value": "NaN", "wall_time": 1.0},
-])
+@pytest.mark.parametrize(
+    "point",
+    [
+        {"key": "loss0", "step": 1, "value": None, "wall_time": 1.0},
+        {"key": "loss0", "step": 1, "value": 1.0, "nonfinite": "nan", "wall_time": 1.0},
+        {"key": "loss0", "step": 1, "value": None, "nonfinite": "NaN", "wall_time": 1.0},
+        {"key": "loss0", "step": 1, "value": "NaN", "wall_time": 1.0},
+    ],
+)
 def test_a_point_is_a_finite_value_or_a_named_non_finite_one(client, point) -> None:
     rid = create_run(client)["id"]
     claim(client, register(client))
@@ -87,11 +90,11 @@ def test_late_points_of_a_fenced_off_attempt_fill_gaps_and_never_overwrite(tmp_p
     s = make_settings(tmp_path, lease_seconds=0.3, lease_sweep_seconds=60)
     with TestClient(create_app(s), headers={"Authorization": f"Bearer {s.token}"}) as c:
         rid = create_run(c)["id"]
-        assert claim(c, register(c, "old"))["attempt"] == 1
+        assert claim_run(c, register(c, "old"))["attempt"] == 1
         url = f"/api/runs/{rid}/metrics"
         c.post(url, json={"attempt": 1, "points": [_point(10, 1.0)]})
         time.sleep(0.8)  # the restart grace (one lease) and then the lease run out
-        assert claim(c, register(c, "new"))["attempt"] == 2
+        assert claim_run(c, register(c, "new"))["attempt"] == 2
         c.post(url, json={"attempt": 2, "points": [_point(30, 2.0)]})
         late = [_point(10, 9.0), _point(20, 1.0), _point(30, 1.0), _point(40, None, "nan")]
         r = c.post(url, json={"attempt": 1, "points": late})
@@ -124,14 +127,25 @@ def test_a_restarted_server_gives_running_leases_one_lease_of_grace(tmp_path) ->
 def test_an_evaluation_sent_twice_is_one_row_per_variant(client) -> None:
     rid = create_run(client)["id"]
     claim(client, register(client))
-    ev = {"attempt": 1, "step": 2000, "kind": "quick", "score_mean": 40.0, "score_std": 1.0, "returns": [1.0],
-          "scores": [40.0], "n_envs": 1, "n_episodes": 1}
+    ev = {
+        "attempt": 1,
+        "step": 2000,
+        "kind": "quick",
+        "score_mean": 40.0,
+        "score_std": 1.0,
+        "returns": [1.0],
+        "scores": [40.0],
+        "n_envs": 1,
+        "n_episodes": 1,
+    }
     for score in (40.0, 42.0):
         assert client.post(f"/api/runs/{rid}/evaluations", json={**ev, "score_mean": score}).status_code == 200
     client.post(f"/api/runs/{rid}/evaluations", json={**ev, "variant": "R2"})
     evaluations = client.get(f"/api/runs/{rid}").json()["evaluations"]
     assert [(e["step"], e["kind"], e["variant"], e["score_mean"]) for e in evaluations] == [
-        (2000, "quick", "R1", 42.0), (2000, "quick", "R2", 40.0)]
+        (2000, "quick", "R1", 42.0),
+        (2000, "quick", "R2", 40.0),
+    ]
 
 
 def test_a_pruned_checkpoint_keeps_its_backup_state(client) -> None:
@@ -150,7 +164,7 @@ def test_a_pruned_checkpoint_keeps_its_backup_state(client) -> None:
 def test_runs_have_a_uuid_that_the_claim_hands_out(client) -> None:
     first, second = create_run(client), create_run(client)
     assert len({first["uuid"], second["uuid"]}) == 2 and all(len(r["uuid"]) == 32 for r in (first, second))
-    assert claim(client, register(client))["run_uuid"] == first["uuid"]
+    assert claim_run(client, register(client))["run_uuid"] == first["uuid"]
 
 
 def test_migration_0004_gives_old_runs_uuids_and_drops_duplicate_evaluations(tmp_path) -> None:
@@ -161,15 +175,26 @@ def test_migration_0004_gives_old_runs_uuids_and_drops_duplicate_evaluations(tmp
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0003")
         for run_id in (1, 2):
-            conn.execute(text("INSERT INTO runs (id, task, config, status, step, total_steps, attempt, created_at, "
-                              "updated_at, is_demo) VALUES (:id, 'hopper-medium-v2', '{}', 'succeeded', 0, 10, 1, "
-                              "0, 0, 0)"), {"id": run_id})
-        conn.execute(text("INSERT INTO metric_points (run_id, key, step, value, wall_time) "
-                          "VALUES (2, 'loss0', 10, 0.5, 0)"))
+            conn.execute(
+                text(
+                    "INSERT INTO runs (id, task, config, status, step, total_steps, attempt, created_at, "
+                    "updated_at, is_demo) VALUES (:id, 'hopper-medium-v2', '{}', 'succeeded', 0, 10, 1, "
+                    "0, 0, 0)"
+                ),
+                {"id": run_id},
+            )
+        conn.execute(
+            text("INSERT INTO metric_points (run_id, key, step, value, wall_time) VALUES (2, 'loss0', 10, 0.5, 0)")
+        )
         for score in (1.0, 2.0):
-            conn.execute(text("INSERT INTO evaluations (run_id, step, kind, variant, score_mean, score_std, returns, "
-                              "scores, n_envs, n_episodes, created_at) VALUES (1, 2000, 'quick', 'R1', :s, 0, '[]', "
-                              "'[]', 1, 1, 0)"), {"s": score})
+            conn.execute(
+                text(
+                    "INSERT INTO evaluations (run_id, step, kind, variant, score_mean, score_std, returns, "
+                    "scores, n_envs, n_episodes, created_at) VALUES (1, 2000, 'quick', 'R1', :s, 0, '[]', "
+                    "'[]', 1, 1, 0)"
+                ),
+                {"s": score},
+            )
     db.migrate()
     with db.engine.connect() as conn:
         uuids = [u for (u,) in conn.execute(text("SELECT uuid FROM runs"))]

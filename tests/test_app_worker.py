@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services import metrics
-from tests.app_helpers import claim, create_run, make_settings, register
+from tests.app_helpers import claim, claim_run, create_run, make_settings, register
 
 SHA = "ab" * 32
 
@@ -29,10 +29,10 @@ def short_lease(tmp_path):
 def test_claim_hands_out_the_oldest_run_with_its_full_config(client) -> None:
     first, second = create_run(client), create_run(client, "walker2d-medium-v2")
     worker = register(client)
-    got = claim(client, worker)
+    got = claim_run(client, worker)
     assert got["run_id"] == first["id"] and got["attempt"] == 1 and got["config"] == first["config"]
     assert got["lease_seconds"] == 60 and got["is_demo"] is False and got["task"] == "hopper-medium-v2"
-    assert claim(client, worker)["run_id"] == second["id"]
+    assert claim_run(client, worker)["run_id"] == second["id"]
     assert claim(client, worker) is None
     run = client.get(f"/api/runs/{first['id']}").json()
     assert run["status"] == "running" and run["worker_id"] == worker and run["started_at"]
@@ -43,19 +43,24 @@ def test_lost_lease_interrupts_then_requeues_with_next_attempt(short_lease) -> N
     c = short_lease
     run = create_run(c)
     old, new = register(c, "old"), register(c, "new")
-    assert claim(c, old)["attempt"] == 1
+    assert claim_run(c, old)["attempt"] == 1
     assert c.post(f"/api/runs/{run['id']}/metrics", json={"attempt": 1, "points": _points(3)}).status_code == 200
     time.sleep(0.4)
-    got = claim(c, new)
+    got = claim_run(c, new)
     assert got["run_id"] == run["id"] and got["attempt"] == 2
     messages = [e["message"] for e in c.get(f"/api/runs/{run['id']}/events").json()]
     assert any("lease of attempt 1 expired" in m for m in messages)
     assert any("queued again for attempt 2" in m for m in messages)
     # The stale attempt can no longer write anything but late metric points (fill-only).
     rid = run["id"]
-    for path, body in [("heartbeat", {"step": 9}),
-                       ("finish", {"status": "succeeded"}), ("stage", {"stage": "train"}),
-                       ("checklist", {"key": "data.ready"}), ("events", {"message": "x"})]:
+    writes: list[tuple[str, dict[str, object]]] = [
+        ("heartbeat", {"step": 9}),
+        ("finish", {"status": "succeeded"}),
+        ("stage", {"stage": "train"}),
+        ("checklist", {"key": "data.ready"}),
+        ("events", {"message": "x"}),
+    ]
+    for path, body in writes:
         r = c.post(f"/api/runs/{rid}/{path}", json={"attempt": 1, **body})
         assert r.status_code == 409, (path, r.text)
     # Metrics of attempt 1 survive, and attempt 2 writes fine.
@@ -87,8 +92,9 @@ def test_heartbeat_extends_lease_and_delivers_commands_once(client) -> None:
     assert hb.json()["lease_expires_at"] > time.time() + 50
     again = client.post(f"/api/runs/{rid}/heartbeat", json={"attempt": 1, "step": 43})
     assert again.json()["commands"] == []
-    r = client.post(f"/api/runs/{rid}/commands/{cmd.json()['id']}",
-                    json={"attempt": 1, "state": "done", "detail": "pushed step 40"})
+    r = client.post(
+        f"/api/runs/{rid}/commands/{cmd.json()['id']}", json={"attempt": 1, "state": "done", "detail": "pushed step 40"}
+    )
     assert r.status_code == 200
     detail = client.get(f"/api/runs/{rid}").json()
     assert detail["step"] == 43 and detail["commands"][0]["state"] == "done"
@@ -117,7 +123,7 @@ def test_cancel_queued_at_once_and_running_through_the_worker(client) -> None:
     assert r.json() == {"status": "cancelled", "command": None}
     running = create_run(client)
     worker = register(client)
-    assert claim(client, worker)["run_id"] == running["id"]  # the cancelled run is skipped
+    assert claim_run(client, worker)["run_id"] == running["id"]  # the cancelled run is skipped
     rid = running["id"]
     r = client.post(f"/api/runs/{rid}/cancel").json()
     assert r["status"] == "running" and r["command"]["kind"] == "cancel"
@@ -141,7 +147,7 @@ def test_retry_only_from_an_ending_and_resumes_with_next_attempt(client) -> None
     assert client.get(f"/api/runs/{rid}").json()["error"] == "CUDA OOM"
     r = client.post(f"/api/runs/{rid}/retry")
     assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["error"] is None
-    assert claim(client, worker)["attempt"] == 2
+    assert claim_run(client, worker)["attempt"] == 2
 
 
 def _finished_run(client, score: float = 97.0) -> int:
@@ -150,8 +156,12 @@ def _finished_run(client, score: float = 97.0) -> int:
     claim(client, register(client))
     a = {"attempt": 1}
     assert client.post(f"/api/runs/{rid}/stage", json={**a, "stage": "smoke"}).status_code == 200
-    assert client.post(f"/api/runs/{rid}/checklist",
-                       json={**a, "key": "train.start", "detail": "started fresh"}).status_code == 200
+    assert (
+        client.post(
+            f"/api/runs/{rid}/checklist", json={**a, "key": "train.start", "detail": "started fresh"}
+        ).status_code
+        == 200
+    )
     assert client.post(f"/api/runs/{rid}/checklist", json={**a, "key": "bogus"}).status_code == 422
     ckpt = {**a, "step": 500, "size": 1234, "sha256": SHA, "backup_state": "uploading"}
     assert client.post(f"/api/runs/{rid}/checkpoints", json=ckpt).status_code == 200
@@ -160,8 +170,18 @@ def _finished_run(client, score: float = 97.0) -> int:
     ckpt.update(backup_state="hub", hub_url="https://huggingface.co/x")
     assert client.post(f"/api/runs/{rid}/checkpoints", json=ckpt).status_code == 200
     client.post(f"/api/runs/{rid}/metrics", json={**a, "points": _points(10)})
-    ev = {**a, "step": 1000, "kind": "final", "score_mean": score, "score_std": 2.0, "returns": [3000.0],
-          "scores": [score], "n_envs": 1, "n_episodes": 1, "latency_ms": 12.5}
+    ev = {
+        **a,
+        "step": 1000,
+        "kind": "final",
+        "score_mean": score,
+        "score_std": 2.0,
+        "returns": [3000.0],
+        "scores": [score],
+        "n_envs": 1,
+        "n_episodes": 1,
+        "latency_ms": 12.5,
+    }
     assert client.post(f"/api/runs/{rid}/evaluations", json=ev).status_code == 200
     client.post(f"/api/runs/{rid}/events", json={**a, "level": "warning", "message": "hello"})
     assert client.post(f"/api/runs/{rid}/finish", json={**a, "status": "succeeded"}).status_code == 200
@@ -186,8 +206,10 @@ def test_export_and_results_markdown(client) -> None:
     assert md.headers["content-type"].startswith("text/markdown")
     lines = md.text.strip().splitlines()
     assert lines[0].startswith("| task | variant | seeds (n) | mine | paper | difference | agreement |")
-    assert lines[2].startswith("| hopper-medium-v2 | R1 | 0 (1) | 97.0 ± 2.0 (std over 1 episode, one run) "
-                               "| 99.5 ± 0.7 (s.e. over 5 seeds) | -2.5 | one seed:")
+    assert lines[2].startswith(
+        "| hopper-medium-v2 | R1 | 0 (1) | 97.0 ± 2.0 (std over 1 episode, one run) "
+        "| 99.5 ± 0.7 (s.e. over 5 seeds) | -2.5 | one seed:"
+    )
 
 
 def test_downsampling_keeps_extremes_ends_and_bound(client) -> None:
@@ -196,8 +218,12 @@ def test_downsampling_keeps_extremes_ends_and_bound(client) -> None:
     values = [math.sin(i / 500) for i in range(n)]
     values[31_337], values[77_777] = 50.0, -50.0  # single-step spikes
     with client.app.state.db.write() as session:
-        metrics.upsert_points(session, rid, ({"key": "loss", "step": 10 + i, "value": v, "wall_time": float(i)}
-                                             for i, v in enumerate(values)), notify=False)
+        metrics.upsert_points(
+            session,
+            rid,
+            ({"key": "loss", "step": 10 + i, "value": v, "wall_time": float(i)} for i, v in enumerate(values)),
+            notify=False,
+        )
     for max_points in (4, 101, 500, 2000):
         s = client.get(f"/api/runs/{rid}/metrics", params={"key": "loss", "max_points": max_points}).json()
         assert s["total"] == n and s["downsampled"] and len(s["steps"]) <= max_points
@@ -208,6 +234,6 @@ def test_downsampling_keeps_extremes_ends_and_bound(client) -> None:
     buckets = (2000 - 2) // 2
     for b in (0, 123, buckets - 1):
         lo, hi = 10 + n * b // buckets, 10 + n * (b + 1) // buckets
-        chunk = values[lo - 10:hi - 10]
+        chunk = values[lo - 10 : hi - 10]
         assert min(chunk) in s["values"] and max(chunk) in s["values"]
     assert client.get(f"/api/runs/{rid}/metrics", params={"key": "nope"}).status_code == 404

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app_helpers import claim, create_run, register
+from tests.app_helpers import claim_run, create_run, register
 
 VIDEO = "R1-final-1000.webm"
 PLANS_NAME = "R1-final-1000.plans.json"
@@ -28,19 +28,33 @@ def ebml(doctype: bytes = b"webm", payload: bytes = b"\x18\x53\x80\x67" + bytes(
 
 
 def plans(step: int = 1000, variant: str = "R1") -> dict:
-    return {"version": 1, "task": "hopper-medium-v2", "variant": variant, "checkpoint_step": step, "seed": 0,
-            "dims": [{"index": 0, "name": "z"}, {"index": 1, "name": "angle"}], "default_dim": 1,
-            "states": [[0.1 * t, -0.05 * t] for t in range(12)],
-            "decisions": [{"t": 0,
-                           "levels": [{"level": 0, "times": [0, 5, 10], "points": [[0, 0], [0.5, -.2], [1, -.5]]},
-                                      {"level": 1, "times": [0, 2, 5], "points": [[0, 0], [.2, -.1], [.5, -.2]]}]}],
-            "episode_return": 321.5, "score": 12.25}
+    return {
+        "version": 1,
+        "task": "hopper-medium-v2",
+        "variant": variant,
+        "checkpoint_step": step,
+        "seed": 0,
+        "dims": [{"index": 0, "name": "z"}, {"index": 1, "name": "angle"}],
+        "default_dim": 1,
+        "states": [[0.1 * t, -0.05 * t] for t in range(12)],
+        "decisions": [
+            {
+                "t": 0,
+                "levels": [
+                    {"level": 0, "times": [0, 5, 10], "points": [[0, 0], [0.5, -0.2], [1, -0.5]]},
+                    {"level": 1, "times": [0, 2, 5], "points": [[0, 0], [0.2, -0.1], [0.5, -0.2]]},
+                ],
+            }
+        ],
+        "episode_return": 321.5,
+        "score": 12.25,
+    }
 
 
 @pytest.fixture
 def running(client: TestClient) -> tuple[int, int]:
     run_id = create_run(client)["id"]
-    return run_id, claim(client, register(client))["attempt"]
+    return run_id, claim_run(client, register(client))["attempt"]
 
 
 def put(client: TestClient, run_id: int, attempt: int, name: str, data: bytes, headers: dict):
@@ -63,8 +77,16 @@ def test_upload_list_serve_and_replace(client, running, settings) -> None:
     r = put(client, run_id, attempt, VIDEO, video, WEBM)
     assert r.status_code == 200, r.text
     assert r.json() | {"created_at": 0} == {
-        "name": VIDEO, "kind": "video", "variant": "R1", "eval_kind": "final", "step": 1000, "size": len(video),
-        "sha256": hashlib.sha256(video).hexdigest(), "created_at": 0, "url": f"/api/runs/{run_id}/artifacts/{VIDEO}"}
+        "name": VIDEO,
+        "kind": "video",
+        "variant": "R1",
+        "eval_kind": "final",
+        "step": 1000,
+        "size": len(video),
+        "sha256": hashlib.sha256(video).hexdigest(),
+        "created_at": 0,
+        "url": f"/api/runs/{run_id}/artifacts/{VIDEO}",
+    }
     assert put(client, run_id, attempt, PLANS_NAME, doc, JSON).status_code == 200
     listed = client.get(f"/api/runs/{run_id}/artifacts").json()
     assert [a["name"] for a in listed] == [VIDEO, PLANS_NAME]
@@ -91,23 +113,31 @@ def test_a_range_request_gets_206_with_those_bytes(client, running) -> None:
     assert tail.status_code == 206 and tail.content == video[-10:]
 
 
-@pytest.mark.parametrize("name, data, headers, loc", [
-    ("R3-final-1000.webm", ebml(), WEBM, ["path", "name"]),
-    ("R1-final-1000.mp4", ebml(), WEBM, ["path", "name"]),
-    ("../R1-final-1000.webm", ebml(), WEBM, ["path", "name"]),
-    (VIDEO, ebml(), JSON, ["header", "content-type"]),
-    (VIDEO, b"\x00\x00\x01\xb3" + bytes(100), WEBM, ["body"]),       # an MPEG stream: no EBML magic
-    (VIDEO, ebml(doctype=b"matroska"), WEBM, ["body"]),               # EBML, but Matroska, not WebM
-    (PLANS_NAME, b"{not json", JSON, ["body"]),
-    (PLANS_NAME, json.dumps({**plans(), "score": "high"}).encode(), JSON, ["body", "score"]),
-    (PLANS_NAME, json.dumps(plans()).replace("12.25", "NaN").encode(), JSON, ["body", "score"]),
-    (PLANS_NAME, json.dumps({**plans(), "states": [[0.0]]}).encode(), JSON, ["body"]),  # one value, two dims
-    (PLANS_NAME, json.dumps({**plans(), "decisions": plans()["decisions"] * 65}).encode(), JSON,
-     ["body", "decisions"]),
-    (PLANS_NAME, json.dumps(plans(step=2000)).encode(), JSON, ["body"]),  # the name says step 1000
-])
-def test_what_is_not_a_webm_or_plans_of_its_name_is_a_422_naming_why(client, running, settings, name, data,
-                                                                       headers, loc) -> None:
+@pytest.mark.parametrize(
+    "name, data, headers, loc",
+    [
+        ("R3-final-1000.webm", ebml(), WEBM, ["path", "name"]),
+        ("R1-final-1000.mp4", ebml(), WEBM, ["path", "name"]),
+        ("../R1-final-1000.webm", ebml(), WEBM, ["path", "name"]),
+        (VIDEO, ebml(), JSON, ["header", "content-type"]),
+        (VIDEO, b"\x00\x00\x01\xb3" + bytes(100), WEBM, ["body"]),  # an MPEG stream: no EBML magic
+        (VIDEO, ebml(doctype=b"matroska"), WEBM, ["body"]),  # EBML, but Matroska, not WebM
+        (PLANS_NAME, b"{not json", JSON, ["body"]),
+        (PLANS_NAME, json.dumps({**plans(), "score": "high"}).encode(), JSON, ["body", "score"]),
+        (PLANS_NAME, json.dumps(plans()).replace("12.25", "NaN").encode(), JSON, ["body", "score"]),
+        (PLANS_NAME, json.dumps({**plans(), "states": [[0.0]]}).encode(), JSON, ["body"]),  # one value, two dims
+        (
+            PLANS_NAME,
+            json.dumps({**plans(), "decisions": plans()["decisions"] * 65}).encode(),
+            JSON,
+            ["body", "decisions"],
+        ),
+        (PLANS_NAME, json.dumps(plans(step=2000)).encode(), JSON, ["body"]),  # the name says step 1000
+    ],
+)
+def test_what_is_not_a_webm_or_plans_of_its_name_is_a_422_naming_why(
+    client, running, settings, name, data, headers, loc
+) -> None:
     run_id, attempt = running
     r = put(client, run_id, attempt, name, data, headers)
     if name.startswith(".."):  # the client folds the dots away: no such route
@@ -131,12 +161,14 @@ def test_stale_foreign_fenced_off_and_anonymous_uploads_are_refused(client, runn
     assert put(client, other, attempt, VIDEO, ebml(), WEBM).status_code == 409
     assert put(client, run_id, attempt + 1, VIDEO, ebml(), WEBM).status_code == 409
     assert put(client, 999, 1, VIDEO, ebml(), WEBM).status_code == 404
-    anonymous = client.put(f"/api/runs/{run_id}/artifacts/{VIDEO}?attempt={attempt}", content=ebml(),
-                           headers={**WEBM, "Authorization": ""})
+    anonymous = client.put(
+        f"/api/runs/{run_id}/artifacts/{VIDEO}?attempt={attempt}", content=ebml(), headers={**WEBM, "Authorization": ""}
+    )
     assert anonymous.status_code == 401
     assert client.get(f"/api/runs/{run_id}/artifacts", headers={"Authorization": ""}).status_code == 401
-    assert client.post(f"/api/runs/{run_id}/finish",
-                       json={"attempt": attempt, "status": "succeeded"}).status_code == 200
+    assert (
+        client.post(f"/api/runs/{run_id}/finish", json={"attempt": attempt, "status": "succeeded"}).status_code == 200
+    )
     assert put(client, run_id, attempt, VIDEO, ebml(), WEBM).status_code == 409  # fenced off by its own finish
     assert files(settings, run_id) == [] and files(settings, other) == []
 
@@ -159,17 +191,28 @@ def test_an_oversized_upload_without_a_length_is_cut_off_unread(settings: Settin
 
     async def receive() -> dict:
         sent.append(1)
-        return {"type": "http.request", "body": ebml() if len(sent) == 1 else bytes(chunk),
-                "more_body": len(sent) < offered}
+        return {
+            "type": "http.request",
+            "body": ebml() if len(sent) == 1 else bytes(chunk),
+            "more_body": len(sent) < offered,
+        }
 
     async def send(message: dict) -> None:
         out.append(message)
 
-    scope = {"type": "http", "http_version": "1.1", "method": "PUT", "scheme": "http", "root_path": "",
-             "path": f"/api/runs/{run_id}/artifacts/{VIDEO}",
-             "raw_path": f"/api/runs/{run_id}/artifacts/{VIDEO}".encode(),
-             "query_string": f"attempt={attempt}".encode(), "client": ("127.0.0.1", 1), "server": ("test", 80),
-             "headers": [(b"authorization", f"Bearer {settings.token}".encode()), (b"content-type", b"video/webm")]}
+    scope = {
+        "type": "http",
+        "http_version": "1.1",
+        "method": "PUT",
+        "scheme": "http",
+        "root_path": "",
+        "path": f"/api/runs/{run_id}/artifacts/{VIDEO}",
+        "raw_path": f"/api/runs/{run_id}/artifacts/{VIDEO}".encode(),
+        "query_string": f"attempt={attempt}".encode(),
+        "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+        "headers": [(b"authorization", f"Bearer {settings.token}".encode()), (b"content-type", b"video/webm")],
+    }
     asyncio.run(app(scope, receive, send))
     assert out[0]["status"] == 413
     assert len(sent) <= settings.max_body_bytes // chunk + 2 < offered
@@ -208,10 +251,12 @@ def test_migrations_make_the_artifacts_table_on_postgresql(postgres_url: str, tm
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     db.dispose()
-    with TestClient(create_app(Settings(data_dir=tmp_path, database_url=postgres_url, token="t" * 32)),
-                    headers={"Authorization": "Bearer " + "t" * 32}) as c:
+    with TestClient(
+        create_app(Settings(data_dir=tmp_path, database_url=postgres_url, token="t" * 32)),
+        headers={"Authorization": "Bearer " + "t" * 32},
+    ) as c:
         run_id = create_run(c)["id"]
-        attempt = claim(c, register(c))["attempt"]
+        attempt = claim_run(c, register(c))["attempt"]
         assert put(c, run_id, attempt, VIDEO, ebml(), WEBM).status_code == 200
         assert put(c, run_id, attempt, VIDEO, ebml(), WEBM).status_code == 200
         assert len(c.get(f"/api/runs/{run_id}/artifacts").json()) == 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.app_helpers import LiveServer, claim, create_run, register
+from tests.app_helpers import LiveServer, claim_run, create_run, register
 from tests.test_artifacts import plans
 from tests.test_dashboard_browser import _login
 
@@ -23,9 +23,15 @@ def vp9_webm(path: Path) -> bytes:
     pytest.importorskip("imageio_ffmpeg")
     frames = np.zeros((30, 64, 64, 3), np.uint8)
     for i, frame in enumerate(frames):
-        frame[:, 2 * i:2 * i + 6] = (40, 200, 90)
-    with imageio.get_writer(path, format="FFMPEG", fps=10, codec="libvpx-vp9", macro_block_size=16,
-                            output_params=["-deadline", "realtime", "-cpu-used", "8"]) as writer:
+        frame[:, 2 * i : 2 * i + 6] = (40, 200, 90)
+    with imageio.get_writer(
+        path,
+        format="FFMPEG",
+        fps=10,
+        codec="libvpx-vp9",
+        macro_block_size=16,
+        output_params=["-deadline", "realtime", "-cpu-used", "8"],
+    ) as writer:
         for frame in frames:
             writer.append_data(frame)
     return path.read_bytes()
@@ -34,8 +40,15 @@ def vp9_webm(path: Path) -> bytes:
 def _expected(doc: dict, dim: int) -> list[tuple[str, list, list]]:
     """The traces the plan chart must hold for `dim`: the states, then each level of each decision."""
     states = ("states reached", list(range(len(doc["states"]))), [s[dim] for s in doc["states"]])
-    levels = [(f"level {lv['level']} ({len(lv['points'])} points over {lv['times'][-1] - lv['times'][0] + 1} steps)",
-               lv["times"], [p[dim] for p in lv["points"]]) for d in doc["decisions"] for lv in d["levels"]]
+    levels = [
+        (
+            f"level {lv['level']} ({len(lv['points'])} points over {lv['times'][-1] - lv['times'][0] + 1} steps)",
+            lv["times"],
+            [p[dim] for p in lv["points"]],
+        )
+        for d in doc["decisions"]
+        for lv in d["levels"]
+    ]
     return [states, *levels]
 
 
@@ -47,12 +60,15 @@ def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: Live
     doc = plans()
     with live_server.client() as api:
         rid = create_run(api)["id"]
-        attempt = claim(api, register(api))["attempt"]
-        for name, data, kind in (("R1-quick-500.webm", video, "video/webm"),
-                                 ("R1-final-1000.webm", video, "video/webm"),
-                                 ("R1-final-1000.plans.json", json.dumps(doc).encode(), "application/json")):
-            r = api.put(f"/api/runs/{rid}/artifacts/{name}?attempt={attempt}", content=data,
-                        headers={"Content-Type": kind})
+        attempt = claim_run(api, register(api))["attempt"]
+        for name, data, kind in (
+            ("R1-quick-500.webm", video, "video/webm"),
+            ("R1-final-1000.webm", video, "video/webm"),
+            ("R1-final-1000.plans.json", json.dumps(doc).encode(), "application/json"),
+        ):
+            r = api.put(
+                f"/api/runs/{rid}/artifacts/{name}?attempt={attempt}", content=data, headers={"Content-Type": kind}
+            )
             assert r.status_code == 200, r.text
         page = _login(browser, live_server)
         page.goto(f"{live_server.url}/runs/{rid}")
@@ -64,13 +80,17 @@ def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: Live
         caption = page.inner_text("#episode-caption")
         assert "R1" in caption and "step 1,000" in caption and "episode score 12.3" in caption
         assert "not one of the scored ones" in caption
-        assert page.locator("#episode-pick option").all_inner_texts() == ["R1 final · step 1,000",
-                                                                           "R1 quick · step 500"]
+        assert page.locator("#episode-pick option").all_inner_texts() == [
+            "R1 final · step 1,000",
+            "R1 quick · step 500",
+        ]
 
         page.wait_for_function("document.getElementById('plan-chart').data")
         assert [tuple(t) for t in page.evaluate(TRACES)] == _expected(doc, doc["default_dim"])
-        layout = page.evaluate("(() => { const l = document.getElementById('plan-chart').layout; "
-                               "return [l.xaxis.title.text, l.yaxis.title.text]; })()")
+        layout = page.evaluate(
+            "(() => { const l = document.getElementById('plan-chart').layout; "
+            "return [l.xaxis.title.text, l.yaxis.title.text]; })()"
+        )
         assert layout == ["env step", "angle"]
         page.select_option("#plan-dim", "0")
         page.wait_for_function("document.getElementById('plan-chart').layout.yaxis.title.text === 'z'")
@@ -79,7 +99,8 @@ def test_run_page_plays_the_video_and_draws_its_plans(browser, live_server: Live
         page.goto(f"{live_server.url}/compare?runs={rid}")
         page.wait_for_selector("#compare-videos figure[data-run-id] video")
         page.wait_for_function("document.querySelector('#compare-videos .episode-score').textContent !== ''")
-        assert page.inner_text("#compare-videos figcaption") == (f"#{rid} hopper-medium-v2 · R1 · step 1,000 · "
-                                                                  "episode score 12.3")
+        assert page.inner_text("#compare-videos figcaption") == (
+            f"#{rid} hopper-medium-v2 · R1 · step 1,000 · episode score 12.3"
+        )
         page.wait_for_function("document.querySelector('#compare-videos video').readyState >= 1", timeout=20_000)
         assert page.errors == []

@@ -14,11 +14,13 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import httpx
 import nbformat
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.provisioning import LocalProvisioner
 from nbclient import NotebookClient
 
 from dlite.config import FIELDS
@@ -39,8 +41,9 @@ def test_notebook_cells_parse_and_use_real_settings() -> None:
     setup = code[0]
     assert 'secret("HF_TOKEN")' in setup and '"up", "--data-dir"' in setup
     assert '"--backup-dir", BACKUP_DIR' in setup and '"--hub-repo", HUB_REPO' in setup
-    assert setup.rindex("raise SetupError", 0, setup.index('"pip", "install"')) > setup.index("if not INSTALL"), \
+    assert setup.rindex("raise SetupError", 0, setup.index('"pip", "install"')) > setup.index("if not INSTALL"), (
         "every setting is checked before anything is installed"
+    )
     for key in ("seed", "hub_repo", "backup_dir"):
         assert f'"{key}"' in setup and key in FIELDS
     assert "proxyPort({PORT})" in code[1] and "serve_kernel_port_as_iframe(PORT" in code[1]
@@ -51,9 +54,21 @@ def test_notebook_cells_parse_and_use_real_settings() -> None:
 
 FAKE_COLAB = Path(__file__).resolve().parent / "fake_colab"
 PACKAGE = ("pyproject.toml", "README.md", "dlite", "app", "worker")
-RUN_SETTINGS = {**TINY, "variant": "R1", "diffusion_gradient_steps": 1000, "invdyn_gradient_steps": 1000,
-                "smoke_steps": 10, "log_interval": 10, "save_interval": 50, "backup_every": 50, "keep_every": 50,
-                "eval_every": 0, "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
+RUN_SETTINGS = {
+    **TINY,
+    "variant": "R1",
+    "diffusion_gradient_steps": 1000,
+    "invdyn_gradient_steps": 1000,
+    "smoke_steps": 10,
+    "log_interval": 10,
+    "save_interval": 50,
+    "backup_every": 50,
+    "keep_every": 50,
+    "eval_every": 0,
+    "num_envs": 2,
+    "num_episodes": 1,
+    "max_episode_steps": 20,
+}
 RUN_KEY = f"demo-{DEMO_TASK}-r1-seed0"
 
 
@@ -72,27 +87,54 @@ class Colab:
             else:
                 shutil.copy(ROOT / name, source / name)
         venv = root / "venv"
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-                       check=True)
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
         kernel = root / "jupyter" / "kernels" / "colab"
         kernel.mkdir(parents=True)
-        (kernel / "kernel.json").write_text(json.dumps({
-            "argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": "Python 3 (fake Colab)", "language": "python"}))
+        (kernel / "kernel.json").write_text(
+            json.dumps(
+                {
+                    "argv": [str(venv / "bin" / "python"), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                    "display_name": "Python 3 (fake Colab)",
+                    "language": "python",
+                }
+            )
+        )
         self.content = root / "content"
         self.data = self.content / "dlite"
         self.port = free_port()
         self.killed: list[int] = []
-        keep = {k: v for k, v in os.environ.items()
-                if k not in ("PYTHONPATH", "DLITE_TOKEN", "DLITE_DATA_DIR", "DLITE_DATASETS", "DATABASE_URL",
-                             "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "VIRTUAL_ENV")}
-        self.env = {**keep, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "HOME": str(root / "home"),
-                    "PYTHONPATH": str(FAKE_COLAB), "MUJOCO_GL": "disable",
-                    # a lost worker's run is handed on within seconds, and the lab's state saved every 3 s
-                    "DLITE_LEASE_SECONDS": "5", "DLITE_STATE_EVERY_MINUTES": "0.05",
-                    "DLITE_INSTALL": str(source), "DLITE_DATA_DIR": str(self.data), "DLITE_PORT": str(self.port),
-                    # offline, like CI: the dependencies are there already, setuptools builds the lab
-                    "PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        keep = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in (
+                "PYTHONPATH",
+                "DLITE_TOKEN",
+                "DLITE_DATA_DIR",
+                "DLITE_DATASETS",
+                "DATABASE_URL",
+                "HF_TOKEN",
+                "HUGGING_FACE_HUB_TOKEN",
+                "VIRTUAL_ENV",
+            )
+        }
+        self.env = {
+            **keep,
+            "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+            "HOME": str(root / "home"),
+            "PYTHONPATH": str(FAKE_COLAB),
+            "MUJOCO_GL": "disable",
+            # a lost worker's run is handed on within seconds, and the lab's state saved every 3 s
+            "DLITE_LEASE_SECONDS": "5",
+            "DLITE_STATE_EVERY_MINUTES": "0.05",
+            "DLITE_INSTALL": str(source),
+            "DLITE_DATA_DIR": str(self.data),
+            "DLITE_PORT": str(self.port),
+            # offline, like CI: the dependencies are there already, setuptools builds the lab
+            "PIP_NO_INDEX": "1",
+            "PIP_NO_BUILD_ISOLATION": "0",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        }
 
     def boot(self) -> None:
         """A fresh VM: nothing of the previous one is left, but the backup folder lives on."""
@@ -106,28 +148,35 @@ class Colab:
         printed output; then a disconnect: the kernel and every process it started are
         killed (SIGKILL: a VM that goes away says no goodbye). `killed` gets their pids."""
         specs = KernelSpecManager(kernel_dirs=[str(self.root / "jupyter" / "kernels")], ensure_native_kernel=False)
-        client = NotebookClient(nb, km=AsyncKernelManager(kernel_name="colab", kernel_spec_manager=specs),
-                                timeout=600, allow_errors=allow_errors,
-                                resources={"metadata": {"path": str(self.content)}})
+        client = NotebookClient(
+            nb,
+            km=AsyncKernelManager(kernel_name="colab", kernel_spec_manager=specs),
+            timeout=600,
+            allow_errors=allow_errors,
+            resources={"metadata": {"path": str(self.content)}},
+        )
         with client.setup_kernel(env=self.env, cleanup_kc=True):
             try:
                 printed = []
                 for index, cell in enumerate(nb.cells):
                     if cell.cell_type == "code":
                         client.execute_cell(cell, index)
-                        printed.append("".join(o.get("text", "") for o in cell.outputs
-                                               if o.output_type == "stream"))
+                        printed.append("".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"))
                 yield printed
             finally:
-                self.killed = descendants(client.km.provisioner.pid)
+                assert client.km is not None  # setup_kernel made it
+                kernel = cast(LocalProvisioner, client.km.provisioner)  # the default: a local process
+                assert kernel.pid is not None
+                self.killed = descendants(kernel.pid)
                 for pid in self.killed:
                     os.kill(pid, signal.SIGKILL)
                 wait_for(lambda: not [p for p in self.killed if alive(p)], 30, "the notebook's processes to die")
 
     def api(self) -> httpx.Client:
         token = (self.data / "token").read_text().strip()
-        return httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30,
-                            headers={"Authorization": f"Bearer {token}"})
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}", timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
         """wait_for, with the lab's log in the failure message."""
@@ -167,8 +216,11 @@ def alive(pid: int) -> bool:
 def fill_form(source: str, **values: object) -> str:
     """Sets Colab form fields (`NAME = value  #@param ...` lines) as a user does in the form."""
     for name, value in values.items():
-        source, n = re.subn(rf"^{name} = .*?(  #@param.*)$", lambda m: f"{name} = {value!r}{m.group(1)}",
-                            source, flags=re.M)
+
+        def assign(m: re.Match[str], name: str = name, value: object = value) -> str:
+            return f"{name} = {value!r}{m.group(1)}"
+
+        source, n = re.subn(rf"^{name} = .*?(  #@param.*)$", assign, source, flags=re.M)
         assert n == 1, f"no form field {name}"
     return source
 
@@ -200,12 +252,12 @@ def assert_logged_in_with_relative_assets(url: str) -> None:
         assert page.status_code == 200 and "Log out" in page.text, page.text[:300]
         assets = re.findall(r'(?:href|src|action)="([^"]*)"', page.text)
         assert assets and all(a.startswith(("/", "#", "?", "data:")) and not a.startswith("//") for a in assets), assets
-        assert '/static/style.css' in page.text
+        assert "/static/style.css" in page.text
         again = browser.get(url, headers={"Cookie": ""})
     assert "Log out" not in again.text, "a login link works once"
 
 
-SETUP_REFUSALS = {
+SETUP_REFUSALS: dict[str, dict[str, object]] = {
     "Set REPO_URL": dict(),
     "Set HUB_REPO": dict(DEMO=False),
     "Colab secret HF_TOKEN": dict(DEMO=False, HUB_REPO="someone/results"),
@@ -276,6 +328,7 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
     nb = demo_notebook(BACKUP_DIR=str(backup_dir))
     colab = Colab(tmp_path)
     total = RUN_SETTINGS["diffusion_gradient_steps"]
+    assert isinstance(total, int)
 
     colab.boot()
     with colab.session(nb) as printed:
@@ -284,8 +337,14 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
         api = colab.api()
         run_id = demo_run_id(api)
         assert api.patch(f"/api/runs/{run_id}", json={"note": "from VM 1", "tags": ["colab"]}).status_code == 200
-        colab.wait(lambda: bool(manifest_steps(backup_dir)) and (RUN_KEY, "from VM 1") in runs_in_backup(
-            backup_dir, tmp_path / "peek"), 300, "the first backup of training and a saved state with the note")
+        colab.wait(
+            lambda: (
+                bool(manifest_steps(backup_dir))
+                and (RUN_KEY, "from VM 1") in runs_in_backup(backup_dir, tmp_path / "peek")
+            ),
+            300,
+            "the first backup of training and a saved state with the note",
+        )
     assert len(colab.killed) >= 4, f"kernel, dlite up, server and worker: {colab.killed}"
     last = max(manifest_steps(backup_dir))
     assert last < total, "the disconnect came before the end of training"
@@ -301,8 +360,11 @@ def test_notebook_runs_on_a_fake_colab_and_a_fresh_vm_gets_the_same_lab_back(tmp
         runs = api.get("/api/runs").json()
         assert [r["id"] for r in runs] == [run_id], "the same run, not a second one"
         assert runs[0]["note"] == "from VM 1" and runs[0]["tags"] == ["colab"]
-        colab.wait(lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"), 300,
-                   "the resumed run to finish")
+        colab.wait(
+            lambda: api.get(f"/api/runs/{run_id}").json()["status"] in ("succeeded", "failed"),
+            300,
+            "the resumed run to finish",
+        )
         run = api.get(f"/api/runs/{run_id}").json()
         assert run["status"] == "succeeded", (run.get("error"), colab.log())
         assert run["device_check"]["attempt"] == run["attempt"] == 2

@@ -14,9 +14,9 @@ import random
 import httpx
 import pytest
 
+from dlite.tasks import REFERENCE_CURVES, TASKS
 from tests.app_helpers import ROOT, LiveServer, register
 from tests.test_dashboard_browser import _login
-from dlite.tasks import REFERENCE_CURVES, TASKS
 
 pytestmark = pytest.mark.browser
 STEPS = 100_000
@@ -33,26 +33,60 @@ def _play_run(api: httpx.Client, wid: str, rng: random.Random, variants: tuple[s
     got = api.post(f"/api/workers/{wid}/claim").json()
     rid, a, task = got["run_id"], {"attempt": got["attempt"]}, TASKS[got["task"]]
     decay, noise = rng.uniform(3e-5, 6e-5), rng.uniform(0.02, 0.06)
-    points = [{"key": k, "step": s, "value": scale * (0.05 + math.exp(-decay * s)) * (1 + noise * math.sin(s / 700)),
-               "wall_time": 1.7e9 + s / 5} for s in range(0, STEPS + 1, 1000)
-              for k, scale in (("loss0", 1.0), ("loss1", 0.8), ("loss2", 0.6), ("invdyn_loss", 0.3))]
+    points = [
+        {
+            "key": k,
+            "step": s,
+            "value": scale * (0.05 + math.exp(-decay * s)) * (1 + noise * math.sin(s / 700)),
+            "wall_time": 1.7e9 + s / 5,
+        }
+        for s in range(0, STEPS + 1, 1000)
+        for k, scale in (("loss0", 1.0), ("loss1", 0.8), ("loss2", 0.6), ("invdyn_loss", 0.3))
+    ]
     _post(api, f"/api/runs/{rid}/metrics", {**a, "points": points})
     for step in range(10_000, STEPS + 1, 10_000):
         level = task.paper_r1.mean * (1 - math.exp(-step / 25_000)) + rng.gauss(0, 3)
         scores = [level + rng.gauss(0, 4) for _ in range(5)]
-        _post(api, f"/api/runs/{rid}/evaluations", {**a, "step": step, "kind": "quick", "variant": "R1",
-                                                     "score_mean": sum(scores) / 5, "score_std": _std(scores),
-                                                     "returns": scores, "scores": scores, "n_envs": 5, "n_episodes": 5})
+        _post(
+            api,
+            f"/api/runs/{rid}/evaluations",
+            {
+                **a,
+                "step": step,
+                "kind": "quick",
+                "variant": "R1",
+                "score_mean": sum(scores) / 5,
+                "score_std": _std(scores),
+                "returns": scores,
+                "scores": scores,
+                "n_envs": 5,
+                "n_episodes": 5,
+            },
+        )
     for variant, paper, latency in (("R1", task.paper_r1, 18.0), ("R2", task.paper_r2, 7.0)):
         if variant not in variants:
             continue
         run_mean = paper.mean + rng.gauss(-1.5, 3.0)  # seeds differ by more than episodes average out
         scores = [run_mean + rng.gauss(0, 5.0) for _ in range(150)]
-        _post(api, f"/api/runs/{rid}/evaluations", {
-            **a, "step": STEPS, "kind": "final", "variant": variant, "score_mean": sum(scores) / len(scores),
-            "score_std": _std(scores), "returns": scores, "scores": scores, "n_envs": 50, "n_episodes": 3,
-            "latency_ms": latency * 3 * rng.uniform(0.95, 1.05), "latency_ms_1env": latency * rng.uniform(0.95, 1.05),
-            "device": "cpu (2 cores)"})
+        _post(
+            api,
+            f"/api/runs/{rid}/evaluations",
+            {
+                **a,
+                "step": STEPS,
+                "kind": "final",
+                "variant": variant,
+                "score_mean": sum(scores) / len(scores),
+                "score_std": _std(scores),
+                "returns": scores,
+                "scores": scores,
+                "n_envs": 50,
+                "n_episodes": 3,
+                "latency_ms": latency * 3 * rng.uniform(0.95, 1.05),
+                "latency_ms_1env": latency * rng.uniform(0.95, 1.05),
+                "device": "cpu (2 cores)",
+            },
+        )
     _post(api, f"/api/runs/{rid}/finish", {**a, "status": "succeeded"})
     return rid
 
@@ -64,13 +98,21 @@ def _std(values: list[float]) -> float:
 
 def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServer, tmp_path) -> None:
     with live_server.client() as api:
-        r = api.post("/api/sweeps", json={"name": "paper", "tasks": list(TASKS_SHOWN), "seeds": [0, 1, 2],
-                                          "variants": ["R2"], "config": {}})  # the paper's settings: compared
+        r = api.post(
+            "/api/sweeps",
+            json={"name": "paper", "tasks": list(TASKS_SHOWN), "seeds": [0, 1, 2], "variants": ["R2"], "config": {}},
+        )  # the paper's settings: compared
         assert r.status_code == 201, r.text
         wid, rng = register(api), random.Random(11)
         ids = [_play_run(api, wid, rng) for _ in r.json()["runs"]]
-        single = api.post("/api/runs", json={"task": "hopper-medium-expert-v2", "name": "one-seed", "config": {
-            "diffusion_gradient_steps": STEPS, "invdyn_gradient_steps": STEPS}}).json()["id"]  # shorter: not compared
+        single = api.post(
+            "/api/runs",
+            json={
+                "task": "hopper-medium-expert-v2",
+                "name": "one-seed",
+                "config": {"diffusion_gradient_steps": STEPS, "invdyn_gradient_steps": STEPS},
+            },
+        ).json()["id"]  # shorter: not compared
         _play_run(api, wid, rng, ("R1",))
         first, second = ids[0], ids[1]  # halfcheetah-medium-expert-v2, R2, seeds 0 and 1
         expected_loss = api.get("/api/compare/charts/loss.json", params={"runs": f"{first},{second}"}).json()
@@ -87,9 +129,11 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     page.uncheck("#compare-grouped")
     page.wait_for_function("!document.getElementById('compare-loss').data.some(t => t.meta === 'band')")
 
-    traces = page.evaluate("['loss', 'invdyn', 'score'].map(id => document.getElementById('compare-' + id).data"
-                           ".map(t => ({name: t.name, n: t.x.length, color: t.line && t.line.color,"
-                           " symbol: t.marker && t.marker.symbol, dash: t.line && t.line.dash, meta: t.meta})))")
+    traces = page.evaluate(
+        "['loss', 'invdyn', 'score'].map(id => document.getElementById('compare-' + id).data"
+        ".map(t => ({name: t.name, n: t.x.length, color: t.line && t.line.color,"
+        " symbol: t.marker && t.marker.symbol, dash: t.line && t.line.dash, meta: t.meta})))"
+    )
     loss, invdyn, score = traces
     assert len(loss) == 6 and {t["n"] for t in loss} == {STEPS // 1000 + 1}
     assert len({t["color"] for t in loss}) == 2 and len({t["dash"] for t in loss}) == 3  # colour per run, dash per key
@@ -125,11 +169,15 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
     page.screenshot(path=str(docs / "compare-page.png"), full_page=True)
 
     page.goto(f"{live_server.url}/runs/{first}")  # the run page's score chart: evaluations and the reference
-    page.wait_for_function("(document.getElementById('chart-score').data || [])"
-                           ".some(t => t.name.startsWith('reference'))")
+    page.wait_for_function(
+        "(document.getElementById('chart-score').data || []).some(t => t.name.startsWith('reference'))"
+    )
     names = page.evaluate("document.getElementById('chart-score').data.map(t => t.name)")
-    assert {"quick R1 (± std over episodes)", "final R1 (± std over episodes)",
-            "final R2 (± std over episodes)"} <= set(names)
+    assert {
+        "quick R1 (± std over episodes)",
+        "final R1 (± std over episodes)",
+        "final R2 (± std over episodes)",
+    } <= set(names)
 
     page.goto(f"{live_server.url}/results")
     page.wait_for_selector("table.results-table")
@@ -156,8 +204,9 @@ def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServ
     with live_server.client() as api:
         [sweep] = api.get("/api/sweeps").json()
         runs = api.get(f"/api/sweeps/{sweep['id']}").json()["runs"]
-        assert sorted(r["name"] for r in runs) == [f"form/hopper-medium-v2/{v}/seed{s}"
-                                                   for v in ("R1", "R2") for s in (3, 4)]
+        assert sorted(r["name"] for r in runs) == [
+            f"form/hopper-medium-v2/{v}/seed{s}" for v in ("R1", "R2") for s in (3, 4)
+        ]
         assert {api.get(f"/api/runs/{r['id']}").json()["config"]["batch_size"] for r in runs} == {64}
     assert "0 of 4 runs succeeded" in page.inner_text("main")
 
@@ -193,52 +242,93 @@ def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: L
     reference is clipped to them; log axis, y titles, smoothing, wall time and stage marks."""
     task = "halfcheetah-medium-expert-v2"
     with live_server.client() as api:
-        r = api.post("/api/sweeps", json={"name": "short", "tasks": [task], "seeds": [0, 1, 2], "variants": ["R1"],
-                                          "config": {"diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200}})
+        r = api.post(
+            "/api/sweeps",
+            json={
+                "name": "short",
+                "tasks": [task],
+                "seeds": [0, 1, 2],
+                "variants": ["R1"],
+                "config": {"diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200},
+            },
+        )
         assert r.status_code == 201, r.text
-        other = api.post("/api/runs", json={"task": task, "name": "small batch", "config": {
-            "diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200, "batch_size": 64}}).json()["id"]
+        other = api.post(
+            "/api/runs",
+            json={
+                "task": task,
+                "name": "small batch",
+                "config": {"diffusion_gradient_steps": 1200, "invdyn_gradient_steps": 1200, "batch_size": 64},
+            },
+        ).json()["id"]
         wid = register(api)
         ids = []
         for k in range(4):
             got = api.post(f"/api/workers/{wid}/claim").json()
             rid, a = got["run_id"], {"attempt": got["attempt"]}
             ids.append(rid)
-            points = [{"key": key, "step": s, "value": (k + 1) * 0.1 * 0.998 ** s, "wall_time": 1.7e9 + 2 * s}
-                      for s in range(100, 1201, 100) for key in ("loss0", "loss1", "loss2", "invdyn_loss")]
+            points = [
+                {"key": key, "step": s, "value": (k + 1) * 0.1 * 0.998**s, "wall_time": 1.7e9 + 2 * s}
+                for s in range(100, 1201, 100)
+                for key in ("loss0", "loss1", "loss2", "invdyn_loss")
+            ]
             _post(api, f"/api/runs/{rid}/metrics", {**a, "points": points})
-            _post(api, f"/api/runs/{rid}/evaluations", {**a, "step": 1200, "kind": "quick", "variant": "R1",
-                                                         "score_mean": 30.0 + k, "score_std": 1.0, "returns": [1.0],
-                                                         "scores": [30.0 + k], "n_envs": 1, "n_episodes": 1})
-        _post(api, f"/api/runs/{ids[0]}/events", {"attempt": 1, "level": "info",
-                                                  "message": "training resumed from step 200 (local checkpoint), "
-                                                             "to step 1200"})
+            _post(
+                api,
+                f"/api/runs/{rid}/evaluations",
+                {
+                    **a,
+                    "step": 1200,
+                    "kind": "quick",
+                    "variant": "R1",
+                    "score_mean": 30.0 + k,
+                    "score_std": 1.0,
+                    "returns": [1.0],
+                    "scores": [30.0 + k],
+                    "n_envs": 1,
+                    "n_episodes": 1,
+                },
+            )
+        _post(
+            api,
+            f"/api/runs/{ids[0]}/events",
+            {
+                "attempt": 1,
+                "level": "info",
+                "message": "training resumed from step 200 (local checkpoint), to step 1200",
+            },
+        )
     seeds = [i for i in ids if i != other]
     page = _login(browser, live_server)
     page.goto(f"{live_server.url}/compare?runs={','.join(map(str, ids))}")
     page.wait_for_selector("#compare-charts[data-ready=true]")
     page.eval_on_selector("#compare-smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")
     loss = "document.getElementById('compare-loss')"
-    traces = page.evaluate(f"{loss}.data.map(t => ({{name: t.name, x: t.x, y: t.y, "
-                           f"fill: t.fill || null, meta: t.meta || null}}))")
+    traces = page.evaluate(
+        f"{loss}.data.map(t => ({{name: t.name, x: t.x, y: t.y, fill: t.fill || null, meta: t.meta || null}}))"
+    )
     means = [t for t in traces if t["meta"] == "mean"]
     bands = [t for t in traces if t["meta"] == "band"]
     assert len(means) == 3 and len(bands) == 6, [t["name"] for t in traces]  # one group × three level keys
     assert all("mean, band min–max over the runs" in t["name"] for t in means)
     assert [t["fill"] for t in bands].count("tonexty") == 3
     mean0 = next(t for t in means if t["name"].endswith("loss0 — mean, band min–max over the runs"))
-    assert mean0["x"][0] == 100 and mean0["y"][0] == pytest.approx(0.2 * 0.998 ** 100)  # (0.1 + 0.2 + 0.3) / 3
+    assert mean0["x"][0] == 100 and mean0["y"][0] == pytest.approx(0.2 * 0.998**100)  # (0.1 + 0.2 + 0.3) / 3
     low0 = next(t for t in bands if t["name"].startswith(mean0["name"].split(" — ")[0]) and not t["fill"])
-    assert low0["y"][0] == pytest.approx(0.1 * 0.998 ** 100)
+    assert low0["y"][0] == pytest.approx(0.1 * 0.998**100)
     assert sum(1 for t in traces if t["meta"] is None and t["name"].startswith(f"#{other}")) == 3, "its own lines"
 
-    layout = page.evaluate(f"(() => {{ const l = {loss}._fullLayout; return {{x: l.xaxis.range, y: l.yaxis.type,"
-                           " title: l.yaxis.title.text, notes: l.annotations.map(a => a.text),"
-                           " shapes: l.shapes.map(s => [s.x0, s.line.dash])}; })()")
+    layout = page.evaluate(
+        f"(() => {{ const l = {loss}._fullLayout; return {{x: l.xaxis.range, y: l.yaxis.type,"
+        " title: l.yaxis.title.text, notes: l.annotations.map(a => a.text),"
+        " shapes: l.shapes.map(s => [s.x0, s.line.dash])}; })()"
+    )
     assert layout["x"][1] < 1250 and layout["y"] == "log" and layout["title"] == "flow MSE (normalised units)"
     assert layout["shapes"] == [[200, "dot"]] and layout["notes"] == [f"#{seeds[0]} resumed from step 200"]
-    [reference] = page.evaluate("document.getElementById('compare-score').data.filter(t => t.name.startsWith("
-                                "'reference')).map(t => ({x: t.x, name: t.name}))")
+    [reference] = page.evaluate(
+        "document.getElementById('compare-score').data.filter(t => t.name.startsWith("
+        "'reference')).map(t => ({x: t.x, name: t.name}))"
+    )
     assert 1000 in reference["x"] and max(reference["x"]) <= 1250 and "clipped to the runs' steps" in reference["name"]
     score_range = page.evaluate("document.getElementById('compare-score')._fullLayout.xaxis.range")
     assert score_range == layout["x"], "one x range, the runs' own"

@@ -12,7 +12,7 @@ import os
 import httpx
 import pytest
 
-from tests.app_helpers import LiveServer, claim, create_run, register
+from tests.app_helpers import LiveServer, claim_run, create_run, register
 
 SERIES = ("loss0", "loss1", "loss2", "invdyn_loss", "score")
 
@@ -20,22 +20,33 @@ pytestmark = pytest.mark.browser
 
 
 def _points(start: int, stop: int) -> list[dict]:
-    return [{"key": k, "step": s, "value": (95 * (1 - math.exp(-s / 15)) if k == "score" else 1.0 / (s + 1)),
-             "wall_time": 1.7e9 + s} for k in SERIES for s in range(start, stop)]
+    return [
+        {
+            "key": k,
+            "step": s,
+            "value": (95 * (1 - math.exp(-s / 15)) if k == "score" else 1.0 / (s + 1)),
+            "wall_time": 1.7e9 + s,
+        }
+        for k in SERIES
+        for s in range(start, stop)
+    ]
 
 
 def _seed(c: httpx.Client) -> tuple[int, int]:
     """A running run with metrics, a checklist item and a checkpoint; a queued demo run."""
     rid = create_run(c, hub_repo="user/results")["id"]
-    attempt = claim(c, register(c))["attempt"]
+    attempt = claim_run(c, register(c))["attempt"]
     a = {"attempt": attempt}
     assert c.post(f"/api/runs/{rid}/stage", json={**a, "stage": "train"}).status_code == 200
     assert c.post(f"/api/runs/{rid}/metrics", json={**a, "points": _points(0, 50)}).status_code == 200
     c.post(f"/api/runs/{rid}/checklist", json={**a, "key": "data.ready", "detail": "ok"}).raise_for_status()
-    c.post(f"/api/runs/{rid}/checkpoints", json={**a, "step": 40, "size": 1_000_000, "sha256": "a" * 64,
-                                                 "backup_state": "local"}).raise_for_status()
-    c.post("/api/runs", json={"task": "walker2d-medium-v2", "name": "demo", "config": {},
-                              "is_demo": True}).raise_for_status()
+    c.post(
+        f"/api/runs/{rid}/checkpoints",
+        json={**a, "step": 40, "size": 1_000_000, "sha256": "a" * 64, "backup_state": "local"},
+    ).raise_for_status()
+    c.post(
+        "/api/runs", json={"task": "walker2d-medium-v2", "name": "demo", "config": {}, "is_demo": True}
+    ).raise_for_status()
     return rid, attempt
 
 
@@ -58,12 +69,16 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
         page.wait_for_function("""() => ['loss', 'invdyn', 'score'].every(id => {
             const d = document.getElementById('chart-' + id).data;
             return d && d.length && d.every(t => t.x.length === 50); })""")
-        names = page.evaluate("['loss','invdyn','score'].map(id => document.getElementById('chart-' + id)"
-                              ".data.map(t => t.name).filter(n => !n.endsWith('(raw)')))")
+        names = page.evaluate(
+            "['loss','invdyn','score'].map(id => document.getElementById('chart-' + id)"
+            ".data.map(t => t.name).filter(n => !n.endsWith('(raw)')))"
+        )
         assert names == [["loss0", "loss1", "loss2"], ["invdyn_loss"], ["score"]]
         # no chart can send the run's data to Plotly's cloud, nor link to Plotly
-        contexts = page.evaluate("[...document.querySelectorAll('.plot')].map(d => "
-                                 "({cloud: d._context.showSendToCloud, logo: d._context.displaylogo}))")
+        contexts = page.evaluate(
+            "[...document.querySelectorAll('.plot')].map(d => "
+            "({cloud: d._context.showSendToCloud, logo: d._context.displaylogo}))"
+        )
         assert contexts and all(c == {"cloud": False, "logo": False} for c in contexts)
         page.hover("#chart-loss")
         assert page.locator(".modebar-btn").count() > 0
@@ -71,8 +86,10 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
 
         page.evaluate("window.__notReloaded = true")
         api.post(f"/api/runs/{rid}/metrics", json={"attempt": attempt, "points": _points(50, 60)}).raise_for_status()
-        page.wait_for_function("document.getElementById('chart-loss').data[2].x.length === 60"
-                               " && document.getElementById('chart-score').data[0].x.length === 60")
+        page.wait_for_function(
+            "document.getElementById('chart-loss').data[2].x.length === 60"
+            " && document.getElementById('chart-score').data[0].x.length === 60"
+        )
         assert page.evaluate("window.__notReloaded") is True
 
         page.click("button[data-action=backup]")
@@ -81,8 +98,9 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
         [command] = beat.json()["commands"]
         assert command["kind"] == "backup"
         for state in ("uploading", "done"):
-            api.post(f"/api/runs/{rid}/commands/{command['id']}",
-                     json={"attempt": attempt, "state": state, "detail": None}).raise_for_status()
+            api.post(
+                f"/api/runs/{rid}/commands/{command['id']}", json={"attempt": attempt, "state": state, "detail": None}
+            ).raise_for_status()
             page.wait_for_function(f"document.getElementById('backup-state').textContent.includes('{state}')")
 
         assert live_server.token not in page.content()
@@ -90,8 +108,9 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
         page.set_viewport_size({"width": 390, "height": 844})
         for path in ("/", f"/runs/{rid}", "/runs/new", "/runs/999"):
             page.goto(f"{live_server.url}{path}")
-            page.wait_for_load_state("networkidle") if path != f"/runs/{rid}" else \
-                page.wait_for_function("document.getElementById('chart-loss').data")
+            page.wait_for_load_state("networkidle") if path != f"/runs/{rid}" else page.wait_for_function(
+                "document.getElementById('chart-loss').data"
+            )
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= 391, (path, width)
         assert errors == []
@@ -126,16 +145,25 @@ def _smoothing(steps: list[int], values: list[float], weight: float) -> list[flo
     return out
 
 
-LOSS = [0.5 * 0.93 ** s * (1 + 0.05 * math.sin(s)) for s in range(60)]  # 0.5 … 0.007: two decades
+LOSS = [0.5 * 0.93**s * (1 + 0.05 * math.sin(s)) for s in range(60)]  # 0.5 … 0.007: two decades
 
 
 def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = create_run(api, hub_repo="user/results")["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
-        points = [{"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s} for s in range(60) for k, v in (
-            ("loss0", LOSS[s]), ("loss1", LOSS[s] * 0.9), ("loss2", LOSS[s] * 0.8), ("invdyn_loss", LOSS[s]),
-            ("lr", 2e-4 * (1 - s / 120)), ("steps_per_s", 2.0 + math.sin(s)))]
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
+        points = [
+            {"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s}
+            for s in range(60)
+            for k, v in (
+                ("loss0", LOSS[s]),
+                ("loss1", LOSS[s] * 0.9),
+                ("loss2", LOSS[s] * 0.8),
+                ("invdyn_loss", LOSS[s]),
+                ("lr", 2e-4 * (1 - s / 120)),
+                ("steps_per_s", 2.0 + math.sin(s)),
+            )
+        ]
         points.append({"key": "score", "step": 50, "value": 40.0, "wall_time": 1.7e9 + 50})  # one evaluation
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
         page = _login(browser, live_server)
@@ -154,8 +182,9 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
         assert page.evaluate("document.getElementById('chart-lr').data[0].y.length") == 60
         assert page.evaluate("document.getElementById('chart-speed').data.length") == 2  # raw + smoothed
 
-        traces = page.evaluate("document.getElementById('chart-invdyn').data"
-                               ".map(t => ({name: t.name, y: t.y, opacity: t.opacity}))")
+        traces = page.evaluate(
+            "document.getElementById('chart-invdyn').data.map(t => ({name: t.name, y: t.y, opacity: t.opacity}))"
+        )
         assert [t["name"] for t in traces] == ["invdyn_loss (raw)", "invdyn_loss"] and traces[0]["opacity"] < 0.5
         assert traces[0]["y"] == LOSS
         assert traces[1]["y"] == pytest.approx(_smoothing(list(range(60)), LOSS, 0.6), rel=1e-12)
@@ -165,17 +194,21 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
 
         # a zoom on one chart moves all of them; a double-click (autorange) goes back to the shared range
         page.evaluate("Plotly.relayout('chart-loss', {'xaxis.range[0]': 10, 'xaxis.range[1]': 20})")
-        page.wait_for_function("[...document.querySelectorAll('.plot')]"
-                               ".every(d => d._fullLayout.xaxis.range[1] === 20)")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === 20)"
+        )
         page.evaluate("Plotly.relayout('chart-score', {'xaxis.autorange': true})")
-        page.wait_for_function("[...document.querySelectorAll('.plot')]"
-                               f".every(d => d._fullLayout.xaxis.range[1] === {ranges[0][1]})")
+        page.wait_for_function(
+            f"[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] === {ranges[0][1]})"
+        )
         more = [{"key": k, "step": 99, "value": 0.03, "wall_time": 1.7e9 + 99} for k in ("loss0", "invdyn_loss")]
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": more}).raise_for_status()
         page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout.xaxis.range[1] > 99)")
 
-        trace = ('Traceback (most recent call last):\n  File "worker/hub.py", line 3, in push\n'
-                 "    raise ConnectError()\nhttpx.ConnectError: Name or service not known")
+        trace = (
+            'Traceback (most recent call last):\n  File "worker/hub.py", line 3, in push\n'
+            "    raise ConnectError()\nhttpx.ConnectError: Name or service not known"
+        )
         api.post(f"/api/runs/{rid}/events", json={**a, "level": "error", "message": trace}).raise_for_status()
         summary = page.locator("ol.events details summary").first
         summary.wait_for()
@@ -191,21 +224,28 @@ def test_non_finite_steps_are_marked_where_the_loss_blew_up(browser, live_server
     values; a step only non-finite points reach widens the shared x range; live points too."""
     with live_server.client() as api:
         rid = create_run(api)["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
-        points = [{"key": k, "step": s, "value": LOSS[s], "wall_time": 1.7e9 + s}
-                  for s in range(0, 60, 10) for k in ("loss0", "loss1", "loss2", "invdyn_loss")]
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
+        points: list[dict[str, object]] = [
+            {"key": k, "step": s, "value": LOSS[s], "wall_time": 1.7e9 + s}
+            for s in range(0, 60, 10)
+            for k in ("loss0", "loss1", "loss2", "invdyn_loss")
+        ]
         points = [p for p in points if (p["key"], p["step"]) not in (("loss0", 30), ("loss1", 30))] + [
             {"key": "loss0", "step": 30, "value": None, "nonfinite": "nan", "wall_time": 1.7e9 + 30},
             {"key": "loss1", "step": 30, "value": None, "nonfinite": "inf", "wall_time": 1.7e9 + 30},
-            {"key": "invdyn_loss", "step": 80, "value": None, "nonfinite": "-inf", "wall_time": 1.7e9 + 80}]
+            {"key": "invdyn_loss", "step": 80, "value": None, "nonfinite": "-inf", "wall_time": 1.7e9 + 80},
+        ]
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
         page = _login(browser, live_server)
         _open_run(page, live_server, rid)
 
-        marks = ("id => document.getElementById('chart-' + id).data.filter(t => t.name === 'non-finite')"
-                 ".map(t => ({x: t.x, y: t.y, text: t.text, yaxis: t.yaxis, symbol: t.marker.symbol}))")
+        marks = (
+            "id => document.getElementById('chart-' + id).data.filter(t => t.name === 'non-finite')"
+            ".map(t => ({x: t.x, y: t.y, text: t.text, yaxis: t.yaxis, symbol: t.marker.symbol}))"
+        )
         assert page.evaluate(f"({marks})('loss')") == [
-            {"x": [30], "y": [1], "text": ["step 30: loss0 = NaN, loss1 = inf"], "yaxis": "y2", "symbol": "x"}]
+            {"x": [30], "y": [1], "text": ["step 30: loss0 = NaN, loss1 = inf"], "yaxis": "y2", "symbol": "x"}
+        ]
         assert page.evaluate(f"({marks})('invdyn')")[0]["text"] == ["step 80: invdyn_loss = -inf"]
         assert page.evaluate(f"({marks})('lr')") == []
         y2 = page.evaluate("document.getElementById('chart-loss')._fullLayout.yaxis2")
@@ -223,9 +263,15 @@ def test_non_finite_steps_are_marked_where_the_loss_blew_up(browser, live_server
         hover = page.locator("#chart-loss .hoverlayer .hovertext")
         assert [hover.nth(i).text_content() for i in range(hover.count())] == ["step 30: loss0 = NaN, loss1 = inf"]
 
-        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": [
-            {"key": "loss2", "step": 1230, "value": None, "nonfinite": "nan", "wall_time": 1.7e9 + 1230}]}
-                 ).raise_for_status()
+        api.post(
+            f"/api/runs/{rid}/metrics",
+            json={
+                **a,
+                "points": [
+                    {"key": "loss2", "step": 1230, "value": None, "nonfinite": "nan", "wall_time": 1.7e9 + 1230}
+                ],
+            },
+        ).raise_for_status()
         page.wait_for_function(f"({marks})('loss')[0].x.length === 2")
         assert page.evaluate(f"({marks})('loss')")[0]["text"][1] == "step 1,230: loss2 = NaN"
         assert page.errors == []
@@ -233,12 +279,15 @@ def test_non_finite_steps_are_marked_where_the_loss_blew_up(browser, live_server
 
 def test_demo_and_empty_runs_say_what_is_missing(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
-        rid = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": "demo", "config": {},
-                                          "is_demo": True}).json()["id"]
+        rid = api.post(
+            "/api/runs", json={"task": "hopper-medium-v2", "name": "demo", "config": {}, "is_demo": True}
+        ).json()["id"]
         empty = create_run(api)["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
-        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": [
-            {"key": "score", "step": 10, "value": 5.0, "wall_time": 1.7e9}]}).raise_for_status()
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
+        api.post(
+            f"/api/runs/{rid}/metrics",
+            json={**a, "points": [{"key": "score", "step": 10, "value": 5.0, "wall_time": 1.7e9}]},
+        ).raise_for_status()
         page = _login(browser, live_server)
         _open_run(page, live_server, rid)
         assert page.evaluate("document.getElementById('chart-score')._fullLayout.shapes.length") == 0
@@ -293,13 +342,26 @@ def _inside(page, selector: str, width: int) -> bool:
 def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = create_run(api, hub_repo="user/results")["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": _points(0, 30)}).raise_for_status()
         api.post(f"/api/runs/{rid}/heartbeat", json={**a, "step": 30, "steps_per_s": 4.0}).raise_for_status()
-        api.post(f"/api/runs/{rid}/evaluations", json={
-            **a, "step": 29, "kind": "final", "score_mean": 61.5, "score_std": 2.0, "returns": [1.0],
-            "scores": [61.5], "n_envs": 10, "n_episodes": 1, "latency_ms": 30.0, "latency_ms_1env": 12.0,
-            "device": "cpu"}).raise_for_status()
+        api.post(
+            f"/api/runs/{rid}/evaluations",
+            json={
+                **a,
+                "step": 29,
+                "kind": "final",
+                "score_mean": 61.5,
+                "score_std": 2.0,
+                "returns": [1.0],
+                "scores": [61.5],
+                "n_envs": 10,
+                "n_episodes": 1,
+                "latency_ms": 30.0,
+                "latency_ms_1env": 12.0,
+                "device": "cpu",
+            },
+        ).raise_for_status()
         page = _login(browser, live_server, width=390)
         row = f"tr[data-run-id='{rid}']"
         for cell in ("progress", "final score", "latest quick eval", "best quick eval", "paper", "difference"):
@@ -308,31 +370,39 @@ def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_se
 
         _open_run(page, live_server, rid)
         assert page.evaluate("document.documentElement.scrollWidth") <= 390
-        for selector in ("#run-progress progress", "td[data-label=mine]", "tr[data-variant=R1] td[data-label=paper]",
-                         "tr[data-param=block] td[data-label=value]"):
+        for selector in (
+            "#run-progress progress",
+            "td[data-label=mine]",
+            "tr[data-variant=R1] td[data-label=paper]",
+            "tr[data-param=block] td[data-label=value]",
+        ):
             assert _inside(page, selector, 390), selector
-        assert ("61.5" in page.inner_text("td[data-label=mine]")
-                and "reference" in page.inner_text("tr[data-param=block]"))
+        assert "61.5" in page.inner_text("td[data-label=mine]") and "reference" in page.inner_text(
+            "tr[data-param=block]"
+        )
         for chart in ("loss", "score", "speed"):
             page.hover(f"#chart-{chart}")
             bar = page.locator(f"#chart-{chart} .modebar").bounding_box()
             title = page.locator(f"#chart-{chart}").locator("xpath=..").locator("figcaption").bounding_box()
-            assert bar and title and (bar["y"] >= title["y"] + title["height"]
-                                      or bar["x"] >= title["x"] + title["width"]), chart
+            assert (
+                bar and title and (bar["y"] >= title["y"] + title["height"] or bar["x"] >= title["x"] + title["width"])
+            ), chart
         assert page.errors == []
 
 
 def _overlapping_labels(page, selector: str) -> list[tuple[str, str]]:
     """Pairs of tick labels whose boxes overlap on screen."""
-    return page.evaluate(f"""() => {{
+    return page.evaluate(
+        f"""() => {{
         const boxes = [...document.querySelectorAll('{selector}')].map(t => [t.textContent, t.getBoundingClientRect()]);
         const out = [];
         for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {{
             const [a, b] = [boxes[i][1], boxes[j][1]];
             if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) """
-                         f"""out.push([boxes[i][0], boxes[j][0]]);
+        f"""out.push([boxes[i][0], boxes[j][0]]);
         }}
-        return out; }}""")
+        return out; }}"""
+    )
 
 
 def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(browser, live_server: LiveServer) -> None:
@@ -342,41 +412,68 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
     axis, log tick labels that do not collide; and a run's first logs get whole-step ticks."""
     with live_server.client() as api:
         rid = create_run(api, variant="R2", reflow_gradient_steps=500)["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
         steps = range(100, 1501, 100)
         loss = {s: 0.5 * 0.7 ** (s / 100) * (0.01 if s > 1000 else 1) for s in steps}  # reflow: 100× lower
         # cosine: nearly 0 at R1's end (1e-12 left), 0 after it
         lr = {s: 2e-4 * 0.5 * (1 + math.cos(math.pi * min(s, 1000) / 1000)) or 1e-12 for s in steps}
         lr = {s: 0.0 if s > 1000 else v for s, v in lr.items()}
-        points = [{"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s} for s in steps for k, v in (
-            ("loss0", loss[s]), ("loss1", loss[s]), ("loss2", loss[s]), ("invdyn_loss", loss[s]),
-            ("lr", lr[s]), ("steps_per_s", 3.0))]
+        points = [
+            {"key": k, "step": s, "value": v, "wall_time": 1.7e9 + s}
+            for s in steps
+            for k, v in (
+                ("loss0", loss[s]),
+                ("loss1", loss[s]),
+                ("loss2", loss[s]),
+                ("invdyn_loss", loss[s]),
+                ("lr", lr[s]),
+                ("steps_per_s", 3.0),
+            )
+        ]
         points.append({"key": "score", "step": 500, "value": 40.0, "wall_time": 1.7e9 + 500})
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
-        api.post(f"/api/runs/{rid}/events", json={**a, "level": "info", "message":
-                 "training resumed from step 400 (local checkpoint), to step 1000 on cpu"}).raise_for_status()
+        api.post(
+            f"/api/runs/{rid}/events",
+            json={
+                **a,
+                "level": "info",
+                "message": "training resumed from step 400 (local checkpoint), to step 1000 on cpu",
+            },
+        ).raise_for_status()
         short = create_run(api)["id"]
-        b = {"attempt": claim(api, register(api, "w2"))["attempt"]}
-        api.post(f"/api/runs/{short}/metrics", json={**b, "points": [
-            {"key": "loss0", "step": 100, "value": 0.5, "wall_time": 1.7e9}]}).raise_for_status()
+        b = {"attempt": claim_run(api, register(api, "w2"))["attempt"]}
+        api.post(
+            f"/api/runs/{short}/metrics",
+            json={**b, "points": [{"key": "loss0", "step": 100, "value": 0.5, "wall_time": 1.7e9}]},
+        ).raise_for_status()
         page = _login(browser, live_server)
         _open_run(page, live_server, rid)
 
-        titles = page.evaluate("[...document.querySelectorAll('.plot')]"
-                               ".map(d => [d.id, d._fullLayout.yaxis.title.text])")
-        assert dict(titles) == {"chart-loss": "flow MSE (normalised units)",
-                                "chart-invdyn": "action MSE ([−1, 1] actions)",
-                                "chart-score": "D4RL score (100 = expert)", "chart-lr": "learning rate (per step)",
-                                "chart-speed": "training steps/s"}
+        titles = page.evaluate(
+            "[...document.querySelectorAll('.plot')].map(d => [d.id, d._fullLayout.yaxis.title.text])"
+        )
+        assert dict(titles) == {
+            "chart-loss": "flow MSE (normalised units)",
+            "chart-invdyn": "action MSE ([−1, 1] actions)",
+            "chart-score": "D4RL score (100 = expert)",
+            "chart-lr": "learning rate (per step)",
+            "chart-speed": "training steps/s",
+        }
 
-        layout = page.evaluate("(() => { const l = document.getElementById('chart-loss').layout;"
-                               " return {shapes: l.shapes, notes: l.annotations.map(n => [n.text, n.x])}; })()")
-        assert [(s["name"], s["x0"], s["yref"]) for s in layout["shapes"]] == [("resume", 400, "paper"),
-                                                                                ("reflow", 1000, "paper")]
+        layout = page.evaluate(
+            "(() => { const l = document.getElementById('chart-loss').layout;"
+            " return {shapes: l.shapes, notes: l.annotations.map(n => [n.text, n.x])}; })()"
+        )
+        assert [(s["name"], s["x0"], s["yref"]) for s in layout["shapes"]] == [
+            ("resume", 400, "paper"),
+            ("reflow", 1000, "paper"),
+        ]
         assert layout["notes"] == [["resumed from step 400", 400], ["reflow starts", 1000]]
 
-        drawn = page.evaluate("document.getElementById('chart-loss').data.filter(t => t.name === 'loss0' ||"
-                              " t.name === 'loss0 (raw)').map(t => ({name: t.name, y: t.y, opacity: t.opacity}))")
+        drawn = page.evaluate(
+            "document.getElementById('chart-loss').data.filter(t => t.name === 'loss0' ||"
+            " t.name === 'loss0 (raw)').map(t => ({name: t.name, y: t.y, opacity: t.opacity}))"
+        )
         raw, smooth = drawn
         assert raw["name"] == "loss0 (raw)" and raw["opacity"] < 0.5, "the raw line stays, faint"
         assert smooth["y"][0] == pytest.approx(raw["y"][0]), "debiased: no start-up pull toward 0"
@@ -384,11 +481,13 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
         reflow_first = list(steps).index(1100)
         assert smooth["y"][reflow_first] == pytest.approx(raw["y"][reflow_first], rel=1e-9), "restarted at reflow"
 
-        lr_chart = page.evaluate("(() => { const d = document.getElementById('chart-lr');"
-                                 " return {y: d.data[0].y, range: d._fullLayout.yaxis.range,"
-                                 " type: d._fullLayout.yaxis.type}; })()")
+        lr_chart = page.evaluate(
+            "(() => { const d = document.getElementById('chart-lr');"
+            " return {y: d.data[0].y, range: d._fullLayout.yaxis.range,"
+            " type: d._fullLayout.yaxis.type}; })()"
+        )
         assert lr_chart["type"] == "log" and lr_chart["y"][list(steps).index(900)] > 0
-        assert lr_chart["y"][list(steps).index(1000):] == [None] * 6, "1e-12 and 0: gaps, not a line down the axis"
+        assert lr_chart["y"][list(steps).index(1000) :] == [None] * 6, "1e-12 and 0: gaps, not a line down the axis"
         assert lr_chart["range"][0] >= math.log10(2e-4) - 4 - 0.2, "1e-12 leaves through the bottom edge"
         for chart in ("loss", "lr", "invdyn"):
             assert _overlapping_labels(page, f"#chart-{chart} .ytick text") == [], chart

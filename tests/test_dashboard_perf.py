@@ -23,9 +23,20 @@ def test_million_step_run_page_data_loads_in_under_a_second(client) -> None:
     for n, key in enumerate(CHART_KEYS):
         for lo in range(0, STEPS, chunk):
             with client.app.state.db.write() as session:
-                metrics.upsert_points(session, rid, [
-                    {"key": key, "step": s, "value": math.exp(-s / STEPS) + 0.1 * math.sin(s * (n + 1)),
-                     "wall_time": float(s)} for s in range(lo, lo + chunk)], notify=False)
+                metrics.upsert_points(
+                    session,
+                    rid,
+                    [
+                        {
+                            "key": key,
+                            "step": s,
+                            "value": math.exp(-s / STEPS) + 0.1 * math.sin(s * (n + 1)),
+                            "wall_time": float(s),
+                        }
+                        for s in range(lo, lo + chunk)
+                    ],
+                    notify=False,
+                )
     timings = []
     for _ in range(3):
         t = time.perf_counter()
@@ -34,6 +45,7 @@ def test_million_step_run_page_data_loads_in_under_a_second(client) -> None:
         timings.append(time.perf_counter() - t)
         assert set(series) == set(CHART_KEYS)
         assert all(s["total"] == STEPS and len(s["steps"]) <= 1000 for s in series.values())
-    print(f"run page + charts of {len(CHART_KEYS)} x {STEPS:,} points: "
-          f"{', '.join(f'{1000 * t:.0f} ms' for t in timings)}")
+    print(
+        f"run page + charts of {len(CHART_KEYS)} x {STEPS:,} points: {', '.join(f'{1000 * t:.0f} ms' for t in timings)}"
+    )
     assert max(timings) < 1.0, timings

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,42 +14,89 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.protocol import MAX_CHECK_PATHS
 from app.services.events import changes_since
-from tests.app_helpers import claim, create_run, register
+from tests.app_helpers import claim_run, create_run, register
 
 REFUSED = "RuntimeError: CUDA error: an illegal memory access"
-REPORT = {
-    "device": "cuda", "device_name": "Tesla T4", "memory_gb": 15.6, "peak_memory_gb": 1.2, "torch": "2.13.0",
-    "cuda": "12.6", "cpu_capability": "AVX2", "requested": {"train": "auto", "plan": "auto"},
+REPORT: dict[str, Any] = {
+    "device": "cuda",
+    "device_name": "Tesla T4",
+    "memory_gb": 15.6,
+    "peak_memory_gb": 1.2,
+    "torch": "2.13.0",
+    "cuda": "12.6",
+    "cpu_capability": "AVX2",
+    "requested": {"train": "auto", "plan": "auto"},
     "chosen": {"train": "fused", "plan": "cuda_graph"},
     "paths": [
-        {"stage": "train", "name": "eager", "status": "reference", "ms": 14.1, "warmup_s": 0.9,
-         "detail": "fp32, foreach optimisers"},
-        {"stage": "train", "name": "fused", "status": "ok", "ms": 13.0, "warmup_s": 0.2, "max_diff": 2e-7,
-         "tolerance": 1e-4},
-        {"stage": "train", "name": "compile", "status": "failed", "warmup_s": 41.0, "tolerance": 1e-4,
-         "detail": REFUSED},
-        {"stage": "train", "name": "amp", "status": "skipped",
-         "detail": "not the paper's precision: measured only when train_accel asks for it"},
+        {
+            "stage": "train",
+            "name": "eager",
+            "status": "reference",
+            "ms": 14.1,
+            "warmup_s": 0.9,
+            "detail": "fp32, foreach optimisers",
+        },
+        {
+            "stage": "train",
+            "name": "fused",
+            "status": "ok",
+            "ms": 13.0,
+            "warmup_s": 0.2,
+            "max_diff": 2e-7,
+            "tolerance": 1e-4,
+        },
+        {
+            "stage": "train",
+            "name": "compile",
+            "status": "failed",
+            "warmup_s": 41.0,
+            "tolerance": 1e-4,
+            "detail": REFUSED,
+        },
+        {
+            "stage": "train",
+            "name": "amp",
+            "status": "skipped",
+            "detail": "not the paper's precision: measured only when train_accel asks for it",
+        },
         {"stage": "plan", "name": "plain", "status": "reference", "ms": 30.2, "ms_batch": 41.0, "warmup_s": 0.1},
-        {"stage": "plan", "name": "cuda_graph", "status": "ok", "ms": 1.25, "ms_batch": 2.1, "warmup_s": 0.5,
-         "max_diff": 3e-7, "tolerance": 1e-5}],
-    "projection": {"train_steps": 1000, "train_s": 600.0, "reflow_pairs_s": 0.0, "reflow_s": 0.0,
-                   "eval_s": 60.0, "quick_eval_s": 20.0, "final_eval_s": 40.0, "total_s": 660.0},
-    "check_s": 55.2}
+        {
+            "stage": "plan",
+            "name": "cuda_graph",
+            "status": "ok",
+            "ms": 1.25,
+            "ms_batch": 2.1,
+            "warmup_s": 0.5,
+            "max_diff": 3e-7,
+            "tolerance": 1e-5,
+        },
+    ],
+    "projection": {
+        "train_steps": 1000,
+        "train_s": 600.0,
+        "reflow_pairs_s": 0.0,
+        "reflow_s": 0.0,
+        "eval_s": 60.0,
+        "quick_eval_s": 20.0,
+        "final_eval_s": 40.0,
+        "total_s": 660.0,
+    },
+    "check_s": 55.2,
+}
 
 
 @pytest.fixture
-def browser_client(settings) -> TestClient:
+def browser_client(settings) -> Iterator[TestClient]:
     """A logged-in browser: session cookie and CSRF cookie, no bearer header."""
     with TestClient(create_app(settings), follow_redirects=False) as c:
         assert c.post("/login", data={"token": settings.token, "next": "/"}).status_code == 303
         yield c
 
 
-def _claimed(client: TestClient, **config: object) -> tuple[int, int]:
+def _claimed(client: TestClient, **config: Any) -> tuple[int, int]:
     """A new run claimed by a worker (the only queued one)."""
     rid = create_run(client, **config)["id"]
-    return rid, claim(client, register(client))["attempt"]
+    return rid, claim_run(client, register(client))["attempt"]
 
 
 def _post_check(client: TestClient, rid: int, attempt: int, report: dict = REPORT) -> None:
@@ -75,8 +123,13 @@ def test_the_report_is_kept_and_shown_in_the_detail_and_the_export(client) -> No
     stored = client.get(f"/api/runs/{rid}").json()["device_check"]
     assert client.get(f"/api/runs/{rid}/export").json()["device_check"] == stored
     assert stored["attempt"] == attempt and stored["chosen"] == REPORT["chosen"]
-    assert stored["paths"][2] == {**REPORT["paths"][2], "ms": None, "ms_batch": None, "ms_reflow": None,
-                                 "max_diff": None}
+    assert stored["paths"][2] == {
+        **REPORT["paths"][2],
+        "ms": None,
+        "ms_batch": None,
+        "ms_reflow": None,
+        "max_diff": None,
+    }
     assert stored["projection"] == REPORT["projection"]
     assert client.get(f"/api/runs/{create_run(client)['id']}").json()["device_check"] is None
 
@@ -95,11 +148,19 @@ def test_a_stale_attempt_and_bad_bodies_are_refused(client) -> None:
         "no projection": _broken(lambda b: b.pop("projection")),
     }
     for what, body in bad.items():
-        r = client.post(f"/api/runs/{rid}/device-check", content=json.dumps({"attempt": attempt, **body}),
-                        headers={"Content-Type": "application/json"})
+        r = client.post(
+            f"/api/runs/{rid}/device-check",
+            content=json.dumps({"attempt": attempt, **body}),
+            headers={"Content-Type": "application/json"},
+        )
         assert r.status_code == 422, (what, r.text)
-    assert client.get(f"/api/runs/{rid}").json()["device_check"]["paths"][0] == \
-        {"ms_batch": None, "ms_reflow": None, "max_diff": None, "tolerance": None, **REPORT["paths"][0]}
+    assert client.get(f"/api/runs/{rid}").json()["device_check"]["paths"][0] == {
+        "ms_batch": None,
+        "ms_reflow": None,
+        "max_diff": None,
+        "tolerance": None,
+        **REPORT["paths"][0],
+    }
 
 
 def test_a_report_reaches_the_live_feed(client) -> None:
@@ -115,14 +176,18 @@ def test_the_run_page_shows_the_check_its_refusals_and_the_paths_used(client, br
     page = browser_client.get(f"/runs/{rid}").text
     assert 'aria-label="device check"' not in page and "Stage 0: device check" in page
     _post_check(client, rid, attempt)
-    client.post(f"/api/runs/{rid}/checklist", json={"attempt": attempt, "key": "device.check",
-                                                    "detail": "train fused, plan cuda_graph"}).raise_for_status()
+    client.post(
+        f"/api/runs/{rid}/checklist",
+        json={"attempt": attempt, "key": "device.check", "detail": "train fused, plan cuda_graph"},
+    ).raise_for_status()
     panels = browser_client.get(f"/runs/{rid}/panels").text
     section = panels.split('aria-label="device check"')[1].split("</section>")[0]
     assert "<strong>Tesla T4</strong> (cuda)" in section and "15.6 GB" in section and "1.2 GB" in section
     assert "torch 2.13.0" in section and "CUDA 12.6" in section and "CPU AVX2" in section
-    rows = {key: section.split(f'data-path="{key}"')[1].split("</tr>")[0]
-            for key in ("train.eager", "train.fused", "train.compile", "train.amp", "plan.plain", "plan.cuda_graph")}
+    rows = {
+        key: section.split(f'data-path="{key}"')[1].split("</tr>")[0]
+        for key in ("train.eager", "train.fused", "train.compile", "train.amp", "plan.plain", "plan.cuda_graph")
+    }
     used = '<strong class="badge">used</strong>'
     refused = rows["train.compile"]
     assert "✗ refused" in refused and REFUSED in refused and "41.0 s" in refused
@@ -143,9 +208,20 @@ def test_the_run_page_shows_the_check_its_refusals_and_the_paths_used(client, br
 def test_results_md_lists_the_devices_of_the_tables_runs(client) -> None:
     assert "## Devices" not in client.get("/api/results.md").text
     rid, attempt = _checked_run(client, num_envs=1, num_episodes=1)
-    client.post(f"/api/runs/{rid}/evaluations", json={
-        "attempt": attempt, "step": 1000, "kind": "final", "score_mean": 50.0, "score_std": 2.0,
-        "returns": [1.0], "scores": [50.0], "n_envs": 1, "n_episodes": 1}).raise_for_status()
+    client.post(
+        f"/api/runs/{rid}/evaluations",
+        json={
+            "attempt": attempt,
+            "step": 1000,
+            "kind": "final",
+            "score_mean": 50.0,
+            "score_std": 2.0,
+            "returns": [1.0],
+            "scores": [50.0],
+            "n_envs": 1,
+            "n_episodes": 1,
+        },
+    ).raise_for_status()
     client.post(f"/api/runs/{rid}/finish", json={"attempt": attempt, "status": "succeeded"}).raise_for_status()
     _checked_run(client)  # checked, but not finished: not in the table, so not listed
     text = client.get("/api/results.md").text
@@ -182,8 +258,12 @@ def test_a_report_without_the_evaluation_split_counts_it_all_as_final(client, br
 
 def test_an_r2_runs_projected_eta_counts_reflow_until_it_is_passed(client, browser_client) -> None:
     rid, attempt = _claimed(client, variant="R2", reflow_gradient_steps=100)
-    _post_check(client, rid, attempt, {**REPORT, "projection": {
-        **REPORT["projection"], "reflow_pairs_s": 120.0, "reflow_s": 60.0, "total_s": 840.0}})
+    _post_check(
+        client,
+        rid,
+        attempt,
+        {**REPORT, "projection": {**REPORT["projection"], "reflow_pairs_s": 120.0, "reflow_s": 60.0, "total_s": 840.0}},
+    )
     eta = lambda: browser_client.get(f"/runs/{rid}/panels").text.split("· ETA ")[1].split("<")[0]  # noqa: E731
     assert eta() == "14m 00s"  # 600 s training + 120 s pairs + 60 s reflow + 60 s evaluation
     client.post(f"/api/runs/{rid}/stage", json={"attempt": attempt, "stage": "reflow_train"}).raise_for_status()

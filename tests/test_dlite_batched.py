@@ -6,17 +6,18 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import pytest
 import torch
 
-from dlite import d4rl
+from dlite import d4rl, stacked
 from dlite.config import from_dict
 from dlite.dataset import WindowDataset
+from dlite.dit import DiT1d
 from dlite.flow import fix_mask, flow_loss, loss_weight
 from dlite.model import DiffuserLite
 from dlite.ops import count_ops
-from dlite import stacked
 from dlite.stacked import StackedLevels, groups_of
 from dlite.synthetic import random_dataset
 from dlite.train import Trainer
@@ -28,8 +29,17 @@ LEVELS = {2: [4, 6], 3: [5, 5, 9], 4: [3, 3, 4, 5]}
 
 def _model(horizons: list[int], block: str, seed: int = 0) -> tuple[DiffuserLite, object]:
     torch.manual_seed(seed)
-    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 16,
-                     "horizons": horizons, "block": block})
+    cfg = from_dict(
+        {
+            "emb_dim": 32,
+            "d_model": 32,
+            "n_heads": 2,
+            "depth": 2,
+            "invdyn_hidden": 16,
+            "horizons": horizons,
+            "block": block,
+        }
+    )
     model = DiffuserLite(cfg, OBS, 2)
     with torch.no_grad():  # non-zero output layers, so every weight gets a gradient
         for p in model.levels.parameters():
@@ -37,17 +47,23 @@ def _model(horizons: list[int], block: str, seed: int = 0) -> tuple[DiffuserLite
     return model, cfg
 
 
-def _per_level(model: DiffuserLite, x0: list, values: list, masks: list, weights: list,
-               x1: list | None, conditional: bool) -> torch.Tensor:
-    return torch.stack([flow_loss(net, a, v, m, w, 0.25, x1=None if x1 is None else x1[i], conditional=conditional)
-                        for i, (net, a, v, m, w) in enumerate(zip(model.levels, x0, values, masks, weights))])
+def _per_level(
+    model: DiffuserLite, x0: list, values: list, masks: list, weights: list, x1: list | None, conditional: bool
+) -> torch.Tensor:
+    return torch.stack(
+        [
+            flow_loss(cast(DiT1d, net), a, v, m, w, 0.25, x1=None if x1 is None else x1[i], conditional=conditional)
+            for i, (net, a, v, m, w) in enumerate(zip(model.levels, x0, values, masks, weights))
+        ]
+    )
 
 
 @pytest.mark.parametrize("levels", sorted(LEVELS))
 @pytest.mark.parametrize("pad", [True, False])
 @pytest.mark.parametrize(("block", "reflow"), [("reference", False), ("reference", True), ("dit", False)])
-def test_batched_losses_and_gradients_equal_the_per_level_ones(levels: int, pad: bool, block: str,
-                                                               reflow: bool) -> None:
+def test_batched_losses_and_gradients_equal_the_per_level_ones(
+    levels: int, pad: bool, block: str, reflow: bool
+) -> None:
     horizons = LEVELS[levels]
     model, cfg = _model(horizons, block)
     masks = [fix_mask(h, OBS, i) for i, h in enumerate(horizons)]
@@ -57,8 +73,9 @@ def test_batched_losses_and_gradients_equal_the_per_level_ones(levels: int, pad:
     x1 = [torch.randn(6, h, OBS) for h in horizons] if reflow else None
     reference = copy.deepcopy(model)
     stacked = StackedLevels(model.levels, tuple(horizons), masks, weights, pad)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values())), \
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values())), (
         "the levels' own parameters are aliases of the stacked weights: same values, same keys"
+    )
     for conditional in (True, False) if reflow else (True,):
         torch.manual_seed(3)
         ref = _per_level(reference, x0, values, masks, weights, x1, conditional)
@@ -136,7 +153,8 @@ def test_a_per_level_checkpoint_goes_on_batched(data: WindowDataset, tmp_path: P
 
 @pytest.mark.parametrize(("first", "then"), [("batched", "eager"), ("eager", "batched"), ("batched", "fused")])
 def test_a_checkpoint_resumes_across_layouts_with_every_optimiser_state_intact(
-        data: WindowDataset, tmp_path: Path, first: str, then: str) -> None:
+    data: WindowDataset, tmp_path: Path, first: str, then: str
+) -> None:
     """The optimiser's state is saved per level: a resume on the other layout has every moment of
     every level and one step count per parameter (a shared one would be stepped once per level)."""
     cfg = from_dict(TINY)
@@ -145,8 +163,11 @@ def test_a_checkpoint_resumes_across_layouts_with_every_optimiser_state_intact(
     resumed = Trainer(cfg, data, tmp_path, then)
     resumed.resume_latest()
     resumed.fit(until=23)
-    state = resumed.stacked.optimizer_state_to_levels(resumed.optim.state_dict()) if resumed.stacked \
+    state = (
+        resumed.stacked.optimizer_state_to_levels(resumed.optim.state_dict())
+        if resumed.stacked
         else resumed.optim.state_dict()
+    )
     assert sorted(state["state"]) == sorted(saved["state"]) == list(range(len(list(resumed.model.levels.parameters()))))
     for i, entry in state["state"].items():
         assert float(entry["step"]) == 23.0, (i, entry["step"])
@@ -154,7 +175,8 @@ def test_a_checkpoint_resumes_across_layouts_with_every_optimiser_state_intact(
 
 
 def test_a_seed_size_training_step_is_at_most_a_third_of_the_per_level_ops(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Counted at the seed configuration, in the GPU's layout (every level in one group): on a
     GPU each dispatched op is a kernel launch, and a count is the same on every machine."""
     monkeypatch.setattr(stacked, "pads", lambda device: True)
@@ -166,5 +188,6 @@ def test_a_seed_size_training_step_is_at_most_a_third_of_the_per_level_ops(
         trainer = Trainer(cfg, data, None, path)
         trainer.train_step()
         counts[path] = count_ops(trainer.train_step)
+    assert trainer.stacked is not None
     assert len(trainer.stacked.groups) == 1
     assert counts["batched"] <= 880, f"a third of the 2,640 ops of a per-level step before batching: {counts}"

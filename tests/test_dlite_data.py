@@ -22,8 +22,9 @@ from dlite.tasks import TASKS, get_task
 def test_task_table_file_names_and_urls() -> None:
     task = get_task("halfcheetah-medium-expert-v2")
     assert task.file_name == "halfcheetah_medium_expert-v2.hdf5"
-    assert task.url == ("http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/"
-                        "halfcheetah_medium_expert-v2.hdf5")
+    assert task.url == (
+        "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/halfcheetah_medium_expert-v2.hdf5"
+    )
     assert get_task("walker2d-medium-replay-v2").file_name == "walker2d_medium_replay-v2.hdf5"
     assert len(TASKS) == 9
 
@@ -41,7 +42,7 @@ def test_values_match_brute_force(tiny_hdf5: Path) -> None:
     for _ in range(20):
         ep, s = rng.integers(n_ep), rng.integers(150)
         length = (episode == ep).sum()
-        brute = sum(0.997 ** k * padded[ep, s + k] for k in range(max(length - s, 0)))
+        brute = sum(0.997**k * padded[ep, s + k] for k in range(max(length - s, 0)))
         assert values[ep, s] == pytest.approx(brute, rel=1e-5, abs=1e-4)
 
 
@@ -65,8 +66,11 @@ def test_windows_strides_starts_and_padding(tiny_hdf5: Path) -> None:
         # each sampled window is a real strided slice of some episode
         for window in points[:8]:
             hits = (flat == window[0]).all(1).nonzero().flatten()
-            assert any(torch.equal(flat[h + torch.arange(len(window)) * stride], window) for h in hits
-                       if h + (len(window) - 1) * stride < len(flat))
+            assert any(
+                torch.equal(flat[h + torch.arange(len(window)) * stride], window)
+                for h in hits
+                if h + (len(window) - 1) * stride < len(flat)
+            )
     assert batch.obs.shape == (64 * 4, raw.observations.shape[1])
     assert batch.pair_mask.shape == (64 * 4, 1)
 
@@ -118,8 +122,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def test_download_is_atomic_with_progress_and_failure_names_url(tmp_path: Path, tiny_hdf5: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_is_atomic_with_progress_and_failure_names_url(
+    tmp_path: Path, tiny_hdf5: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     served = tmp_path / "served"
     served.mkdir()
     (served / "halfcheetah_medium_expert-v2.hdf5").write_bytes(tiny_hdf5.read_bytes())
@@ -137,8 +142,11 @@ def test_download_is_atomic_with_progress_and_failure_names_url(tmp_path: Path, 
         assert seen[-1] == (path.stat().st_size, path.stat().st_size)
         assert not list(path.parent.glob("*.partial"))
         assert d4rl.resolve("halfcheetah-medium-expert-v2") == path, "second call re-uses the cache"
-        with pytest.raises(d4rl.DatasetError, match=r"could not download http://127\.0\.0\.1:\d+/hopper_medium-v2"
-                                                    r"\.hdf5.*by hand.*hopper_medium-v2\.hdf5"):
+        with pytest.raises(
+            d4rl.DatasetError,
+            match=r"could not download http://127\.0\.0\.1:\d+/hopper_medium-v2"
+            r"\.hdf5.*by hand.*hopper_medium-v2\.hdf5",
+        ):
             d4rl.resolve("hopper-medium-v2")
         assert not (tmp_path / "cache" / "hopper_medium-v2.hdf5").exists()
         assert not list((tmp_path / "cache").glob("*.partial"))

@@ -24,15 +24,29 @@ LEVELS = {2: [3, 9], 4: [3, 3, 3, 5]}
 
 
 def test_spans_follow_the_references_rule_for_any_number_of_levels() -> None:
-    spans = {tuple(h): from_dict({"horizons": h}).spans for h in
-             ([5, 9], [9, 17], [5, 5, 9], [5, 3, 5, 5], [3, 5, 17], [9, 5, 5], [17, 5, 3])}
-    assert spans == {(5, 9): (33, 9), (9, 17): (129, 17), (5, 5, 9): (129, 33, 9), (5, 3, 5, 5): (129, 33, 17, 5),
-                     (3, 5, 17): (129, 65, 17), (9, 5, 5): (129, 17, 5), (17, 5, 3): (129, 9, 3)}
+    spans = {
+        tuple(h): from_dict({"horizons": h}).spans
+        for h in ([5, 9], [9, 17], [5, 5, 9], [5, 3, 5, 5], [3, 5, 17], [9, 5, 5], [17, 5, 3])
+    }
+    assert spans == {
+        (5, 9): (33, 9),
+        (9, 17): (129, 17),
+        (5, 5, 9): (129, 33, 9),
+        (5, 3, 5, 5): (129, 33, 17, 5),
+        (3, 5, 17): (129, 65, 17),
+        (9, 5, 5): (129, 17, 5),
+        (17, 5, 3): (129, 9, 3),
+    }
 
 
-@pytest.mark.parametrize(("horizons", "says"), [
-    ([5, 2, 9], "needs at least 3 points"), ([9, 2], "needs at least 3 points"),
-    ([129, 129], "longer than a D4RL episode")])
+@pytest.mark.parametrize(
+    ("horizons", "says"),
+    [
+        ([5, 2, 9], "needs at least 3 points"),
+        ([9, 2], "needs at least 3 points"),
+        ([129, 129], "longer than a D4RL episode"),
+    ],
+)
 def test_configs_that_cannot_work_are_refused_naming_horizons(horizons: list[int], says: str, client) -> None:
     with pytest.raises(ConfigErrors, match=says) as info:
         from_dict({"horizons": horizons})
@@ -43,9 +57,21 @@ def test_configs_that_cannot_work_are_refused_naming_horizons(horizons: list[int
 
 @pytest.mark.parametrize("levels", sorted(LEVELS))
 def test_train_resume_reflow_plan_and_evaluate(levels: int, tiny_hdf5: Path, tmp_path: Path) -> None:
-    cfg = from_dict({**TINY, "horizons": LEVELS[levels], "variant": "R2", "ema_rate": 0.5, "diffusion_lr": 3e-3,
-                     "reflow_pairs_cond": 24, "reflow_pairs_uncond": 8, "reflow_pair_batch": 16,
-                     "reflow_pair_steps": 2, "reflow_gradient_steps": 10, "max_episode_steps": 15})
+    cfg = from_dict(
+        {
+            **TINY,
+            "horizons": LEVELS[levels],
+            "variant": "R2",
+            "ema_rate": 0.5,
+            "diffusion_lr": 3e-3,
+            "reflow_pairs_cond": 24,
+            "reflow_pairs_uncond": 8,
+            "reflow_pair_batch": 16,
+            "reflow_pair_steps": 2,
+            "reflow_gradient_steps": 10,
+            "max_episode_steps": 15,
+        }
+    )
     data = WindowDataset(d4rl.load(tiny_hdf5), cfg)
     assert len(data.starts) == levels
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -20,19 +21,29 @@ from dlite.config import from_dict
 from dlite.dataset import WindowDataset
 from dlite.dit import Block, DiT1d, sinusoidal
 from dlite.model import DiffuserLite
-from dlite.planner import Planner
+from dlite.planner import Planner, Variant
 from dlite.train import Trainer
+
+
+def _linear(m: nn.Module) -> nn.Linear:
+    """A Linear taken out of a Sequential, which types its items as plain Modules."""
+    return cast(nn.Linear, m)
+
+
+def _block(net: DiT1d, i: int = 0) -> Block:
+    return cast(Block, net.blocks[i])
 
 
 def test_reference_block_with_zero_gates_is_the_modulated_layer_norm() -> None:
     torch.manual_seed(0)
     block = Block(16, 2, reference=True)
     x, c = torch.randn(3, 5, 16), torch.randn(3, 16)
-    nn.init.normal_(block.ada[1].weight)  # non-zero shift and scale ...
+    ada = _linear(block.ada[1])
+    nn.init.normal_(ada.weight)  # non-zero shift and scale ...
     with torch.no_grad():
-        block.ada[1].weight[2 * 16:3 * 16] = 0  # ... but both gates zero
-        block.ada[1].weight[5 * 16:] = 0
-        block.ada[1].bias.zero_()
+        ada.weight[2 * 16 : 3 * 16] = 0  # ... but both gates zero
+        ada.weight[5 * 16 :] = 0
+        ada.bias.zero_()
     shift, scale = block.ada(c)[:, :16], block.ada(c)[:, 16:32]
     expected = F.layer_norm(x, (16,), eps=1e-6) * (1 + scale[:, None]) + shift[:, None]
     assert torch.allclose(block(x, c), expected, atol=1e-6)
@@ -46,25 +57,27 @@ def test_seed_configuration_has_the_papers_size() -> None:
     model = DiffuserLite(cfg, 17, 6)
     per_level = [sum(p.numel() for p in level.parameters()) for level in model.levels]
     assert per_level == [2_787_857] * 2 + [2_787_857]  # 2.79M a level, value-condition MLP included
-    assert sum(p.numel() for p in model.levels[0].cond.parameters()) == 66_304
+    assert sum(p.numel() for p in cast(DiT1d, model.levels[0]).cond.parameters()) == 66_304
 
 
 def test_reference_initialisation_and_embeddings() -> None:
     torch.manual_seed(0)
     net = DiT1d(17, 5, 256, 256, 8, 2, "reference")
     assert isinstance(net.t_proj[-1], nn.Mish), "the reference mapping MLP ends in a Mish"
-    qkv = net.blocks[0].qkv
+    qkv = _block(net).qkv
     bound = math.sqrt(6 / (qkv.in_features + qkv.out_features))
     assert qkv.weight.abs().max() <= bound and qkv.weight.abs().max() > 0.9 * bound  # Xavier-uniform
     assert torch.count_nonzero(qkv.bias) == 0
-    assert net.t_proj[0].weight.std().item() == pytest.approx(0.02, rel=0.05)
-    assert net.cond.mlp[0].bias.abs().sum() > 0, "the value condition keeps PyTorch's default init"
-    for zeroed in (net.blocks[0].ada[1], net.final_ada[1], net.out):
+    assert _linear(net.t_proj[0]).weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert _linear(net.cond.mlp[0]).bias.abs().sum() > 0, "the value condition keeps PyTorch's default init"
+    for zeroed in (_linear(_block(net).ada[1]), _linear(net.final_ada[1]), net.out):
         assert torch.count_nonzero(zeroed.weight) == 0
     half = 128
-    assert torch.allclose(net.pos[3, half - 1], torch.tensor(math.sin(3 * 1e-4)))  # divides by half - 1
-    assert torch.allclose(sinusoidal(5, 256, reference=False)[3, half - 1],
-                          torch.tensor(math.sin(3 * 1e-4 ** (127 / 128))))
+    pos = cast(torch.Tensor, net.pos)  # a buffer, which nn.Module types as Tensor | Module
+    assert torch.allclose(pos[3, half - 1], torch.tensor(math.sin(3 * 1e-4)))  # divides by half - 1
+    assert torch.allclose(
+        sinusoidal(5, 256, reference=False)[3, half - 1], torch.tensor(math.sin(3 * 1e-4 ** (127 / 128)))
+    )
     textbook = DiT1d(17, 5, 256, 256, 8, 2, "dit")
     assert not isinstance(textbook.t_proj[-1], nn.Mish)
 
@@ -87,16 +100,17 @@ def test_checkpoint_records_the_block_and_old_ones_load_as_dit(trained: tuple, t
     old = dict(state, config={k: v for k, v in state["config"].items() if k != "block"})
     old_path = checkpoint.write_atomic(old, tmp_path / "old" / "ckpt_00000020.pt")
     planner = Planner.from_checkpoint(old_path)
-    assert planner.cfg.block == "dit" and not planner.model.levels[0].blocks[0].reference
+    assert planner.cfg.block == "dit" and not _block(cast(DiT1d, planner.model.levels[0])).reference
     dit_trainer = Trainer(cfg.replace(block="dit"), data, tmp_path / "old")
     assert dit_trainer.resume_latest() == old_path and dit_trainer.step == 20
     with pytest.raises(checkpoint.CheckpointError, match=r"block \(checkpoint 'dit', now 'reference'\)"):
         Trainer(cfg, data, tmp_path / "old").resume_latest()
 
 
-@pytest.mark.parametrize(("w_cfg", "variant", "n"), [(1.0, "R1", 1), (2.5, "R1", 4), (0.0, "R1", 3),
-                                                     (1.0, "R2", 4), (2.5, "R2", 1)])
-def test_fast_planner_gives_the_plain_planners_actions(trained: tuple, w_cfg: float, variant: str, n: int) -> None:
+@pytest.mark.parametrize(
+    ("w_cfg", "variant", "n"), [(1.0, "R1", 1), (2.5, "R1", 4), (0.0, "R1", 3), (1.0, "R2", 4), (2.5, "R2", 1)]
+)
+def test_fast_planner_gives_the_plain_planners_actions(trained: tuple, w_cfg: float, variant: Variant, n: int) -> None:
     cfg, data, path = trained
     model = Planner.from_checkpoint(path).model
     with torch.no_grad():  # trained 20 steps, the EMA barely moved: make the net matter
@@ -128,14 +142,24 @@ def test_bf16_planner_stays_close_to_fp32(trained: tuple) -> None:
     assert next(model.parameters()).dtype == torch.float32, "the model itself stays fp32"
 
 
-@pytest.mark.parametrize(("block", "horizons"),
-                         [("dit", [5, 5, 9]), ("reference", [5, 5, 9]), ("reference", [3, 3, 3])])
+@pytest.mark.parametrize(
+    ("block", "horizons"), [("dit", [5, 5, 9]), ("reference", [5, 5, 9]), ("reference", [3, 3, 3])]
+)
 def test_fast_planner_equals_plain_at_depth_2(block: str, horizons: list[int]) -> None:
     """Pruning the last block to the free points (point 1 in the last step) after a full
     first block, for both blocks; a 3-point finer level has a single free point."""
     torch.manual_seed(0)
-    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "block": block,
-                     "horizons": horizons})
+    cfg = from_dict(
+        {
+            "emb_dim": 32,
+            "d_model": 32,
+            "n_heads": 2,
+            "depth": 2,
+            "invdyn_hidden": 32,
+            "block": block,
+            "horizons": horizons,
+        }
+    )
     model = DiffuserLite(cfg, 17, 6)
     with torch.no_grad():
         for p in model.ema_levels.parameters():
@@ -165,26 +189,29 @@ def test_packed_copies_compute_what_their_modules_do() -> None:
     layers = list(invdyn.net)
     assert [type(m).__name__ for m in layers] == ["PackedLinear", "Dropout", "PackedLinear", "PackedLinear", "Tanh"]
     assert [(m.post, m.algorithm) for m in layers if isinstance(m, packed.PackedLinear)] == [
-        ("gelu", "none"), ("gelu", "none"), ("none", "")]
+        ("gelu", "none"),
+        ("gelu", "none"),
+        ("none", ""),
+    ]
     obs, nxt = torch.randn(2, 3, 17), torch.randn(2, 3, 17)
     with torch.inference_mode():
         assert torch.allclose(invdyn(obs, nxt), model.invdyn(obs, nxt), atol=1e-6)
-    net = model.ema_levels[2]
-    fast = packed.pack(net, 9, min_weights=1)
-    assert isinstance(fast.blocks[0].mlp[0], packed.PackedLinear) and fast.blocks[0].mlp[0].algorithm == "tanh"
+    net = cast(DiT1d, model.ema_levels[2])
+    fast = cast(DiT1d, packed.pack(net, 9, min_weights=1))
+    assert isinstance(_block(fast).mlp[0], packed.PackedLinear) and _block(fast).mlp[0].algorithm == "tanh"
     x, t = torch.randn(3, 9, 17), torch.rand(3)
     value, keep = torch.randn(3, 1), torch.ones(3, 1)
     with torch.inference_mode():
         mods = net.modulations(net.embed(t, value, keep))
         assert torch.allclose(fast.forward_modulated(x, mods), net.forward_modulated(x, mods), atol=1e-5)
         assert torch.allclose(fast.forward_modulated(x, mods, slice(1, 2)), net(x, t, value, keep)[:, 1:2], atol=1e-5)
-    assert isinstance(net.blocks[0].qkv, torch.nn.Linear)
+    assert isinstance(_block(net).qkv, torch.nn.Linear)
     assert isinstance(model.invdyn.net[0], torch.nn.Linear) and model.invdyn.net[0].weight.requires_grad
 
 
 @pytest.mark.skipif(not packed.available(torch.device("cpu")), reason="this PyTorch build has no oneDNN")
 @pytest.mark.parametrize(("variant", "w_cfg"), [("R1", 1.0), ("R1", 2.5), ("R2", 1.0)])
-def test_packed_planner_at_the_seed_size_gives_the_plain_actions(variant: str, w_cfg: float) -> None:
+def test_packed_planner_at_the_seed_size_gives_the_plain_actions(variant: Variant, w_cfg: float) -> None:
     """At the paper's width the planner packs qkv and the MLPs (the small layers stay
     F.linear) and still gives the textbook loop's actions."""
     torch.manual_seed(0)
@@ -194,7 +221,7 @@ def test_packed_planner_at_the_seed_size_gives_the_plain_actions(variant: str, w
         for p in model.ema_levels.parameters():
             p.add_(0.02 * torch.randn_like(p))
     planner = Planner(model, cfg, variant=variant, w_cfg=w_cfg)
-    block = planner.levels[0].net.blocks[0]
+    block = _block(planner.levels[0].net)
     assert isinstance(block.qkv, packed.PackedLinear) and isinstance(block.mlp[0], packed.PackedLinear)
     assert isinstance(planner.levels[0].net.x_proj, nn.Linear) and isinstance(block.proj, nn.Linear)
     assert isinstance(Planner(model, cfg, pack=False).levels[0].net.blocks[0].qkv, nn.Linear)
@@ -230,14 +257,16 @@ def test_bf16_planning_works_on_a_cpu_without_avx512() -> None:
     assert done.stdout.strip() == "(1, 6)"
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compiled_planner_gives_the_plain_planners_actions() -> None:
     """torch.compile draws PyTorch's own random numbers (fallback_random), so a compiled
     plan equals the eager one for the same RNG state, noise included."""
     torch.manual_seed(0)
-    cfg = from_dict({"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32,
-                     "horizons": [3, 3, 3]})
+    cfg = from_dict(
+        {"emb_dim": 32, "d_model": 32, "n_heads": 2, "depth": 2, "invdyn_hidden": 32, "horizons": [3, 3, 3]}
+    )
     model = DiffuserLite(cfg, 5, 3)
     with torch.no_grad():
         for p in model.parameters():

@@ -9,6 +9,7 @@ import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import imageio_ffmpeg
 import numpy as np
@@ -41,8 +42,8 @@ def _planner() -> Planner:
     cfg = from_dict(TINY)
     model = DiffuserLite(cfg, 17, 6)
     with torch.no_grad():
-        model.obs_mean.copy_(torch.randn(17))
-        model.obs_std.copy_(torch.rand(17) + 0.5)
+        cast(torch.Tensor, model.obs_mean).copy_(torch.randn(17))
+        cast(torch.Tensor, model.obs_std).copy_(torch.rand(17) + 0.5)
         for p in [*model.ema_levels.parameters(), *model.invdyn.parameters()]:
             p.add_(0.05 * torch.randn_like(p))
     return Planner(model, cfg)
@@ -55,8 +56,17 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         mp.setenv("MUJOCO_GL", "egl")
         torch.manual_seed(7)
         try:
-            rec = record_episode(planner, seed=SEED, checkpoint_step=1234, out_dir=tmp_path_factory.mktemp("rec"),
-                                 stem="final", max_steps=STEPS, width=SIZE, height=SIZE, plan_decisions=DECISIONS)
+            rec = record_episode(
+                planner,
+                seed=SEED,
+                checkpoint_step=1234,
+                out_dir=tmp_path_factory.mktemp("rec"),
+                stem="final",
+                max_steps=STEPS,
+                width=SIZE,
+                height=SIZE,
+                plan_decisions=DECISIONS,
+            )
         except RenderUnavailable as e:
             pytest.skip(str(e))
         rng_after = torch.rand(3)
@@ -85,12 +95,12 @@ def test_frames_carry_the_caption(recorded: Recorded, monkeypatch: pytest.Monkey
     monkeypatch.setenv("MUJOCO_GL", "egl")
     env = record._render_env(get_task(recorded.planner.cfg.task).domain, STEPS, SIZE, SIZE)
     env.reset(seed=SEED)
-    bare = env.render().astype(int)
+    bare = cast(np.ndarray, env.render()).astype(int)  # rgb_array mode: one frame
     env.close()
     first = _frames(recorded.recording.video)[1][0].astype(int)
     diff = np.abs(first - bare).mean(axis=(1, 2))
     assert diff[:8].mean() > 30  # the darkened band with white text
-    assert diff[SIZE // 2:].mean() < 8  # below it, the same picture up to VP9's loss
+    assert diff[SIZE // 2 :].mean() < 8  # below it, the same picture up to VP9's loss
 
 
 def test_plans_are_plan_plains_for_the_same_rng_state(recorded: Recorded) -> None:
@@ -112,8 +122,11 @@ def test_decisions_are_spread_and_times_follow_each_levels_stride(recorded: Reco
     for d in decisions:
         t = d["t"]
         times = [lv["times"] for lv in d["levels"]]
-        assert times == [[t + k for k in range(0, 129, 32)], [t + k for k in range(0, 33, 8)],
-                         [t + k for k in range(9)]]
+        assert times == [
+            [t + k for k in range(0, 129, 32)],
+            [t + k for k in range(0, 33, 8)],
+            [t + k for k in range(9)],
+        ]
         assert [len(lv["points"]) for lv in d["levels"]] == [5, 5, 9]
 
 
@@ -129,8 +142,9 @@ def test_states_are_the_environments_and_the_plans_are_acted_on(recorded: Record
         states.append(obs)
         for t in range(STEPS):
             if t in kept:
-                finest = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None],
-                                                                                    dtype=torch.float32)))[-1]
+                finest = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None], dtype=torch.float32)))[
+                    -1
+                ]
                 action = planner.model.invdyn(finest[:, 0], finest[:, 1])[0].numpy()
             else:
                 action = planner.act(obs[None])[0]
@@ -145,8 +159,13 @@ def test_states_are_the_environments_and_the_plans_are_acted_on(recorded: Record
 def test_plans_json_names_every_dimension(recorded: Recorded) -> None:
     plans = recorded.plans
     assert {k: plans[k] for k in ("version", "task", "variant", "checkpoint_step", "seed", "default_dim")} == {
-        "version": 1, "task": "halfcheetah-medium-expert-v2", "variant": "R1", "checkpoint_step": 1234,
-        "seed": SEED, "default_dim": 8}
+        "version": 1,
+        "task": "halfcheetah-medium-expert-v2",
+        "variant": "R1",
+        "checkpoint_step": 1234,
+        "seed": SEED,
+        "default_dim": 8,
+    }
     assert [d["index"] for d in plans["dims"]] == list(range(17))
     assert "x-coordinate" in plans["dims"][8]["name"] and "velocity" in plans["dims"][8]["name"]
     assert all(len(record.OBS_NAMES[name]) == d.obs_dim for name, d in DOMAINS.items())
@@ -158,15 +177,26 @@ def test_recording_leaves_the_callers_rng_alone(recorded: Recorded) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # Gymnasium's half-made viewer's __del__
-def test_no_gl_raises_render_unavailable_with_the_fix_and_writes_nothing(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_gl_raises_render_unavailable_with_the_fix_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("MUJOCO_GL", "disable")
     with pytest.raises(RenderUnavailable) as caught:
-        record_episode(_planner(), seed=0, checkpoint_step=0, out_dir=tmp_path, stem="x", max_steps=3,
-                       width=32, height=32)
+        record_episode(
+            _planner(), seed=0, checkpoint_step=0, out_dir=tmp_path, stem="x", max_steps=3, width=32, height=32
+        )
     message = str(caught.value)
-    assert all(fix in message for fix in ("MUJOCO_GL=egl", "libegl1", "libgl1-mesa-dri", "MUJOCO_GL=osmesa",
-                                          "libosmesa6", "MUJOCO_GL=disable"))
+    assert all(
+        fix in message
+        for fix in (
+            "MUJOCO_GL=egl",
+            "libegl1",
+            "libgl1-mesa-dri",
+            "MUJOCO_GL=osmesa",
+            "libosmesa6",
+            "MUJOCO_GL=disable",
+        )
+    )
     assert list(tmp_path.iterdir()) == []
     del caught
     gc.collect()  # that __del__ runs here, where its warning is ignored

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,16 @@ from dlite.planner import Planner
 from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
 from dlite.train import Trainer
 
-PAIRS = {"reflow_pairs_cond": 40, "reflow_pairs_uncond": 12, "reflow_pair_batch": 16, "reflow_pair_steps": 4,
-         "reflow_gradient_steps": 20, "variant": "R2",
-         "ema_rate": 0.5, "diffusion_lr": 3e-3}  # an R1 EMA that moved off its zero-output start in 20 steps
+PAIRS = {
+    "reflow_pairs_cond": 40,
+    "reflow_pairs_uncond": 12,
+    "reflow_pair_batch": 16,
+    "reflow_pair_steps": 4,
+    "reflow_gradient_steps": 20,
+    "variant": "R2",
+    "ema_rate": 0.5,
+    "diffusion_lr": 3e-3,
+}  # an R1 EMA that moved off its zero-output start in 20 steps
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +64,14 @@ def test_pairs_start_from_the_windows_and_regenerate_identically(r1: tuple, tmp_
         assert not np.allclose(x0[:, ~mask[:, 0]], x1[:, ~mask[:, 0]])
         assert np.abs(x1).max() > 2.0, "x1 is standard-normal noise (temperature 1)"
     # a fresh machine regenerates the same pairs; an interrupted generation resumes to the same ones
-    calls = []
+    calls: list[int] = []
+
+    def stop_after_six() -> bool:
+        calls.append(1)
+        return len(calls) > 6
+
     interrupted = PairStore(tmp_path / "b", spec)
-    assert not interrupted.generate(model, data, should_stop=lambda: calls.append(1) or len(calls) > 6)
+    assert not interrupted.generate(model, data, should_stop=stop_after_six)
     assert 0 < interrupted.pairs_done < 3 * 52
     resumed = PairStore(tmp_path / "b", spec)
     assert resumed.pairs_done == interrupted.pairs_done
@@ -82,16 +95,33 @@ def test_pairs_are_the_r1_models_integration_of_the_stored_noise(r1: tuple, tmp_
         mask = fix_mask(points, data.obs_dim, level)
         assert all((dataset_rows == row).all(1).any() for row in x0[:, 0].numpy()), "fixed points are real states"
         for conditional, rows in ((True, slice(0, 40)), (False, slice(40, 52))):
-            again = sample(model.ema_levels[level], x0[rows] * mask, mask, value[rows], cfg.reflow_pair_steps, 1.0,
-                           1.0 if conditional else 0.0, noise=x1[rows])
+            again = sample(
+                model.ema_levels[level],
+                x0[rows] * mask,
+                mask,
+                value[rows],
+                cfg.reflow_pair_steps,
+                1.0,
+                1.0 if conditional else 0.0,
+                noise=x1[rows],
+            )
             assert torch.allclose(again, x0[rows], atol=1e-5)
-            other = sample(model.ema_levels[level], x0[rows] * mask, mask, value[rows], cfg.reflow_pair_steps, 1.0,
-                           0.0 if conditional else 1.0, noise=x1[rows])
+            other = sample(
+                model.ema_levels[level],
+                x0[rows] * mask,
+                mask,
+                value[rows],
+                cfg.reflow_pair_steps,
+                1.0,
+                0.0 if conditional else 1.0,
+                noise=x1[rows],
+            )
             assert not torch.allclose(other, x0[rows], atol=1e-3), "the condition (or its absence) matters"
 
 
-def test_reflow_batches_use_the_stored_noise_and_unconditional_pairs(r1: tuple, tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reflow_batches_use_the_stored_noise_and_unconditional_pairs(
+    r1: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cfg, data, _, model = r1
     store = PairStore(tmp_path / "pairs", PairSpec.of(cfg, model, data))
     store.generate(model, data)
@@ -116,8 +146,9 @@ def test_reflow_batches_use_the_stored_noise_and_unconditional_pairs(r1: tuple, 
 
 
 @pytest.mark.parametrize("uncond", [0])
-def test_reflow_without_unconditional_pairs_trains_every_step_conditionally(r1: tuple, tmp_path: Path,
-                                                                            uncond: int) -> None:
+def test_reflow_without_unconditional_pairs_trains_every_step_conditionally(
+    r1: tuple, tmp_path: Path, uncond: int
+) -> None:
     cfg, data, _, model = r1
     cfg = cfg.replace(reflow_pairs_uncond=uncond)
     store = PairStore(tmp_path, PairSpec.of(cfg, model, data))
@@ -149,26 +180,74 @@ def test_reflow_resumes_bit_exactly_and_plans_in_one_step(r1: tuple, tmp_path: P
     again = ReflowTrainer(cfg, data, store, model, 20, tmp_path / "split")
     assert again.resume_latest() == tmp_path / "split" / "ckpt_00000030.pt" and again.step == 30
     again.fit()
-    a = checkpoint.read(tmp_path / "straight" / "ckpt_00000040.pt")  # reflow steps continue R1's 20
-    b = checkpoint.read(tmp_path / "split" / "ckpt_00000040.pt")
-    assert a["variant"] == b["variant"] == "R2"
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    whole = checkpoint.read(tmp_path / "straight" / "ckpt_00000040.pt")  # reflow steps continue R1's 20
+    resumed = checkpoint.read(tmp_path / "split" / "ckpt_00000040.pt")
+    assert whole["variant"] == resumed["variant"] == "R2"
+    for key in whole["model"]:
+        assert torch.equal(whole["model"][key], resumed["model"][key]), key
+    assert torch.equal(whole["rng"]["torch"], resumed["rng"]["torch"])
 
     planner = Planner.from_checkpoint(tmp_path / "straight" / "ckpt_00000040.pt")
     task = planner.cfg.r2_planning_target_return, planner.cfg.r2_planning_w_cfg
     assert planner.variant == "R2" and planner.sampling_steps == 1 and (planner.target_return, planner.w_cfg) == task
     assert planner.act(np.zeros((2, data.obs_dim), np.float32)).shape == (2, data.act_dim)
     with pytest.raises(checkpoint.CheckpointError, match="is not a reflow"):
-        ReflowTrainer(cfg, data, store, model, 20, tmp_path / "x").load_state(
-            checkpoint.read(r1[2]), r1[2])
+        ReflowTrainer(cfg, data, store, model, 20, tmp_path / "x").load_state(checkpoint.read(r1[2]), r1[2])
+
+
+def test_each_trainer_builds_only_what_it_steps(r1: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """R1 steps the levels on a cosine schedule and inverse dynamics; reflow steps the levels
+    alone at a constant rate, so it builds no schedule and no inverse-dynamics optimiser (none
+    to replace, none pointing at an optimiser it replaced)."""
+    cfg, data, _, model = r1
+    store = PairStore(tmp_path, PairSpec.of(cfg, model, data))
+    store.generate(model, data)
+    built: list[object] = []
+
+    def recording(init: Callable[..., None]) -> Callable[..., None]:
+        def wrapped(self: object, *args: object, **kwargs: object) -> None:
+            built.append(self)
+            init(self, *args, **kwargs)
+
+        return wrapped
+
+    for kind in (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler):
+        monkeypatch.setattr(kind, "__init__", recording(kind.__init__))
+
+    r1_trainer = Trainer(cfg, data)
+    assert built == [r1_trainer.optim, r1_trainer.sched, r1_trainer.invdyn_optim]
+    assert r1_trainer.sched.optimizer is r1_trainer.optim
+    r1_trainer.train_step()
+    assert r1_trainer.sched.last_epoch == 1 and r1_trainer.optim.param_groups[0]["lr"] == r1_trainer.lr()
+
+    built.clear()
+    reflow = ReflowTrainer(cfg, data, store, model, 20)
+    assert built == [reflow.optim] and type(reflow.optim) is torch.optim.AdamW
+    assert not hasattr(reflow, "sched") and not hasattr(reflow, "invdyn_optim")
+    assert [p for g in reflow.optim.param_groups for p in g["params"]] == reflow.level_parameters
+    assert reflow.optim.param_groups[0]["lr"] == reflow.lr() == cfg.reflow_lr
+    assert "initial_lr" not in reflow.optim.param_groups[0], "no schedule drives it"
+    assert {"sched", "invdyn_optim"}.isdisjoint(reflow.state_dict())
 
 
 def test_reflow_command_line(r1: tuple, tiny_hdf5: Path, tmp_path: Path) -> None:
     _, _, source, _ = r1
-    cmd = [sys.executable, "-m", "dlite.cli", "reflow", "--checkpoint", str(source), "--out", str(tmp_path),
-           "--dataset", str(tiny_hdf5), "--device", "cpu", "--set", "reflow_gradient_steps=10"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "dlite.cli",
+        "reflow",
+        "--checkpoint",
+        str(source),
+        "--out",
+        str(tmp_path),
+        "--dataset",
+        str(tiny_hdf5),
+        "--device",
+        "cpu",
+        "--set",
+        "reflow_gradient_steps=10",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "ckpt_00000030.pt").exists() and (tmp_path / "pairs" / "manifest.json").exists()
@@ -176,10 +255,25 @@ def test_reflow_command_line(r1: tuple, tiny_hdf5: Path, tmp_path: Path) -> None
     assert again.returncode == 2 and "pass --resume" in again.stderr
     wrong = subprocess.run(cmd[:-2] + ["--set", "d_model=64"], capture_output=True, text=True)
     assert wrong.returncode == 2 and "d_model" in wrong.stderr
-    evaluated = subprocess.run([sys.executable, "-m", "dlite.cli", "eval",
-                                "--checkpoint", str(tmp_path / "ckpt_00000030.pt"),
-                                "--envs", "2", "--episodes", "1", "--max-steps", "5", "--json"],
-                               capture_output=True, text=True)
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dlite.cli",
+            "eval",
+            "--checkpoint",
+            str(tmp_path / "ckpt_00000030.pt"),
+            "--envs",
+            "2",
+            "--episodes",
+            "1",
+            "--max-steps",
+            "5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert '"variant": "R2"' in evaluated.stdout and '"hz_1env"' in evaluated.stdout
 
@@ -188,6 +282,9 @@ def test_the_method_imports_nothing_above_it() -> None:
     """dlite/ is the bottom of the stack: no module of it imports app/ or worker/."""
     for path in Path("dlite").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
             assert not any(n.split(".")[0] in ("app", "worker") for n in names), f"{path} imports {names}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pytest
@@ -13,12 +14,13 @@ import torch
 from dlite import checkpoint, d4rl
 from dlite.config import ConfigError, from_dict
 from dlite.dataset import WindowDataset
+from dlite.dit import DiT1d
 from dlite.evaluate import evaluate
 from dlite.flow import fix_mask, sample, time_grid
 from dlite.model import DiffuserLite
 from dlite.planner import Planner
 from dlite.tasks import get_task
-from dlite.train import Trainer
+from dlite.train import LogRecord, Trainer
 
 
 @pytest.fixture
@@ -36,12 +38,21 @@ def test_seed_defaults_and_spans() -> None:
     assert from_dict({"task": "hopper-medium-expert-v2"}).planning_target_return == 0.9
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"batch_size": 0}, "batch_size"), ({"diffusion_gradient_steps": -5}, "diffusion_gradient_steps"),
-    ({"nope": 1}, "nope"), ({"task": "ant-medium-v2"}, "task"), ({"discount": "high"}, "discount"),
-    ({"batch_size": 2.5}, "batch_size"), ({"n_heads": 7}, "n_heads"), ({"label_dropout": 1.5}, "label_dropout"),
-    ({"backup_every": 15_000}, "backup_every"), ({"eval_every": 1500}, "eval_every"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"diffusion_gradient_steps": -5}, "diffusion_gradient_steps"),
+        ({"nope": 1}, "nope"),
+        ({"task": "ant-medium-v2"}, "task"),
+        ({"discount": "high"}, "discount"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"n_heads": 7}, "n_heads"),
+        ({"label_dropout": 1.5}, "label_dropout"),
+        ({"backup_every": 15_000}, "backup_every"),
+        ({"eval_every": 1500}, "eval_every"),
+    ],
+)
 def test_config_errors_name_the_field(overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as e:
         from_dict(overrides)
@@ -63,7 +74,7 @@ def test_sampler_honours_fix_masks(tiny: tuple) -> None:
         prior[:, 0] = torch.randn(6, data.obs_dim)
         prior[:, -1] = torch.randn(6, data.obs_dim)
         for w in (1.0, 3.0):
-            x = sample(model.levels[level], prior, mask, torch.ones(6, 1), 3, 0.5, w)
+            x = sample(cast(DiT1d, model.levels[level]), prior, mask, torch.ones(6, 1), 3, 0.5, w)
             assert torch.equal(x[:, 0], prior[:, 0])
             assert torch.equal(x[:, -1], prior[:, -1]) == (level > 0)
             assert not torch.equal(x[:, 1], prior[:, 1])
@@ -78,15 +89,25 @@ def test_fresh_model_is_identity_at_init(tiny: tuple) -> None:
 
 @pytest.mark.parametrize("path", ["eager", "batched"])
 def test_loss_falls_on_tiny_dataset(tiny_hdf5: Path, tiny_overrides: dict, path: str) -> None:
-    cfg = from_dict({**tiny_overrides, "diffusion_lr": 2e-3, "batch_size": 64, "diffusion_gradient_steps": 300,
-                     "invdyn_gradient_steps": 300, "log_interval": 50})
+    cfg = from_dict(
+        {
+            **tiny_overrides,
+            "diffusion_lr": 2e-3,
+            "batch_size": 64,
+            "diffusion_gradient_steps": 300,
+            "invdyn_gradient_steps": 300,
+            "log_interval": 50,
+        }
+    )
     trainer = Trainer(cfg, WindowDataset(d4rl.load(tiny_hdf5), cfg), path=path)
-    logs = []
+    logs: list[LogRecord] = []
 
     class Keep:
         on_log = logs.append
+
         def on_checkpoint(self, step: int, path: Path) -> None: ...
-        def should_stop(self) -> bool: return False
+        def should_stop(self) -> bool:
+            return False
 
     trainer.fit(callbacks=(Keep(),))
     first, last = logs[0].losses, logs[-1].losses
@@ -136,14 +157,26 @@ def test_resume_refuses_other_data_or_settings(tiny: tuple, tiny_overrides: dict
 
 
 def _train_cli(dataset: Path, out: Path, steps_to: int, resume: bool, tiny_overrides: dict) -> None:
-    sets = [f"--set={k}={v}" for k, v in {**tiny_overrides, "diffusion_gradient_steps": 40,
-                                          "invdyn_gradient_steps": 40}.items()]
-    cmd = [sys.executable, "-c",
-           "import sys; from dlite.cli import main; from dlite.train import Trainer;"
-           "orig = Trainer.fit; Trainer.fit = lambda self, until=None, callbacks=(): "
-           f"orig(self, {steps_to}, callbacks);"
-           "sys.exit(main(sys.argv[1:]))",
-           "train", "--dataset", str(dataset), "--out", str(out), "--device", "cpu", *sets]
+    sets = [
+        f"--set={k}={v}"
+        for k, v in {**tiny_overrides, "diffusion_gradient_steps": 40, "invdyn_gradient_steps": 40}.items()
+    ]
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from dlite.cli import main; from dlite.train import Trainer;"
+        "orig = Trainer.fit; Trainer.fit = lambda self, until=None, callbacks=(): "
+        f"orig(self, {steps_to}, callbacks);"
+        "sys.exit(main(sys.argv[1:]))",
+        "train",
+        "--dataset",
+        str(dataset),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *sets,
+    ]
     subprocess.run(cmd + (["--resume"] if resume else []), check=True, capture_output=True)
 
 
@@ -187,7 +220,8 @@ def test_normalised_score_formula() -> None:
     assert cheetah.normalized_score(-280.178953) == pytest.approx(0.0)
     assert cheetah.normalized_score(12135.0) == pytest.approx(100.0)
     assert get_task("hopper-medium-v2").normalized_score(1607.0) == pytest.approx(
-        100 * (1607.0 + 20.272305) / (3234.3 + 20.272305))
+        100 * (1607.0 + 20.272305) / (3234.3 + 20.272305)
+    )
 
 
 def test_evaluate_counts_each_episode_once(tiny: tuple, tmp_path: Path) -> None:

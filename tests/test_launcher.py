@@ -39,9 +39,14 @@ def start_up(tmp_path: Path, *args: str, **extra_env: str) -> tuple[subprocess.P
     port = free_port()
     env = subprocess_env(HF_TOKEN="hf_WorkerOnlySecret123", DLITE_DATASETS=str(tmp_path / "datasets"), **extra_env)
     env.pop("DLITE_TOKEN", None)
-    proc = subprocess.Popen([sys.executable, "-m", "worker.cli", "up", "--port", str(port),
-                             "--data-dir", str(tmp_path / "data"), *args],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "up", "--port", str(port), "--data-dir", str(tmp_path / "data"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60, "dlite up")
     return proc, url
@@ -53,8 +58,12 @@ def test_up_prints_url_and_token_once_and_keeps_hf_token_from_server(tmp_path: P
         token = (tmp_path / "data" / "token").read_text().strip()
         assert oct((tmp_path / "data" / "token").stat().st_mode & 0o777) == "0o600"
         runs: list = []
-        wait_for(lambda: runs.extend(httpx.get(f"{url}/api/runs", headers={"Authorization": f"Bearer {token}"})
-                                     .json()) or runs, 30, "the demo run")
+
+        def listed() -> bool:
+            runs.extend(httpx.get(f"{url}/api/runs", headers={"Authorization": f"Bearer {token}"}).json())
+            return bool(runs)
+
+        wait_for(listed, 30, "the demo run")
         assert len(runs) == 1 and runs[0]["is_demo"] is True
         kids = children(proc.pid)
         assert len(kids) == 2, "server and worker"
@@ -92,8 +101,9 @@ def test_demo_reaches_stage_2_on_cpu(tmp_path: Path) -> None:
         proc.communicate(timeout=150)
 
 
-def test_a_killed_worker_is_restarted_and_sigterm_stops_both_after_a_checkpoint(tmp_path: Path,
-                                                                                 dataset_cache: Path) -> None:
+def test_a_killed_worker_is_restarted_and_sigterm_stops_both_after_a_checkpoint(
+    tmp_path: Path, dataset_cache: Path
+) -> None:
     """Issue 10: killing the worker took the dashboard down, and SIGTERM (`docker stop`)
     killed `dlite up` without stopping the worker. `dataset_cache` is tmp_path/datasets."""
     proc, url = start_up(tmp_path, "--device", "cpu", DLITE_LEASE_SECONDS="3")
@@ -107,8 +117,11 @@ def test_a_killed_worker_is_restarted_and_sigterm_stops_both_after_a_checkpoint(
         [server] = [k for k in children(proc.pid) if "app.server" in Path(f"/proc/{k}/cmdline").read_text()]
         [first] = [k for k in children(proc.pid) if k != server]
         os.kill(first, signal.SIGKILL)
-        wait_for(lambda: run()["attempt"] == 2 and run()["stage"] == "train" and run()["step"] >= 10, 180,
-                 "a restarted worker to take the run over")
+        wait_for(
+            lambda: run()["attempt"] == 2 and run()["stage"] == "train" and run()["step"] >= 10,
+            180,
+            "a restarted worker to take the run over",
+        )
         assert proc.poll() is None and children(proc.pid).count(server) == 1, "the dashboard stayed up"
         [second] = [k for k in children(proc.pid) if k != server]
         assert second != first

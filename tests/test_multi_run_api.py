@@ -8,7 +8,7 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.protocol import RESUMED, resumed_from
-from tests.app_helpers import claim, make_settings, register, small_config
 from dlite.tasks import PAPER_PLANNING_HZ, REFERENCE_CURVES, TASKS
+from tests.app_helpers import claim_run, make_settings, register, small_config
 
 SMALL = small_config()
 
@@ -30,28 +30,60 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClient]:
         yield c
 
 
-def sweep(c: TestClient, tasks: list[str], seeds: list[int], variants: list[str] = ["R1"],
-          name: str | None = None, base: dict = SMALL, **config: object) -> dict:
+def sweep(
+    c: TestClient,
+    tasks: list[str],
+    seeds: list[int],
+    variants: Sequence[str] = ("R1",),
+    name: str | None = None,
+    base: dict = SMALL,
+    **config: object,
+) -> dict:
     """Queue a sweep of `base` settings (small ones; `{}` for the paper's) with `config` changes."""
-    r = c.post("/api/sweeps", json={"name": name, "tasks": tasks, "seeds": seeds, "variants": variants,
-                                    "config": {**base, **config}})
+    r = c.post(
+        "/api/sweeps",
+        json={"name": name, "tasks": tasks, "seeds": seeds, "variants": variants, "config": {**base, **config}},
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def run_next(c: TestClient, wid: str) -> tuple[int, int]:
-    got = claim(c, wid)
+    got = claim_run(c, wid)
     return got["run_id"], got["attempt"]
 
 
-def final(c: TestClient, rid: int, attempt: int, scores: list[float], variant: str = "R1",
-          latency_ms: float | None = None, latency_ms_1env: float | None = None, n_envs: int = 2,
-          device: str | None = None, kind: str = "final", step: int = 1000) -> None:
-    r = c.post(f"/api/runs/{rid}/evaluations", json={
-        "attempt": attempt, "step": step, "kind": kind, "variant": variant,
-        "score_mean": statistics.fmean(scores), "score_std": statistics.pstdev(scores),
-        "returns": [s * 10 for s in scores], "scores": scores, "n_envs": n_envs, "n_episodes": len(scores),
-        "latency_ms": latency_ms, "latency_ms_1env": latency_ms_1env, "device": device})
+def final(
+    c: TestClient,
+    rid: int,
+    attempt: int,
+    scores: list[float],
+    variant: str = "R1",
+    latency_ms: float | None = None,
+    latency_ms_1env: float | None = None,
+    n_envs: int = 2,
+    device: str | None = None,
+    kind: str = "final",
+    step: int = 1000,
+) -> None:
+    r = c.post(
+        f"/api/runs/{rid}/evaluations",
+        json={
+            "attempt": attempt,
+            "step": step,
+            "kind": kind,
+            "variant": variant,
+            "score_mean": statistics.fmean(scores),
+            "score_std": statistics.pstdev(scores),
+            "returns": [s * 10 for s in scores],
+            "scores": scores,
+            "n_envs": n_envs,
+            "n_episodes": len(scores),
+            "latency_ms": latency_ms,
+            "latency_ms_1env": latency_ms_1env,
+            "device": device,
+        },
+    )
     assert r.status_code == 200, r.text
 
 
@@ -95,10 +127,15 @@ def test_sweep_progress_and_eta_come_from_measured_speed(api) -> None:
     a_id, a_att = run_next(api, wid)
     b_id, b_att = run_next(api, wid)
     for rid, att, step, speed in ((a_id, a_att, 400, 10.0), (b_id, b_att, 100, 30.0)):
-        assert api.post(f"/api/runs/{rid}/heartbeat",
-                        json={"attempt": att, "step": step, "steps_per_s": speed}).status_code == 200
+        assert (
+            api.post(
+                f"/api/runs/{rid}/heartbeat", json={"attempt": att, "step": step, "steps_per_s": speed}
+            ).status_code
+            == 200
+        )
     p = api.get(f"/api/sweeps/{s['id']}").json()["progress"]
     total = SMALL["diffusion_gradient_steps"]
+    assert isinstance(total, int)
     left = (total - 400) + (total - 100) + total
     assert (p["running"], p["queued"], p["done"], p["steps_left"]) == (2, 1, 0, left)
     assert p["steps_per_s"] == pytest.approx(20.0)
@@ -125,16 +162,21 @@ def test_cancelling_a_sweep_stops_what_has_not_ended(api) -> None:
     assert api.post("/api/sweeps/999/cancel").status_code == 404
 
 
-@pytest.mark.parametrize("body, loc", [
-    ({"tasks": ["pong-v0"]}, ["body", "tasks"]),
-    ({"tasks": []}, ["body", "tasks"]),
-    ({"tasks": ["hopper-medium-v2"], "seeds": [-1]}, ["body", "seeds", 0]),
-    ({"tasks": ["hopper-medium-v2"], "variants": ["R3"]}, ["body", "variants", 0]),
-    ({"tasks": ["hopper-medium-v2"], "name": "a b"}, ["body", "name"]),
-    ({"tasks": ["hopper-medium-v2"], "config": {"seed": 3}}, ["body", "config", "seed"]),
-    ({"tasks": ["hopper-medium-v2", "walker2d-medium-v2"], "config": {"batch_size": 0}},
-     ["body", "config", "batch_size"]),
-])
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ({"tasks": ["pong-v0"]}, ["body", "tasks"]),
+        ({"tasks": []}, ["body", "tasks"]),
+        ({"tasks": ["hopper-medium-v2"], "seeds": [-1]}, ["body", "seeds", 0]),
+        ({"tasks": ["hopper-medium-v2"], "variants": ["R3"]}, ["body", "variants", 0]),
+        ({"tasks": ["hopper-medium-v2"], "name": "a b"}, ["body", "name"]),
+        ({"tasks": ["hopper-medium-v2"], "config": {"seed": 3}}, ["body", "config", "seed"]),
+        (
+            {"tasks": ["hopper-medium-v2", "walker2d-medium-v2"], "config": {"batch_size": 0}},
+            ["body", "config", "batch_size"],
+        ),
+    ],
+)
 def test_a_bad_sweep_is_a_422_naming_the_field_and_queues_nothing(client, body, loc) -> None:
     r = client.post("/api/sweeps", json=body)
     assert r.status_code == 422
@@ -148,11 +190,12 @@ def test_a_sweep_name_is_used_once(client) -> None:
     assert r.status_code == 409 and "choose another name" in r.json()["detail"]
 
 
-def _expected(scores: list[float], paper_mean: float, paper_sem: float) -> tuple[float, float, float, str]:
+def _expected(scores: list[float], paper_mean: float, paper_sem: float | None) -> tuple[float, float, float, str]:
+    assert paper_sem is not None, "a paper score without a s.e. is not judged"
     mean = statistics.fmean(scores)
     sem = statistics.stdev(scores) / math.sqrt(len(scores))
     diff = mean - paper_mean
-    combined = math.sqrt(sem ** 2 + paper_sem ** 2)
+    combined = math.sqrt(sem**2 + paper_sem**2)
     verdict = "agrees" if abs(diff) <= combined else "close" if abs(diff) <= 2 * combined else "differs"
     return mean, sem, diff, verdict
 
@@ -183,8 +226,13 @@ def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
         assert row["n"] == 3 and row["seeds"] == [0, 1, 2] and row["label"] == "mean ± s.e. over seeds"
         assert row["mean"] == pytest.approx(mean) and row["sem"] == pytest.approx(sem)
         assert row["difference"] == pytest.approx(diff) and row["agreement"]["verdict"] == verdict
-        assert row["paper"] == {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
-                                "label": "mean ± s.e. over 5 seeds", "variant": variant}
+        assert row["paper"] == {
+            "mean": paper.mean,
+            "sem": paper.sem,
+            "source": paper.source,
+            "label": "mean ± s.e. over 5 seeds",
+            "variant": variant,
+        }
         assert row["per_episode"] is None and row["differing_config_keys"] == []
         assert row["planning"]["paper_hz"] == PAPER_PLANNING_HZ[variant] and row["planning"]["devices"] == ["cpu"]
     assert rows[("hopper-medium-v2", "R1")]["planning"]["hz_1env"] == pytest.approx(1000 / 12.5)
@@ -213,10 +261,29 @@ def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) ->
     task = TASKS["hopper-medium-v2"]
     # one experiment: seeds, quick evaluations, logging, backups and a task-table value spelled out
     sweep(api, ["hopper-medium-v2"], [0], base={})
-    sweep(api, ["hopper-medium-v2"], [1], base={}, eval_every=500, log_interval=10, backup_every=0,
-          target_return=task.target_return_r1, train_accel="eager")
-    small = sweep(api, ["hopper-medium-v2"], [0, 1], base={}, d_model=64, diffusion_gradient_steps=200,
-                  invdyn_gradient_steps=200, eval_every=100, log_interval=100, save_interval=100)
+    sweep(
+        api,
+        ["hopper-medium-v2"],
+        [1],
+        base={},
+        eval_every=500,
+        log_interval=10,
+        backup_every=0,
+        target_return=task.target_return_r1,
+        train_accel="eager",
+    )
+    small = sweep(
+        api,
+        ["hopper-medium-v2"],
+        [0, 1],
+        base={},
+        d_model=64,
+        diffusion_gradient_steps=200,
+        invdyn_gradient_steps=200,
+        eval_every=100,
+        log_interval=100,
+        save_interval=100,
+    )
     wid = register(api)
     for scores in ([99.0, 101.0], [97.0, 99.0], [50.0, 52.0], [60.0, 62.0]):
         rid, att = run_next(api, wid)
@@ -229,11 +296,15 @@ def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) ->
     assert paper_row["agreement"]["verdict"] in ("agrees", "close", "differs")
     assert paper_row["planning"]["not_comparable"] is None
     assert other_row["run_ids"] == [r["id"] for r in small["runs"]] and other_row["paper_settings"] is False
-    caption = ("not the paper's settings: d_model 64 (paper 256), diffusion_gradient_steps 200 (paper 1,000,000), "
-               "invdyn_gradient_steps 200 (paper 1,000,000)")
+    caption = (
+        "not the paper's settings: d_model 64 (paper 256), diffusion_gradient_steps 200 (paper 1,000,000), "
+        "invdyn_gradient_steps 200 (paper 1,000,000)"
+    )
     assert other_row["settings_caption"] == caption and other_row["difference"] is None
-    assert other_row["agreement"] == {"verdict": "not compared",
-                                      "text": f"{caption}; no agreement or difference is claimed"}
+    assert other_row["agreement"] == {
+        "verdict": "not compared",
+        "text": f"{caption}; no agreement or difference is claimed",
+    }
     assert other_row["planning"]["not_comparable"] == "a different planner from the paper's: d_model 64 (paper 256)"
 
     md = api.get("/api/results.md").text
@@ -255,15 +326,18 @@ def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) ->
 
 
 def test_runs_list_pages_filters_and_sorts(api) -> None:
-    ids = [api.post("/api/runs", json={"task": t, "name": f"run-{i}", "config": SMALL}).json()["id"]
-           for i, t in enumerate(["hopper-medium-v2", "walker2d-medium-v2"] * 4)]
+    ids = [
+        api.post("/api/runs", json={"task": t, "name": f"run-{i}", "config": SMALL}).json()["id"]
+        for i, t in enumerate(["hopper-medium-v2", "walker2d-medium-v2"] * 4)
+    ]
     page = api.get("/api/runs", params={"limit": 3, "offset": 3})
     assert page.headers["x-total-count"] == "8" and [r["id"] for r in page.json()] == ids[::-1][3:6]
     hopper = api.get("/api/runs", params={"task": "hopper-medium-v2"})
     assert hopper.headers["x-total-count"] == "4" and {r["task"] for r in hopper.json()} == {"hopper-medium-v2"}
     assert [r["id"] for r in api.get("/api/runs", params={"sort": "oldest"}).json()] == ids
-    assert [r["name"]
-            for r in api.get("/api/runs", params={"sort": "name"}).json()] == sorted(f"run-{i}" for i in range(8))
+    assert [r["name"] for r in api.get("/api/runs", params={"sort": "name"}).json()] == sorted(
+        f"run-{i}" for i in range(8)
+    )
     rid, att = run_next(api, register(api))
     assert [r["id"] for r in api.get("/api/runs", params={"status": "running"}).json()] == [rid]
     api.patch(f"/api/runs/{ids[1]}", json={"tags": ["baseline", "lr"]}).raise_for_status()
@@ -321,16 +395,22 @@ def test_tags_note_archive_and_delete(api) -> None:
 
 
 def _two_runs_with_data(api: TestClient) -> tuple[int, int]:
-    a = api.post("/api/runs", json={"task": "halfcheetah-medium-expert-v2", "name": "a",
-                                    "config": {**SMALL, "seed": 1}}).json()["id"]
-    b = api.post("/api/runs", json={"task": "halfcheetah-medium-expert-v2", "name": "b",
-                                    "config": {**SMALL, "seed": 2, "batch_size": 64}}).json()["id"]
+    a = api.post(
+        "/api/runs", json={"task": "halfcheetah-medium-expert-v2", "name": "a", "config": {**SMALL, "seed": 1}}
+    ).json()["id"]
+    b = api.post(
+        "/api/runs",
+        json={"task": "halfcheetah-medium-expert-v2", "name": "b", "config": {**SMALL, "seed": 2, "batch_size": 64}},
+    ).json()["id"]
     wid = register(api)
     for rid in (a, b):
         got_id, att = run_next(api, wid)
         assert got_id == rid
-        points = [{"key": k, "step": s, "value": (rid + s) / 100, "wall_time": 1000.0 + s}
-                  for k in ("loss0", "loss1", "invdyn_loss") for s in range(0, 50, 10)]
+        points = [
+            {"key": k, "step": s, "value": (rid + s) / 100, "wall_time": 1000.0 + s}
+            for k in ("loss0", "loss1", "invdyn_loss")
+            for s in range(0, 50, 10)
+        ]
         points.append({"key": "loss0", "step": 60, "value": None, "nonfinite": "nan", "wall_time": 1060.0})
         assert api.post(f"/api/runs/{rid}/metrics", json={"attempt": att, "points": points}).status_code == 200
         final(api, rid, att, [10.0, 12.0], kind="quick", step=20)
@@ -356,8 +436,11 @@ def test_compare_and_chart_data_as_csv_and_json(api) -> None:
     assert data["charts"]["loss"]["rows"] == as_json["rows"]
 
     score = list(csv.DictReader(io.StringIO(api.get(f"/api/runs/{a}/charts/score.csv").text)))
-    mine = [(r["kind"], r["variant"], r["step"], float(r["score_mean"]), float(r["score_std"])) for r in score
-            if r["run_id"]]
+    mine = [
+        (r["kind"], r["variant"], r["step"], float(r["score_mean"]), float(r["score_std"]))
+        for r in score
+        if r["run_id"]
+    ]
     assert mine == [("quick", "R1", "20", 11.0, 1.0), ("final", "R1", "1000", 85.0, 5.0)]
     curve = REFERENCE_CURVES["halfcheetah-medium-expert-v2"]
     reference = [(int(r["step"]), float(r["score_mean"])) for r in score if r["kind"] == "reference"]
@@ -383,10 +466,13 @@ def test_compare_groups_the_runs_that_differ_only_by_seed(api) -> None:
     """Seeds, names and backup settings may differ within a group (paper_settings.fingerprint,
     the results table's rule); any other setting, or the task, makes another group."""
     seeds = [r["id"] for r in sweep(api, ["hopper-medium-v2"], [0, 1, 2])["runs"]]
-    backed_up = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": "mine", "config": {
-        **SMALL, "seed": 5, "hub_repo": "user/results"}}).json()["id"]
-    other_lr = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": None, "config": {
-        **SMALL, "seed": 0, "batch_size": 64}}).json()["id"]
+    backed_up = api.post(
+        "/api/runs",
+        json={"task": "hopper-medium-v2", "name": "mine", "config": {**SMALL, "seed": 5, "hub_repo": "user/results"}},
+    ).json()["id"]
+    other_lr = api.post(
+        "/api/runs", json={"task": "hopper-medium-v2", "name": None, "config": {**SMALL, "seed": 0, "batch_size": 64}}
+    ).json()["id"]
     other_task = sweep(api, ["walker2d-medium-v2"], [0])["runs"][0]["id"]
     ids = [*seeds, backed_up, other_lr, other_task]
     data = api.get("/api/compare", params={"runs": ",".join(map(str, ids))}).json()
@@ -404,8 +490,14 @@ def test_stage_marks_say_where_reflow_started_and_where_an_attempt_resumed(api) 
     """The reflow mark (at R1's last step, once reflow has logged; its wall time that point's)
     and one mark per resume event the worker writes (app.protocol.resumed_from), not the
     checklist's echo of it; both on the run's charts and in the comparison."""
-    rid = api.post("/api/runs", json={"task": "hopper-medium-v2", "name": None, "config": {
-        **SMALL, "variant": "R2", "reflow_gradient_steps": 500}}).json()["id"]
+    rid = api.post(
+        "/api/runs",
+        json={
+            "task": "hopper-medium-v2",
+            "name": None,
+            "config": {**SMALL, "variant": "R2", "reflow_gradient_steps": 500},
+        },
+    ).json()["id"]
     wid = register(api)
     _, attempt = run_next(api, wid)
     a = {"attempt": attempt}
@@ -413,7 +505,7 @@ def test_stage_marks_say_where_reflow_started_and_where_an_attempt_resumed(api) 
     assert api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).status_code == 200
     assert api.get(f"/api/runs/{rid}/charts").json()["marks"] == [], "no reflow point yet: no reflow mark"
     how = resumed_from(400, "local checkpoint")
-    assert RESUMED.match(f"training {how}, to step 1000 on cpu").group(1) == "400"
+    assert (resumed := RESUMED.match(f"training {how}, to step 1000 on cpu")) and resumed.group(1) == "400"
     for message in (f"training {how}, to step 1000 on cpu", "training started fresh, to step 1000 on cpu"):
         assert api.post(f"/api/runs/{rid}/events", json={**a, "level": "info", "message": message}).status_code == 200
     assert api.post(f"/api/runs/{rid}/checklist", json={**a, "key": "train.start", "detail": how}).status_code == 200
@@ -421,7 +513,9 @@ def test_stage_marks_say_where_reflow_started_and_where_an_attempt_resumed(api) 
     assert api.post(f"/api/runs/{rid}/metrics", json={**a, "points": reflow}).status_code == 200
     marks = api.get(f"/api/runs/{rid}/charts").json()["marks"]
     assert [(m["kind"], m["step"], m["label"]) for m in marks] == [
-        ("resume", 400, "resumed from step 400"), ("reflow", 1000, "reflow starts")]
+        ("resume", 400, "resumed from step 400"),
+        ("reflow", 1000, "reflow starts"),
+    ]
     assert marks[1]["wall_time"] == 6100.0 and isinstance(marks[0]["wall_time"], float)
     compared = api.get("/api/compare", params={"runs": str(rid)}).json()
     assert compared["runs"][0]["marks"] == marks

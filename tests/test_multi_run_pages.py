@@ -4,17 +4,23 @@ logged-in browser gets them, and the score figure's evaluation markers and refer
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import cast
 
-from tests.app_helpers import register
-from tests.test_multi_run_api import SMALL, final, finish, run_next, sweep
+from matplotlib.container import ErrorbarContainer
+
 from app.services.dashboard import charts
 from dlite.tasks import REFERENCE_CURVES, TASKS
+from tests.app_helpers import register
+from tests.test_multi_run_api import SMALL, final, finish, run_next, sweep
 
 
 def test_runs_page_pages_filters_and_keeps_its_filters_live(client, browser_client) -> None:
     for i in range(55):
-        client.post("/api/runs", json={"task": "hopper-medium-v2" if i % 5 else "walker2d-medium-v2",
-                                       "name": f"r{i}", "config": SMALL}).raise_for_status()
+        client.post(
+            "/api/runs",
+            json={"task": "hopper-medium-v2" if i % 5 else "walker2d-medium-v2", "name": f"r{i}", "config": SMALL},
+        ).raise_for_status()
     page = browser_client.get("/").text
     assert "Runs 1–50 of 55" in page and page.count('class="pick"') == 50
     assert 'href="/?offset=50" rel="next"' in page and 'data-refresh="/runs/table?"' in page
@@ -54,7 +60,7 @@ def test_sweeps_results_and_compare_pages(client, browser_client) -> None:
 
     compare = browser_client.get(f"/compare?runs={ids[0]},{ids[1]}").text
     assert "<code>seed</code>" in compare and "<code>batch_size</code>" not in compare
-    assert f'/api/compare/charts/loss.csv?runs={ids[0]},{ids[1]}' in compare
+    assert f"/api/compare/charts/loss.csv?runs={ids[0]},{ids[1]}" in compare
     assert f"/api/runs/{ids[0]}/metrics.csv" in compare
     missing = browser_client.get("/compare?runs=1,999")
     assert missing.status_code == 404 and "run 999 not found" in missing.text
@@ -67,17 +73,24 @@ def test_score_figure_marks_quick_and_final_evaluations_and_draws_the_reference(
     from app.services.figures import chart_figure
 
     score = next(c for c in charts(3) if c["id"] == "score")
-    evaluations = [{"step": 100, "kind": "quick", "variant": "R1", "score_mean": 40.0, "score_std": 2.0},
-                   {"step": 200, "kind": "final", "variant": "R1", "score_mean": 80.0, "score_std": 3.0},
-                   {"step": 200, "kind": "final", "variant": "R2", "score_mean": 75.0, "score_std": 3.0}]
+    evaluations = [
+        {"step": 100, "kind": "quick", "variant": "R1", "score_mean": 40.0, "score_std": 2.0},
+        {"step": 200, "kind": "final", "variant": "R1", "score_mean": 80.0, "score_std": 3.0},
+        {"step": 200, "kind": "final", "variant": "R2", "score_mean": 75.0, "score_std": 3.0},
+    ]
     curve = REFERENCE_CURVES["halfcheetah-medium-expert-v2"]
     ax = chart_figure(score, "t", {}, evaluations, {"mean": 90.8, "sem": 0.9}, curve).axes[0]
     labels = ax.get_legend_handles_labels()[1]
-    assert {"quick evaluations R1 (mean ± std over episodes)", "final evaluations R1 (mean ± std over episodes)",
-            "final evaluations R2 (mean ± std over episodes)"} <= set(labels)
-    [ref] = [line for line in ax.get_lines() if line.get_label().startswith("reference")]
-    assert list(ref.get_xdata()) == list(curve.steps) and ref.get_linestyle() == "--"
-    assert len({c.lines[0].get_marker() for c in ax.containers}) == 3, "quick and final differ by marker"
+    assert {
+        "quick evaluations R1 (mean ± std over episodes)",
+        "final evaluations R1 (mean ± std over episodes)",
+        "final evaluations R2 (mean ± std over episodes)",
+    } <= set(labels)
+    [ref] = [line for line in ax.get_lines() if str(line.get_label()).startswith("reference")]
+    assert list(cast(Iterable[float], ref.get_xdata())) == list(curve.steps) and ref.get_linestyle() == "--"
+    assert len({cast(ErrorbarContainer, c).lines[0].get_marker() for c in ax.containers}) == 3, (
+        "quick and final differ by marker"
+    )
 
 
 def test_run_page_shows_an_r2_runs_r1_and_r2_finals_each_against_its_paper_number(client, browser_client) -> None:

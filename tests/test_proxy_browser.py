@@ -40,8 +40,12 @@ class Setup:
     """The server believes the proxy's X-Forwarded-Proto (DLITE_TRUSTED_PROXIES), so its cookies are Secure."""
 
 
-SETUPS = [Setup("host-as-sent", trusted=True), Setup("host-rewritten", rewrite_host=True),
-          Setup("prefix-stripped", root="/lab", strip=True, trusted=True), Setup("prefix-forwarded", root="/lab")]
+SETUPS = [
+    Setup("host-as-sent", trusted=True),
+    Setup("host-rewritten", rewrite_host=True),
+    Setup("prefix-stripped", root="/lab", strip=True, trusted=True),
+    Setup("prefix-forwarded", root="/lab"),
+]
 
 
 def _binary(name: str) -> str:
@@ -60,9 +64,30 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A throw-away self-signed certificate for localhost and 127.0.0.1 (two sites)."""
     openssl, folder = _binary("openssl"), tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -72,7 +97,8 @@ def lab(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     started: list[LiveServer] = []
 
     def start(**settings: str) -> LiveServer:
-        started.append(start_server(tmp_path / f"data{len(started)}", **settings))
+        # the defaults spelled out, so the type checker sees `settings` only as environment variables
+        started.append(start_server(tmp_path / f"data{len(started)}", None, 60, **settings))
         return started[-1]
 
     yield start
@@ -83,22 +109,41 @@ def lab(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture
 def caddy(tmp_path: Path, certificate: tuple[Path, Path]) -> Iterator[Callable[[dict], None]]:
     """Starts caddy with the given HTTPS servers (name -> {port, routes}) and stops it at the end."""
-    binary, procs = _binary("caddy"), []
+    binary = _binary("caddy")
+    procs: list[subprocess.Popen] = []
 
     def start(servers: dict) -> None:
         cert, key = certificate
-        config = {"admin": {"disabled": True}, "logging": {"logs": {"default": {"level": "ERROR"}}},
-                  "apps": {"tls": {"certificates": {"load_files": [{"certificate": str(cert), "key": str(key)}]}},
-                           "http": {"servers": {name: {"listen": [f"127.0.0.1:{s['port']}"], "routes": s["routes"],
-                                                       "tls_connection_policies": [{}],
-                                                       "automatic_https": {"disable": True}}
-                                                for name, s in servers.items()}}}}
+        config = {
+            "admin": {"disabled": True},
+            "logging": {"logs": {"default": {"level": "ERROR"}}},
+            "apps": {
+                "tls": {"certificates": {"load_files": [{"certificate": str(cert), "key": str(key)}]}},
+                "http": {
+                    "servers": {
+                        name: {
+                            "listen": [f"127.0.0.1:{s['port']}"],
+                            "routes": s["routes"],
+                            "tls_connection_policies": [{}],
+                            "automatic_https": {"disable": True},
+                        }
+                        for name, s in servers.items()
+                    }
+                },
+            },
+        }
         path, log = tmp_path / f"caddy{len(procs)}.json", tmp_path / f"caddy{len(procs)}.log"
         path.write_text(json.dumps(config))
         home = {"XDG_DATA_HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}  # caddy's state, thrown away
         with log.open("w") as out:
-            procs.append(subprocess.Popen([binary, "run", "--config", str(path)], stdout=out,
-                                          stderr=subprocess.STDOUT, env={**os.environ, **home}))
+            procs.append(
+                subprocess.Popen(
+                    [binary, "run", "--config", str(path)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **home},
+                )
+            )
         for s in servers.values():
             _wait_for_port(s["port"], procs[-1], log)
 
@@ -134,23 +179,39 @@ def _proxy_routes(setup: Setup, upstream: LiveServer) -> list[dict]:
     if not setup.root:
         return [{"handle": [proxy]}]
     strip = [{"handler": "rewrite", "strip_path_prefix": setup.root}] if setup.strip else []
-    return [{"match": [{"path": [setup.root, f"{setup.root}/*"]}], "handle": [*strip, proxy]},
-            {"handle": [{"handler": "static_response", "status_code": 404, "body": "not under the prefix"}]}]
+    return [
+        {"match": [{"path": [setup.root, f"{setup.root}/*"]}], "handle": [*strip, proxy]},
+        {"handle": [{"handler": "static_response", "status_code": 404, "body": "not under the prefix"}]},
+    ]
 
 
 def _watch(page, *origins: str) -> list[str]:
     """Everything that would show a broken page: console errors and warnings (mixed content
     among them), script errors, failed or refused requests, and any request to another origin."""
     problems: list[str] = []
-    page.on("console", lambda m: m.type in ("error", "warning")
-            and problems.append(f"console {m.type}: {m.text} ({m.location.get('url')})"))
+
+    def console(m) -> None:
+        if m.type in ("error", "warning"):
+            problems.append(f"console {m.type}: {m.text} ({m.location.get('url')})")
+
+    def request(r) -> None:
+        if not r.url.startswith(tuple(f"{o}/" for o in origins)):
+            problems.append(f"request outside {origins}: {r.url}")
+
+    def response(r) -> None:
+        if r.status >= 400:
+            problems.append(f"HTTP {r.status}: {r.url}")
+
+    def request_failed(r) -> None:
+        # leaving a page cancels its event stream; that is not a failure
+        if not (r.failure == "net::ERR_ABORTED" and "/stream" in r.url):
+            problems.append(f"request failed ({r.failure}): {r.url}")
+
+    page.on("console", console)
     page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
-    page.on("request", lambda r: r.url.startswith(tuple(f"{o}/" for o in origins))
-            or problems.append(f"request outside {origins}: {r.url}"))
-    page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status}: {r.url}"))
-    # leaving a page cancels its event stream; that is not a failure
-    page.on("requestfailed", lambda r: r.failure == "net::ERR_ABORTED" and "/stream" in r.url
-            or problems.append(f"request failed ({r.failure}): {r.url}"))
+    page.on("request", request)
+    page.on("response", response)
+    page.on("requestfailed", request_failed)
     return problems
 
 
@@ -175,8 +236,9 @@ def test_dashboard_behind_an_https_proxy(browser, lab, caddy, setup: Setup) -> N
         page.wait_for_selector("table.runs")
         assert page.url == f"{base}{root}/"
         cookies = {c["name"]: c for c in context.cookies()}
-        assert {(c["path"], c["secure"], c["sameSite"]) for c in cookies.values()} == \
-            {(root or "/", setup.trusted, "Strict")}, cookies
+        assert {(c["path"], c["secure"], c["sameSite"]) for c in cookies.values()} == {
+            (root or "/", setup.trusted, "Strict")
+        }, cookies
 
         page.click(f"a[href='{root}/runs/{rid}']")
         page.wait_for_function("""() => ['loss', 'score'].every(id => {
@@ -204,9 +266,20 @@ def test_dashboard_behind_an_https_proxy(browser, lab, caddy, setup: Setup) -> N
 def _other_site(port: int, body: str) -> dict:
     """caddy's server for a notebook page on https://localhost:`port`, a site other than the
     dashboard's https://127.0.0.1 (as colab.research.google.com is to the port proxy)."""
-    return {"port": port, "routes": [{"handle": [{
-        "handler": "static_response", "body": f"<!doctype html><title>notebook</title>{body}",
-        "headers": {"Content-Type": ["text/html; charset=utf-8"]}}]}]}
+    return {
+        "port": port,
+        "routes": [
+            {
+                "handle": [
+                    {
+                        "handler": "static_response",
+                        "body": f"<!doctype html><title>notebook</title>{body}",
+                        "headers": {"Content-Type": ["text/html; charset=utf-8"]},
+                    }
+                ]
+            }
+        ],
+    }
 
 
 @pytest.mark.parametrize("login", ["token", "link"])
@@ -219,9 +292,14 @@ def test_login_inside_a_cross_site_iframe_sticks(browser, lab, caddy, login: str
     with server.client() as api:
         rid, _ = _seed(api)
         src = api.post("/api/login-links").json()["path"] if login == "link" else "/lab/"
-        caddy({"proxy": {"port": port, "routes": _proxy_routes(Setup("framed", root="/lab"), server)},
-               "notebook": _other_site(outer, f'<iframe src="https://127.0.0.1:{port}{src}" '
-                                              'width="1200" height="900"></iframe>')})
+        caddy(
+            {
+                "proxy": {"port": port, "routes": _proxy_routes(Setup("framed", root="/lab"), server)},
+                "notebook": _other_site(
+                    outer, f'<iframe src="https://127.0.0.1:{port}{src}" width="1200" height="900"></iframe>'
+                ),
+            }
+        )
         context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 1000})
         page = context.new_page()
         problems = _watch(page, f"https://localhost:{outer}", f"https://127.0.0.1:{port}")
@@ -251,8 +329,12 @@ def test_a_login_link_clicked_on_another_site_logs_in_once(browser, lab, caddy) 
     dashboard = f"https://127.0.0.1:{port}"
     with server.client() as api:
         link = dashboard + api.post("/api/login-links").json()["path"]
-    caddy({"proxy": {"port": port, "routes": _proxy_routes(Setup("linked", root="/lab"), server)},
-           "notebook": _other_site(outer, f'<a href="{link}">Dashboard in a browser tab</a>')})
+    caddy(
+        {
+            "proxy": {"port": port, "routes": _proxy_routes(Setup("linked", root="/lab"), server)},
+            "notebook": _other_site(outer, f'<a href="{link}">Dashboard in a browser tab</a>'),
+        }
+    )
     for clicks in ("first", "again"):
         context = browser.new_context(ignore_https_errors=True, viewport={"width": 1280, "height": 1000})
         page = context.new_page()

@@ -45,8 +45,9 @@ def lab_database(data_dir: Path, names: tuple[str, ...] = ("first", "second")) -
     db.migrate()
     with db.write() as session:
         for name in names:
-            session.add(Run(task="hopper-medium-v2", name=name, config={}, total_steps=10, created_at=1.0,
-                            updated_at=1.0))
+            session.add(
+                Run(task="hopper-medium-v2", name=name, config={}, total_steps=10, created_at=1.0, updated_at=1.0)
+            )
     db.dispose()
     return path
 
@@ -78,8 +79,9 @@ def test_folder_round_trip_keeps_runs_and_token_and_the_snapshot_before(tmp_path
     assert (old / LAB_ID_FILE).read_text().strip() == lab.lab_id
     logged: list[str] = []
     clock = iter(range(1_000_000_000, 1_000_001_000, 10))
-    state = StateBackup(folder(drive), old, lab.lab_id, TOKEN, every_s=60, log=logged.append,
-                        clock=lambda: float(next(clock)))
+    state = StateBackup(
+        folder(drive), old, lab.lab_id, TOKEN, every_s=60, log=logged.append, clock=lambda: float(next(clock))
+    )
     assert state.save() is True
     assert state.save() is False, "an unchanged database is not uploaded again"
     for note in ("one", "two"):
@@ -88,8 +90,9 @@ def test_folder_round_trip_keeps_runs_and_token_and_the_snapshot_before(tmp_path
         assert state.save() is True
     state_json = saved(drive)
     assert state_json["token"] == TOKEN and state_json["lab_id"] == lab.lab_id and not logged
-    assert snapshots(drive) == sorted(Path(state_json[k]["file"]).name for k in ("database", "previous")), \
+    assert snapshots(drive) == sorted(Path(state_json[k]["file"]).name for k in ("database", "previous")), (
         "the newest snapshot and the one before it, no older ones"
+    )
 
     new = tmp_path / "new"  # a fresh machine
     result = restore(folder(drive), new, use_saved_token=True)
@@ -149,28 +152,46 @@ def test_a_second_machine_takes_the_storage_over_and_the_first_stops_saving(tmp_
     assert "another machine" in first.close(timeout=5)
 
 
-def test_hub_keeps_the_token_only_in_a_private_repo_and_reports_failures_once(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_keeps_the_token_only_in_a_private_repo_and_reports_failures_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
     lab_database(tmp_path / "old")
     api = FakeHubApi()
-    lab = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "old", use_saved_token=True)
-    assert StateBackup(HubBackup("me/lab", STATE_KEY, api=api, min_interval_s=0), tmp_path / "old", lab.lab_id,
-                       TOKEN, every_s=60).save()
+    lab = restore(HubBackup("me/lab", STATE_KEY, api=api.as_hf_api()), tmp_path / "old", use_saved_token=True)
+    assert StateBackup(
+        HubBackup("me/lab", STATE_KEY, api=api.as_hf_api(), min_interval_s=0),
+        tmp_path / "old",
+        lab.lab_id,
+        TOKEN,
+        every_s=60,
+    ).save()
     assert api.private["me/lab"] is True and json.loads(api.repos["me/lab"][STATE_FILE])["token"] == TOKEN
     assert [c["message"] for c in api.commits] == ["server state"], "snapshot and state.json in one commit"
-    restored = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "new", use_saved_token=True)
+    restored = restore(HubBackup("me/lab", STATE_KEY, api=api.as_hf_api()), tmp_path / "new", use_saved_token=True)
     assert restored.restored and run_names(tmp_path / "new" / "dlite.db") == ["first", "second"]
 
     api.create_repo("me/public", private=False)
     logged: list[str] = []
-    public = StateBackup(HubBackup("me/public", STATE_KEY, api=api, min_interval_s=0), tmp_path / "old", lab.lab_id,
-                         TOKEN, every_s=60, log=logged.append)
+    public = StateBackup(
+        HubBackup("me/public", STATE_KEY, api=api.as_hf_api(), min_interval_s=0),
+        tmp_path / "old",
+        lab.lab_id,
+        TOKEN,
+        every_s=60,
+        log=logged.append,
+    )
     assert public.save() and "token" not in json.loads(api.repos["me/public"][STATE_FILE])
     assert any("is public" in line for line in logged)
 
-    failing = StateBackup(HubBackup("me/lab", STATE_KEY, api=api, min_interval_s=0, max_retries=0),
-                          tmp_path / "old", lab.lab_id, TOKEN, every_s=60, log=logged.append)
+    failing = StateBackup(
+        HubBackup("me/lab", STATE_KEY, api=api.as_hf_api(), min_interval_s=0, max_retries=0),
+        tmp_path / "old",
+        lab.lab_id,
+        TOKEN,
+        every_s=60,
+        log=logged.append,
+    )
     api.fail["create_commit"] = [(403, {}), (403, {})]
     logged.clear()
     assert not failing.save() and not failing.save()
@@ -181,8 +202,11 @@ def test_hub_keeps_the_token_only_in_a_private_repo_and_reports_failures_once(tm
     assert json.loads((tmp_path / "old" / STATE_STATUS_FILE).read_text())["ok"] is True
 
 
-ARTIFACTS = {(1, "R1-final-1000.webm"): b"\x1a\x45\xdf\xa3 first video", (1, "R1-final-1000.plans.json"): b"{}",
-             (2, "R2-quick-500.webm"): b"\x1a\x45\xdf\xa3 second video"}
+ARTIFACTS = {
+    (1, "R1-final-1000.webm"): b"\x1a\x45\xdf\xa3 first video",
+    (1, "R1-final-1000.plans.json"): b"{}",
+    (2, "R2-quick-500.webm"): b"\x1a\x45\xdf\xa3 second video",
+}
 
 
 def add_artifacts(data_dir: Path, files: dict[tuple[int, str], bytes]) -> None:
@@ -191,9 +215,11 @@ def add_artifacts(data_dir: Path, files: dict[tuple[int, str], bytes]) -> None:
         for (run_id, name), data in files.items():
             (data_dir / "artifacts" / str(run_id)).mkdir(parents=True, exist_ok=True)
             (data_dir / "artifacts" / str(run_id) / name).write_bytes(data)
-            c.execute("INSERT INTO artifacts (run_id, name, kind, variant, eval_kind, step, size, sha256, created_at) "
-                      "VALUES (?, ?, 'video', 'R1', 'final', 1, ?, ?, 1.0)",
-                      (run_id, name, len(data), sha256(data).hexdigest()))
+            c.execute(
+                "INSERT INTO artifacts (run_id, name, kind, variant, eval_kind, step, size, sha256, created_at) "
+                "VALUES (?, ?, 'video', 'R1', 'final', 1, ?, ?, 1.0)",
+                (run_id, name, len(data), sha256(data).hexdigest()),
+            )
 
 
 def artifact_files(data_dir: Path) -> dict[tuple[int, str], bytes]:
@@ -220,19 +246,23 @@ def test_artifact_files_go_with_the_snapshot_and_come_back_verified(tmp_path: Pa
     (old / "artifacts" / "2" / "R2-final-9.webm").unlink()
     (old / "artifacts" / "1" / "R2-final-9.webm").write_bytes(b"replaced since")
     lab = restore(folder(drive), old, use_saved_token=True)
-    target, logged = RecordingFolder(drive), []
+    target = RecordingFolder(drive)
+    logged: list[str] = []
     state = StateBackup(target, old, lab.lab_id, None, every_s=60, log=logged.append)
     assert state.save()
     stored = {f"server/artifacts/{run_id}/{name}" for run_id, name in ARTIFACTS}
     assert set(target.writes[-1][0]) == stored | {STATE_FILE, saved(drive)["database"]["file"]}, "one write"
     assert sorted(line.split(": ")[-1].split(" ", 1)[1] for line in logged) == [
-        "differs from its row (sha256 or size)", "is missing"], "left out, and the backup goes on"
+        "differs from its row (sha256 or size)",
+        "is missing",
+    ], "left out, and the backup goes on"
     assert set(saved(drive)["artifacts"]) == {f"{run_id}/{name}" for run_id, name in ARTIFACTS}
 
     with sqlite3.connect(database) as c:
         c.execute("UPDATE runs SET note = 'changed' WHERE id = 1")
-    assert state.save() and not any(p.startswith("server/artifacts/") for p in target.writes[-1][0]), \
+    assert state.save() and not any(p.startswith("server/artifacts/") for p in target.writes[-1][0]), (
         "unchanged artifacts are not uploaded again"
+    )
     assert len(logged) == 2, "a file left out is said once"
 
     result = restore(folder(drive), tmp_path / "new", use_saved_token=True)
@@ -257,7 +287,8 @@ def test_artifact_files_go_with_the_snapshot_and_come_back_verified(tmp_path: Pa
 
 
 def test_states_without_artifacts_stay_readable_and_the_hub_gets_them_in_one_commit(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)
     old_db = tmp_path / "older.db"  # a lab database from before migration 0012
     with sqlite3.connect(old_db) as c:
@@ -267,35 +298,46 @@ def test_states_without_artifacts_stay_readable_and_the_hub_gets_them_in_one_com
     lab_database(tmp_path / "old")
     add_artifacts(tmp_path / "old", ARTIFACTS)
     api = FakeHubApi()
-    lab = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "old", use_saved_token=True)
-    state = StateBackup(HubBackup("me/lab", STATE_KEY, api=api, min_interval_s=0), tmp_path / "old", lab.lab_id,
-                        None, every_s=60)
+    lab = restore(HubBackup("me/lab", STATE_KEY, api=api.as_hf_api()), tmp_path / "old", use_saved_token=True)
+    state = StateBackup(
+        HubBackup("me/lab", STATE_KEY, api=api.as_hf_api(), min_interval_s=0),
+        tmp_path / "old",
+        lab.lab_id,
+        None,
+        every_s=60,
+    )
     assert state.save()
-    assert len(api.commits) == 1 and {f"server/artifacts/{r}/{n}" for r, n in ARTIFACTS} <= set(
-        api.commits[0]["added"]) and api.commits[0]["added"][-1] == STATE_FILE
+    assert (
+        len(api.commits) == 1
+        and {f"server/artifacts/{r}/{n}" for r, n in ARTIFACTS} <= set(api.commits[0]["added"])
+        and api.commits[0]["added"][-1] == STATE_FILE
+    )
     api.corrupt.add("server/artifacts/2/R2-quick-500.webm")
-    result = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "new", use_saved_token=True,
-                     log=lambda _: None)
+    result = restore(
+        HubBackup("me/lab", STATE_KEY, api=api.as_hf_api()), tmp_path / "new", use_saved_token=True, log=lambda _: None
+    )
     assert "; 2 of its 3 artifact files came back, 1 did not" in result.message
     assert artifact_files(tmp_path / "new") == {k: v for k, v in ARTIFACTS.items() if k[0] == 1}
 
     older = json.loads(api.repos["me/lab"][STATE_FILE])  # as a lab from before artifacts saves it
     del older["artifacts"]
     api.repos["me/lab"][STATE_FILE] = json.dumps(older).encode()
-    result = restore(HubBackup("me/lab", STATE_KEY, api=api), tmp_path / "third", use_saved_token=True)
+    result = restore(HubBackup("me/lab", STATE_KEY, api=api.as_hf_api()), tmp_path / "third", use_saved_token=True)
     assert result.restored and "; 0 of its 3 artifact files came back" in result.message
     with sqlite3.connect(tmp_path / "old" / "dlite.db") as c:
         c.execute("UPDATE runs SET note = 'changed' WHERE id = 1")
-    assert state.save() and len([p for p in api.commits[-1]["added"] if p.startswith("server/artifacts/")]) == 3, \
+    assert state.save() and len([p for p in api.commits[-1]["added"] if p.startswith("server/artifacts/")]) == 3, (
         "a state.json without the record: the files are uploaded again"
+    )
 
 
 def test_every_page_says_when_the_server_state_is_not_being_saved(settings) -> None:
     with TestClient(create_app(settings)) as c:
         c.post("/login", data={"token": settings.token, "next": "/"})
         assert 'id="state-problem"' not in c.get("/").text
-        (settings.data_dir / STATE_STATUS_FILE).write_text(json.dumps(
-            {"ok": False, "message": "saving it to the Hugging Face Hub failed: HTTP 403", "at": 1.0}))
+        (settings.data_dir / STATE_STATUS_FILE).write_text(
+            json.dumps({"ok": False, "message": "saving it to the Hugging Face Hub failed: HTTP 403", "at": 1.0})
+        )
         for page in ("/", "/sweeps", "/results"):
             shown = c.get(page).text
             assert 'id="state-problem"' in shown and "HTTP 403" in shown, page
@@ -306,10 +348,28 @@ def test_every_page_says_when_the_server_state_is_not_being_saved(settings) -> N
 def start_up(data_dir: Path, port: int, drive: Path, log: Path, every_minutes: str) -> subprocess.Popen:
     env = subprocess_env()
     env.pop("DLITE_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", "worker.cli", "up", "--no-worker", "--port", str(port),
-                             "--data-dir", str(data_dir), "--backup-dir", str(drive), "--state-every-minutes",
-                             every_minutes], cwd=ROOT, env=env, stdout=open(log, "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.cli",
+            "up",
+            "--no-worker",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--backup-dir",
+            str(drive),
+            "--state-every-minutes",
+            every_minutes,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log, "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def runs_in_backup(drive: Path, scratch: Path) -> list[tuple[str, str | None]]:
@@ -339,13 +399,15 @@ def test_dlite_up_saves_the_state_and_a_fresh_machine_gets_the_same_lab(tmp_path
         wait_for(lambda: httpx.get(f"{url}/healthz", timeout=1).status_code == 200, 60, "dlite up")
         token = (tmp_path / "vm1" / "token").read_text().strip()
         api = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
-        ids = [api.post("/api/runs", json={"task": "hopper-medium-v2", "name": f"r{i}"}).json()["id"]
-               for i in range(3)]
+        ids = [api.post("/api/runs", json={"task": "hopper-medium-v2", "name": f"r{i}"}).json()["id"] for i in range(3)]
         assert api.patch(f"/api/runs/{ids[1]}", json={"note": "keep me", "tags": ["paper"]}).status_code == 200
         assert api.delete(f"/api/runs/{ids[2]}").status_code == 200
         # the note and the deletion both: a snapshot taken before r2 existed also lists r0 and r1 alone
-        wait_for(lambda: runs_in_backup(drive / "lab", tmp_path / "peek") == [("r0", None), ("r1", "keep me")], 60,
-                 "a saved state with the note and the deletion")
+        wait_for(
+            lambda: runs_in_backup(drive / "lab", tmp_path / "peek") == [("r0", None), ("r1", "keep me")],
+            60,
+            "a saved state with the note and the deletion",
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
@@ -364,5 +426,6 @@ def test_dlite_up_saves_the_state_and_a_fresh_machine_gets_the_same_lab(tmp_path
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
     assert "server state saved to the backup folder" in log.read_text()
-    assert [name for name, _ in runs_in_backup(drive / "lab", tmp_path / "peek")] == ["r0", "r1", "late"], \
+    assert [name for name, _ in runs_in_backup(drive / "lab", tmp_path / "peek")] == ["r0", "r1", "late"], (
         "Ctrl-C saved the last run"
+    )

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 from app.protocol import CONSOLE_TEXT, SYSTEM_KEYS, SYSTEM_PREFIX
 from app.services import console
 from app.services.system_metrics import SYSTEM_CHARTS
-from tests.app_helpers import LiveServer, claim, create_run, register
+from tests.app_helpers import LiveServer, app_of, claim_run, create_run, register
 from worker.client import ServerClient
 from worker.console import ConsoleCapture
 from worker.outbox import Outbox
@@ -51,14 +52,14 @@ class _Seconds:
         return replace(self.sampler.sample(), wall_time=1.8e9 + self.n)
 
 
-def test_system_points_survive_a_crash_and_a_replay_without_duplicates(live_server: LiveServer,
-                                                                       tmp_path: Path) -> None:
+def test_system_points_survive_a_crash_and_a_replay_without_duplicates(live_server: LiveServer, tmp_path: Path) -> None:
     api = live_server.client()
     run_id = create_run(api)["id"]
-    attempt = claim(api, register(api))["attempt"]
+    attempt = claim_run(api, register(api))["attempt"]
     folder = tmp_path / "box"
     down = Outbox(ServerClient("http://127.0.0.1:9", live_server.token), run_id, attempt, folder, max_backoff_s=0.2)
-    monitor = SystemMonitor(_Seconds(Sampler("cpu", tmp_path)), down.metrics, interval=0.05)
+    seconds = cast(Sampler, _Seconds(Sampler("cpu", tmp_path)))  # duck-typed: SystemMonitor only calls sample()
+    monitor = SystemMonitor(seconds, down.metrics, interval=0.05)
     monitor.start()
     time.sleep(0.3)
     monitor.stop()  # the server was down all along: the points are in the journal only
@@ -92,9 +93,14 @@ def test_console_lines_are_redacted_bounded_and_a_traceback_is_one_entry(monkeyp
         raise RuntimeError(f"401 for Bearer {TOKEN}")
     except RuntimeError:
         failed = log.makeRecord(log.name, logging.ERROR, __file__, 1, "upload failed", (), sys.exc_info())
-    lines = _captured([log.makeRecord(log.name, logging.INFO, __file__, 1, "token %s", (TOKEN,), None), failed,
-                       log.makeRecord(log.name, logging.WARNING, __file__, 1, "x" * 50_000, (), None),
-                       log.makeRecord("worker.outbox", logging.WARNING, __file__, 1, "retry", (), None)])
+    lines = _captured(
+        [
+            log.makeRecord(log.name, logging.INFO, __file__, 1, "token %s", (TOKEN,), None),
+            failed,
+            log.makeRecord(log.name, logging.WARNING, __file__, 1, "x" * 50_000, (), None),
+            log.makeRecord("worker.outbox", logging.WARNING, __file__, 1, "retry", (), None),
+        ]
+    )
     assert len(lines) == 4  # the outbox's own records are kept out only on its delivery thread
     assert all(TOKEN not in line["text"] for line in lines) and "hf_***" in lines[0]["text"]
     assert lines[1]["level"] == "error" and "Traceback (most recent call last)" in lines[1]["text"]
@@ -108,11 +114,12 @@ def _post(client: TestClient, run_id: int, attempt: int, *lines: dict) -> None:
 
 
 def test_console_is_stored_once_bounded_folded_behind_the_token_and_deleted_with_its_run(
-        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(console, "KEEP", 5)
     run_id = create_run(client)["id"]
-    attempt = claim(client, register(client))["attempt"]
-    trace = "Traceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad"
+    attempt = claim_run(client, register(client))["attempt"]
+    trace = 'Traceback (most recent call last):\n  File "x.py", line 1\nValueError: bad'
     lines = [{"uid": f"{i:032x}", "ts": 1.8e9 + i, "level": "info", "text": f"line {i}"} for i in range(7)]
     lines[6] = {**lines[6], "level": "error", "text": trace}
     _post(client, run_id, attempt, *lines[:4])
@@ -120,13 +127,18 @@ def test_console_is_stored_once_bounded_folded_behind_the_token_and_deleted_with
     shown = client.get(f"/api/runs/{run_id}/console").json()
     assert [c["text"] for c in shown] == [f"line {i}" for i in range(2, 6)] + [trace], "the newest 5, each once"
     assert shown[-1]["summary"] == "ValueError: bad" and shown[0]["summary"] is None
-    assert client.post(f"/api/runs/{run_id}/console", json={"attempt": attempt, "lines": [
-        {**lines[0], "uid": "a" * 32, "text": "x" * (CONSOLE_TEXT + 1)}]}).status_code == 422
+    assert (
+        client.post(
+            f"/api/runs/{run_id}/console",
+            json={"attempt": attempt, "lines": [{**lines[0], "uid": "a" * 32, "text": "x" * (CONSOLE_TEXT + 1)}]},
+        ).status_code
+        == 422
+    )
     page = client.get(f"/runs/{run_id}/panels").text
     assert "<summary>ValueError: bad</summary>" in page and "line 5" in page
     assert client.get(f"/api/runs/{run_id}/console", headers={"Authorization": "Bearer wrong"}).status_code == 401
     client.post(f"/api/runs/{run_id}/cancel").raise_for_status()
     client.post(f"/api/runs/{run_id}/finish", json={"attempt": attempt, "status": "cancelled"})
     client.delete(f"/api/runs/{run_id}").raise_for_status()
-    db = sqlite3.connect(client.app.state.settings.data_dir / "dlite.db")
+    db = sqlite3.connect(app_of(client).state.settings.data_dir / "dlite.db")
     assert db.execute("SELECT COUNT(*) FROM console_lines").fetchone() == (0,)

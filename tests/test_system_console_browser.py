@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_helpers import LiveServer, claim, create_run, register
+from tests.app_helpers import LiveServer, claim_run, create_run, register
 from tests.test_dashboard_browser import _login
 
 pytestmark = pytest.mark.browser
@@ -20,9 +20,10 @@ def _sample(t: float, cpu: float) -> list[dict]:
 def test_run_page_shows_system_metrics_and_a_live_console(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = create_run(api)["id"]
-        a = {"attempt": claim(api, register(api))["attempt"]}
-        api.post(f"/api/runs/{rid}/metrics", json={**a, "points": _sample(1.8e9, 40) + _sample(1.8e9 + 15, 60)}
-                 ).raise_for_status()
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
+        api.post(
+            f"/api/runs/{rid}/metrics", json={**a, "points": _sample(1.8e9, 40) + _sample(1.8e9 + 15, 60)}
+        ).raise_for_status()
         page = _login(browser, live_server)
         page.goto(f"{live_server.url}/runs/{rid}")
         page.wait_for_function("[...document.querySelectorAll('.system-plot')].every(d => d._fullLayout)")
@@ -35,9 +36,16 @@ def test_run_page_shows_system_metrics_and_a_live_console(browser, live_server: 
 
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": _sample(1.8e9 + 30, 80)}).raise_for_status()
         trace = "Traceback (most recent call last):\n  File \"t.py\", line 3, in f\nKeyError: 'x'"
-        api.post(f"/api/runs/{rid}/console", json={**a, "lines": [
-            {"uid": "1" * 32, "ts": 1.8e9, "level": "info", "text": "worker.executor: training started"},
-            {"uid": "2" * 32, "ts": 1.8e9 + 1, "level": "error", "text": trace}]}).raise_for_status()
+        api.post(
+            f"/api/runs/{rid}/console",
+            json={
+                **a,
+                "lines": [
+                    {"uid": "1" * 32, "ts": 1.8e9, "level": "info", "text": "worker.executor: training started"},
+                    {"uid": "2" * 32, "ts": 1.8e9 + 1, "level": "error", "text": trace},
+                ],
+            },
+        ).raise_for_status()
         page.wait_for_function("document.getElementById('chart-system-cpu').data[0].y.length === 3")
         page.wait_for_selector("#console li >> text=training started")
         assert page.inner_text("#console details summary") == "KeyError: 'x'"

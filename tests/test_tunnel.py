@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,13 @@ from app import tunnel
 
 
 def test_chosen_provider_url_is_printed_and_stored(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    calls = []
-    fake = {"ngrok": lambda port: calls.append(port) or "https://abc.ngrok.app"}
+    calls: list[int] = []
+
+    def ngrok(port: int) -> str:
+        calls.append(port)
+        return "https://abc.ngrok.app"
+
+    fake: dict[str, Callable[[int], str]] = {"ngrok": ngrok}
     assert tunnel.open_tunnel("ngrok", 8123, tmp_path, fake) == "https://abc.ngrok.app"
     assert calls == [8123]
     assert (tmp_path / "tunnel_url").read_text().strip() == "https://abc.ngrok.app"
@@ -23,6 +29,7 @@ def test_chosen_provider_url_is_printed_and_stored(tmp_path: Path, capsys: pytes
 def test_failed_tunnel_keeps_local_server(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     def broken(port: int) -> str:
         raise tunnel.TunnelError("no binary")
+
     assert tunnel.open_tunnel("cloudflared", 8000, tmp_path, {"cloudflared": broken}) is None
     out = capsys.readouterr().out
     assert "did not start: no binary" in out and "still runs locally on port 8000" in out
@@ -53,10 +60,12 @@ def test_cloudflared_missing_binary(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cloudflared_url_is_parsed_from_its_output(tmp_path: Path) -> None:
     fake = tmp_path / "cloudflared"
-    fake.write_text(f"#!{sys.executable}\nimport sys, time\n"
-                    "print('INF Requesting new quick Tunnel', flush=True)\n"
-                    "print('INF |  https://quiet-river-42.trycloudflare.com  |', flush=True)\n"
-                    "time.sleep(30)\n")
+    fake.write_text(
+        f"#!{sys.executable}\nimport sys, time\n"
+        "print('INF Requesting new quick Tunnel', flush=True)\n"
+        "print('INF |  https://quiet-river-42.trycloudflare.com  |', flush=True)\n"
+        "time.sleep(30)\n"
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     assert tunnel.cloudflared(8000, binary=str(fake), timeout=10) == "https://quiet-river-42.trycloudflare.com"
 

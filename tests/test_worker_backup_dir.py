@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.app_helpers import claim, create_run, register, start_server, stop_server, wait_for
+from tests.app_helpers import claim, create_run, register, start_server, stop_server, wait_for, wait_for_claim
 from tests.fake_hub import FakeTime
 from tests.test_worker_e2e import TASK, tiny_run_config
 from tests.test_worker_hub import make_ckpt
@@ -52,16 +52,16 @@ def test_backup_writes_checkpoint_extras_and_manifest(root: Path, tmp_path: Path
     assert (root / RUN / "figures" / "loss_curve.png").read_bytes() == b"\x89PNG fake"
     assert (root / RUN / "metrics.json").read_bytes() == b'{"loss": [1.0]}'
     assert result.url == stored.as_uri() and result.url.startswith("file:///")
-    assert target.remote_checkpoints() == [RemoteCheckpoint(1000, f"{RUN}/checkpoints/ckpt_00001000.pt",
-                                                            result.sha256, result.size)]
+    assert target.remote_checkpoints() == [
+        RemoteCheckpoint(1000, f"{RUN}/checkpoints/ckpt_00001000.pt", result.sha256, result.size)
+    ]
     assert not [p for p in root.rglob("*.tmp")], "no temporary file is left behind"
 
 
 def test_retention_keeps_newest_and_multiples_of_keep_every(root: Path, tmp_path: Path) -> None:
     target = make_target(root, keep_every=5000)
     results = {s: target.backup(make_ckpt(tmp_path / "train", s), s, {}) for s in (1000, 2000, 5000, 6000, 7000)}
-    assert sorted(p.name for p in (root / RUN / "checkpoints").iterdir()) == ["ckpt_00005000.pt",
-                                                                              "ckpt_00007000.pt"]
+    assert sorted(p.name for p in (root / RUN / "checkpoints").iterdir()) == ["ckpt_00005000.pt", "ckpt_00007000.pt"]
     assert manifest_steps(root) == [5000, 7000]
     assert results[7000].deleted == [f"{RUN}/checkpoints/ckpt_00006000.pt"]
 
@@ -93,8 +93,9 @@ def test_restore_after_wipe_and_fallback_when_newest_is_corrupt(root: Path, tmp_
     assert restored == again / "ckpt_00001000.pt" and restored.read_bytes() == good
 
 
-def test_a_failed_write_leaves_the_previous_backup_whole(root: Path, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_previous_backup_whole(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Drive unmounting or filling up mid-backup: the old manifest and its checkpoint stay
     valid, the new checkpoint is not listed, no temporary file remains."""
     target = make_target(root, keep_every=1)
@@ -161,7 +162,7 @@ def test_schedule_backs_up_by_steps_or_minutes_whichever_first() -> None:
     assert not schedule.due(1600), "the interval starts again at the last backup"
 
     no_time = BackupSchedule(every_steps=1000, every_minutes=0, clock=clock.clock)
-    clock.sleep(10 ** 6)
+    clock.sleep(10**6)
     assert not no_time.time_due() and not no_time.due(1500) and no_time.due(2000)
     no_steps = BackupSchedule(every_steps=0, every_minutes=1, clock=clock.clock)
     assert not no_steps.due(1000)
@@ -169,8 +170,9 @@ def test_schedule_backs_up_by_steps_or_minutes_whichever_first() -> None:
     assert no_steps.due(1001)
 
 
-def test_time_based_backups_between_save_intervals(tmp_path: Path, root: Path, dataset_cache: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_time_based_backups_between_save_intervals(
+    tmp_path: Path, root: Path, dataset_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run whose step-based backups never come (backup_every 0, save_interval past the
     end) still backs up every `backup_every_minutes` of training, to the backup folder.
     The clock is fake: each training step takes 2 s, so 1 minute is 30 steps."""
@@ -179,19 +181,25 @@ def test_time_based_backups_between_save_intervals(tmp_path: Path, root: Path, d
     server = start_server(tmp_path / "server")
     try:
         api = server.client()
-        config = {**tiny_run_config(100), "save_interval": 1000, "backup_every": 0, "backup_every_minutes": 1,
-                  "keep_every": 30, "eval_every": 0, "backup_dir": str(root)}
+        config = {
+            **tiny_run_config(100),
+            "save_interval": 1000,
+            "backup_every": 0,
+            "backup_every_minutes": 1,
+            "keep_every": 30,
+            "eval_every": 0,
+            "backup_dir": str(root),
+        }
         run_id = api.post("/api/runs", json={"task": TASK, "name": "timed", "config": config}).json()["id"]
         client = ServerClient(server.url, server.token)
         worker_id = client.register("w", "h", "cpu", None)
-        claimed = []
-        wait_for(lambda: claimed.append(client.claim(worker_id)) or claimed[-1] is not None, 30, "a claim")
+        claimed = wait_for_claim(client, worker_id)
         executor: RunExecutor | None = None
 
         def clock() -> float:
             return 2.0 * (executor.trainer.step if executor and executor.trainer else 0)
 
-        executor = RunExecutor(client, claimed[-1], tmp_path / "vm", "cpu", None, threading.Event(), clock=clock)
+        executor = RunExecutor(client, claimed, tmp_path / "vm", "cpu", None, threading.Event(), clock=clock)
         assert executor.run() == "succeeded"
 
         run = api.get(f"/api/runs/{run_id}").json()
@@ -260,8 +268,7 @@ def test_keep_local_never_deletes_a_checkpoint_a_backup_still_reads(tiny_hdf5: P
     assert [p.name for p in sorted(tmp_path.glob("ckpt_*.pt"))] == ["ckpt_00000050.pt"], "then it goes"
 
 
-def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(client, tmp_path: Path,
-                                                                              settings) -> None:
+def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(client, tmp_path: Path, settings) -> None:
     """The run page offers what this machine can serve (a verified backup-folder copy), a Hub
     link for a Hub copy, and says so when only the worker's disk has one; nothing else is served."""
     from dlite.files import file_sha256
@@ -295,9 +302,14 @@ def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(cl
     assert downloads == {500: "server", 600: "worker", 700: "hub", 800: "worker", 900: "server", 1000: "worker"}
     assert client.get(f"/api/runs/{rid}/checkpoints/900/file").content == saved.read_bytes()
     post(900, pruned=True)  # keep_local deleted the worker's file: a file there now is not it
-    for step, why in ((600, "only the worker's disk"), (700, "from the Hub"), (800, "only the worker's disk"),
-                      (900, "only the worker's disk"), (1000, "only the worker's disk"),
-                      (1100, "no checkpoint at step 1100")):
+    for step, why in (
+        (600, "only the worker's disk"),
+        (700, "from the Hub"),
+        (800, "only the worker's disk"),
+        (900, "only the worker's disk"),
+        (1000, "only the worker's disk"),
+        (1100, "no checkpoint at step 1100"),
+    ):
         r = client.get(f"/api/runs/{rid}/checkpoints/{step}/file")
         assert r.status_code == 404 and why in r.json()["detail"], step
     saved.write_bytes(os.urandom(4096))  # changed since it was saved: not the checkpoint any more

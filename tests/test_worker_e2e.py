@@ -18,18 +18,47 @@ TASK = "halfcheetah-medium-expert-v2"
 
 
 def tiny_run_config(steps: int) -> dict:
-    return {**TINY, "diffusion_gradient_steps": steps, "invdyn_gradient_steps": steps, "smoke_steps": 10,
-            "save_interval": 50, "log_interval": 10, "eval_every": 100, "eval_envs": 2, "eval_episodes": 1,
-            "num_envs": 2, "num_episodes": 1, "max_episode_steps": 20}
+    return {
+        **TINY,
+        "diffusion_gradient_steps": steps,
+        "invdyn_gradient_steps": steps,
+        "smoke_steps": 10,
+        "save_interval": 50,
+        "log_interval": 10,
+        "eval_every": 100,
+        "eval_envs": 2,
+        "eval_episodes": 1,
+        "num_envs": 2,
+        "num_episodes": 1,
+        "max_episode_steps": 20,
+    }
 
 
-def start_worker(server: LiveServer, work_dir: Path, cache: Path, module: str = "worker.cli",
-                 **extra_env: str) -> subprocess.Popen:
+def start_worker(
+    server: LiveServer, work_dir: Path, cache: Path, module: str = "worker.cli", **extra_env: str
+) -> subprocess.Popen:
     env = subprocess_env(DLITE_DATASETS=str(cache), DLITE_TOKEN=server.token, **extra_env)
     env.pop("HF_TOKEN", None)
-    return subprocess.Popen([sys.executable, "-m", module, "worker", "--server", server.url,
-                             "--work-dir", str(work_dir), "--device", "cpu", "--name", work_dir.name],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "worker",
+            "--server",
+            server.url,
+            "--work-dir",
+            str(work_dir),
+            "--device",
+            "cpu",
+            "--name",
+            work_dir.name,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def create(api: httpx.Client, steps: int) -> int:
@@ -54,8 +83,9 @@ def stop(proc: subprocess.Popen) -> None:
 
 def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> None:
     server = start_server(tmp_path / "server")
-    worker = start_worker(server, tmp_path / "w1", dataset_cache, DLITE_SYSTEM_METRICS_SECONDS="1",
-                          MUJOCO_GL="egl")  # Mesa's software EGL: the final evaluation's episode is filmed
+    worker = start_worker(
+        server, tmp_path / "w1", dataset_cache, DLITE_SYSTEM_METRICS_SECONDS="1", MUJOCO_GL="egl"
+    )  # Mesa's software EGL: the final evaluation's episode is filmed
     try:
         api = server.client()
         run_id = create(api, 200)
@@ -64,8 +94,16 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
         assert run["status"] == "succeeded", run.get("error")
         assert run["step"] == 200, "the run shows its last logged step"
         done = {item["key"] for item in run["checklist"] if item["verified_at"]}
-        assert {"data.ready", "smoke.steps", "smoke.checkpoint", "smoke.reload", "train.start", "train.done",
-                "eval.done", "eval.score"} <= done
+        assert {
+            "data.ready",
+            "smoke.steps",
+            "smoke.checkpoint",
+            "smoke.reload",
+            "train.start",
+            "train.done",
+            "eval.done",
+            "eval.score",
+        } <= done
         assert "smoke.backup" not in done, "no Hub repo configured: must not be ticked"
         assert {c["step"] for c in run["checkpoints"]} >= {150, 200}
         newest = max(run["checkpoints"], key=lambda c: c["step"])  # on this machine: the server serves it
@@ -84,13 +122,17 @@ def test_run_goes_through_every_stage(tmp_path: Path, dataset_cache: Path) -> No
         assert hashlib.sha256(video.content).hexdigest() == names["R1-final-200.webm"]["sha256"]
         plans = api.get(f"/api/runs/{run_id}/artifacts/R1-final-200.plans.json").json()
         assert plans["checkpoint_step"] == 200 and len(plans["states"]) == 21, "20 steps and the reset state"
-        assert any("recorded an extra R1 episode of step 200 (final)" in e["message"] and "not counted" in e["message"]
-                   for e in api.get(f"/api/runs/{run_id}/events").json())
+        assert any(
+            "recorded an extra R1 episode of step 200 (final)" in e["message"] and "not counted" in e["message"]
+            for e in api.get(f"/api/runs/{run_id}/events").json()
+        )
         assert loss_steps(api, run_id) == list(range(10, 201, 10))
         system = api.get(f"/api/runs/{run_id}/system").json()["series"]
         assert system["system/cpu_percent"]["total"] >= 2 and "system/gpu_util_percent" not in system
-        assert any("gpu_util_percent" in m and "none: the run uses cpu" in m for m in
-                   (e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()))
+        assert any(
+            "gpu_util_percent" in m and "none: the run uses cpu" in m
+            for m in (e["message"] for e in api.get(f"/api/runs/{run_id}/events").json())
+        )
         lines = [c["text"] for c in api.get(f"/api/runs/{run_id}/console").json()]
         assert any("final normalised score" in line for line in lines), "the worker's log reaches the console"
         figure = f"/api/runs/{run_id}/figures/normalized_score.png"
@@ -107,8 +149,11 @@ def test_sigkill_then_another_worker_resumes(tmp_path: Path, dataset_cache: Path
     run_id = create(api, 400)
     first = start_worker(server, tmp_path / "shared", dataset_cache)
     try:
-        wait_for(lambda: any(c["step"] >= 100 for c in api.get(f"/api/runs/{run_id}").json()["checkpoints"]),
-                 120, "a checkpoint past step 100")
+        wait_for(
+            lambda: any(c["step"] >= 100 for c in api.get(f"/api/runs/{run_id}").json()["checkpoints"]),
+            120,
+            "a checkpoint past step 100",
+        )
         first.send_signal(signal.SIGKILL)
         first.wait()
         killed_at = api.get(f"/api/runs/{run_id}").json()["step"]
@@ -136,8 +181,14 @@ def test_server_outage_loses_no_metric_point(tmp_path: Path, dataset_cache: Path
     run_id = create(api, 1500)
     worker = start_worker(server, tmp_path / "w", dataset_cache)
     try:
-        wait_for(lambda: api.get(f"/api/runs/{run_id}").json()["stage"] == "train"
-                 and api.get(f"/api/runs/{run_id}").json()["step"] >= 50, 120, "training")
+        wait_for(
+            lambda: (
+                api.get(f"/api/runs/{run_id}").json()["stage"] == "train"
+                and api.get(f"/api/runs/{run_id}").json()["step"] >= 50
+            ),
+            120,
+            "training",
+        )
         stop_server(server)
         time.sleep(4)
         port = int(server.url.rsplit(":", 1)[1])
@@ -153,8 +204,13 @@ def test_server_outage_loses_no_metric_point(tmp_path: Path, dataset_cache: Path
 def restart_server(data_dir: Path, old: LiveServer, port: int, lease_seconds: float = 30) -> LiveServer:
     """Same data, same port, same token: the worker's URL stays valid."""
     env = subprocess_env(DLITE_TOKEN=old.token, DLITE_LEASE_SECONDS=str(lease_seconds))
-    proc = subprocess.Popen([sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.server", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     wait_for(lambda: httpx.get(f"{old.url}/healthz", timeout=1).status_code == 200, 30, "the server restart")
     return LiveServer(old.url, old.token, proc)
 
@@ -178,18 +234,20 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
         assert check["chosen"] == {"train": "eager", "plan": "eager"}
         status = {(p["stage"], p["name"]): (p["status"], p["detail"]) for p in check["paths"]}
         assert status["train", "fused"] == ("failed", "RuntimeError: fused AdamW is not supported on this device")
-        assert (status["plan", "packed"][0] == "failed"
-                and "differ from the textbook loop's" in status["plan", "packed"][1])
+        assert (
+            status["plan", "packed"][0] == "failed" and "differ from the textbook loop's" in status["plan", "packed"][1]
+        )
         assert check["projection"]["train_steps"] == 100 and check["projection"]["total_s"] > 0
-        warnings = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json()
-                    if e["level"] == "warning"]
-        assert any("train path fused refused (RuntimeError: fused AdamW" in w and "using eager instead" in w
-                   for w in warnings), warnings
+        warnings = [e["message"] for e in api.get(f"/api/runs/{run_id}/events").json() if e["level"] == "warning"]
+        assert any(
+            "train path fused refused (RuntimeError: fused AdamW" in w and "using eager instead" in w for w in warnings
+        ), warnings
         assert any("plan path packed refused" in w and "using eager instead" in w for w in warnings), warnings
         assert api.get(f"/api/runs/{run_id}/export").json()["device_check"] == check
-        assert any("training started fresh, to step 100 on cpu "
-                   "(training path eager, planning path eager)" in e["message"]
-                   for e in api.get(f"/api/runs/{run_id}/events").json())
+        assert any(
+            "training started fresh, to step 100 on cpu (training path eager, planning path eager)" in e["message"]
+            for e in api.get(f"/api/runs/{run_id}/events").json()
+        )
         page = api.get(f"/runs/{run_id}").text
         assert "Device check" in page and "fused AdamW is not supported" in page
         video = next(i for i in run["checklist"] if i["key"] == "eval.video")  # MUJOCO_GL=disable here
@@ -197,13 +255,17 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
         assert "## Devices" in api.get("/api/results.md").text
 
         # asked for explicitly, the broken path stops the run before it trains
-        r = api.post("/api/runs", json={"task": TASK, "name": "fused", "config": {**tiny_run_config(100),
-                                                                                  "train_accel": "fused"}})
+        r = api.post(
+            "/api/runs",
+            json={"task": TASK, "name": "fused", "config": {**tiny_run_config(100), "train_accel": "fused"}},
+        )
         explicit = r.json()["id"]
         wait_for(lambda: api.get(f"/api/runs/{explicit}").json()["status"] in ("succeeded", "failed"), 120, "it")
         run = api.get(f"/api/runs/{explicit}").json()
-        assert run["status"] == "failed" and "train_accel=fused failed the device check: RuntimeError: fused AdamW" \
-            in run["error"], run["error"]
+        assert (
+            run["status"] == "failed"
+            and "train_accel=fused failed the device check: RuntimeError: fused AdamW" in run["error"]
+        ), run["error"]
         items = {i["key"]: i for i in run["checklist"] if i["verified_at"]}
         assert items["device.check"]["failed"] and "set train_accel=auto" in items["device.check"]["detail"]
         assert "train.start" not in items and "smoke.steps" not in items, "nothing trained"

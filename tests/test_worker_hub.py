@@ -39,7 +39,7 @@ def api(fake_time: FakeTime) -> FakeHubApi:
 
 
 def make_hub(api: FakeHubApi, fake_time: FakeTime, **kw) -> HubBackup:
-    return HubBackup(REPO, "run-7", api=api, sleep=fake_time.sleep, clock=fake_time.clock, **kw)
+    return HubBackup(REPO, "run-7", api=api.as_hf_api(), sleep=fake_time.sleep, clock=fake_time.clock, **kw)
 
 
 def make_ckpt(folder: Path, step: int) -> Path:
@@ -68,16 +68,22 @@ def test_backup_is_one_commit_with_checkpoint_manifest_and_extras(api, fake_time
 
     assert api.private[REPO] is True
     assert len(api.commits) == 1
-    assert sorted(api.commits[0]["added"]) == sorted([
-        f"{PREFIX}/checkpoints/ckpt_00001000.pt", f"{PREFIX}/manifest.json",
-        f"{PREFIX}/metrics.json", f"{PREFIX}/figures/loss_curve.png"])
+    assert sorted(api.commits[0]["added"]) == sorted(
+        [
+            f"{PREFIX}/checkpoints/ckpt_00001000.pt",
+            f"{PREFIX}/manifest.json",
+            f"{PREFIX}/metrics.json",
+            f"{PREFIX}/figures/loss_curve.png",
+        ]
+    )
     files = api.repos[REPO]
     assert files[f"{PREFIX}/checkpoints/ckpt_00001000.pt"] == ckpt.read_bytes()
     assert files[f"{PREFIX}/figures/loss_curve.png"] == b"\x89PNG fake"
     assert result.url == f"https://huggingface.co/{REPO}/blob/main/{PREFIX}/checkpoints/ckpt_00001000.pt"
     assert (result.step, result.size, result.deleted) == (1000, ckpt.stat().st_size, [])
-    assert hub.remote_checkpoints() == [RemoteCheckpoint(1000, f"{PREFIX}/checkpoints/ckpt_00001000.pt",
-                                                         result.sha256, result.size)]
+    assert hub.remote_checkpoints() == [
+        RemoteCheckpoint(1000, f"{PREFIX}/checkpoints/ckpt_00001000.pt", result.sha256, result.size)
+    ]
 
 
 def test_ensure_repo_creates_private_repo_once(api, fake_time) -> None:
@@ -172,7 +178,7 @@ def test_restore_latest_after_local_wipe(api, fake_time, tmp_path) -> None:
         p.unlink()
 
     restored = make_hub(api, fake_time).restore_latest(train)
-    assert restored == train / "ckpt_00002000.pt"
+    assert restored is not None and restored == train / "ckpt_00002000.pt"
     assert restored.read_bytes() == uploaded
     assert torch.load(restored)["step"] == 2000
     assert (train / "metrics.json").read_bytes() == b'{"step": 2000}'
@@ -189,7 +195,7 @@ def test_restore_falls_back_when_newest_is_corrupt(api, fake_time, tmp_path) -> 
 
     target = tmp_path / "restore"
     restored = hub.restore_latest(target)
-    assert restored == target / "ckpt_00001000.pt"
+    assert restored is not None and restored == target / "ckpt_00001000.pt"
     assert restored.read_bytes() == good
     assert [p.name for p in target.iterdir()] == ["ckpt_00001000.pt"]
 
@@ -224,6 +230,11 @@ class Recorder:
         if state in ("hub", "error"):
             self.done.set()
 
+    def last_detail(self) -> str:
+        detail = self.calls[-1][2]
+        assert detail is not None, f"no detail in {self.calls[-1]}"
+        return detail
+
 
 def test_queue_coalesces_requests_arriving_during_an_upload(api, fake_time, tmp_path) -> None:
     hub = make_hub(api, fake_time)
@@ -237,11 +248,17 @@ def test_queue_coalesces_requests_arriving_during_an_upload(api, fake_time, tmp_
     api.commit_gate.set()
     assert queue.close(timeout=10)
 
-    assert [c["added"][0] for c in api.commits] == [f"{PREFIX}/checkpoints/ckpt_00001000.pt",
-                                                     f"{PREFIX}/checkpoints/ckpt_00004000.pt"]
+    assert [c["added"][0] for c in api.commits] == [
+        f"{PREFIX}/checkpoints/ckpt_00001000.pt",
+        f"{PREFIX}/checkpoints/ckpt_00004000.pt",
+    ]
     url = f"https://huggingface.co/{REPO}/blob/main/{PREFIX}/checkpoints/ckpt_0000%d.pt"
-    assert rec.calls == [(1000, "uploading", None, []), (1000, "hub", url % 1000, []),
-                         (4000, "uploading", None, [2, 3, 4]), (4000, "hub", url % 4000, [2, 3, 4])]
+    assert rec.calls == [
+        (1000, "uploading", None, []),
+        (1000, "hub", url % 1000, []),
+        (4000, "uploading", None, [2, 3, 4]),
+        (4000, "hub", url % 4000, [2, 3, 4]),
+    ]
     assert api.commits[1]["time"] - api.commits[0]["time"] >= 60
 
 
@@ -271,7 +288,7 @@ def test_queue_reports_error_and_goes_on(api, fake_time, tmp_path) -> None:
     queue.request(make_ckpt(tmp_path, 2000), 2000, dict, ok, command_id=2)
     assert queue.close(timeout=10)
 
-    assert failed.calls[-1][:2] == (1000, "error") and "HTTP 500" in failed.calls[-1][2]
+    assert failed.calls[-1][:2] == (1000, "error") and "HTTP 500" in failed.last_detail()
     assert failed.calls[-1][3] == [1]
     assert ok.calls[-1][:2] == (2000, "hub") and ok.calls[-1][3] == [2]
     assert len(api.commits) == 1
@@ -282,7 +299,7 @@ def test_queue_reports_local_failures_too(api, fake_time, tmp_path) -> None:
     queue = BackupQueue(make_hub(api, fake_time))
     queue.request(tmp_path / "missing.pt", 1000, dict, rec)
     assert queue.close(timeout=10)
-    assert rec.calls[-1][1] == "error" and "missing.pt" in rec.calls[-1][2]
+    assert rec.calls[-1][1] == "error" and "missing.pt" in rec.last_detail()
     with pytest.raises(RuntimeError):
         queue.request(tmp_path / "missing.pt", 2000, dict, rec)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.app_helpers import start_server, stop_server, wait_for
+from tests.app_helpers import start_server, stop_server, wait_for, wait_for_claim
 from tests.fake_hub import FakeHubApi
 from tests.test_worker_e2e import TASK, loss_steps, tiny_run_config
 from worker.client import ServerClient
@@ -25,38 +25,42 @@ REPO = "someone/dlite-backups"
 def execute(server, work_dir: Path, api: FakeHubApi, stop_at: int | None) -> tuple[str, RunExecutor]:
     client = ServerClient(server.url, server.token)
     worker_id = client.register("w", "h", "cpu", None)
-    claimed = []
-    wait_for(lambda: claimed.append(client.claim(worker_id)) or claimed[-1] is not None, 30, "a claim")
+    claimed = wait_for_claim(client, worker_id)
     terminate = threading.Event()
-    hub = partial(HubBackup, api=api, min_interval_s=0.0)
-    executor = RunExecutor(client, claimed[-1], work_dir, "cpu", hub, terminate)
+    hub = partial(HubBackup, api=api.as_hf_api(), min_interval_s=0.0)
+    executor = RunExecutor(client, claimed, work_dir, "cpu", hub, terminate)
     if stop_at is not None:
+
         def watch() -> None:
             while not (executor.trainer and executor.trainer.step >= stop_at):
                 time.sleep(0.01)
             terminate.set()
+
         threading.Thread(target=watch, daemon=True).start()
     return executor.run(), executor
 
 
-def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(tmp_path: Path, dataset_cache: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(
+    tmp_path: Path, dataset_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("DLITE_DATASETS", str(dataset_cache))
     monkeypatch.setenv("HF_TOKEN", "hf_CanaryToken0123456789")
     server = start_server(tmp_path / "server", lease_seconds=2)
     api_hub = FakeHubApi()
     try:
         api = server.client()
-        config = {**tiny_run_config(300), "hub_repo": REPO, "backup_every": 100, "keep_every": 100,
-                  "save_interval": 50}
+        config = {**tiny_run_config(300), "hub_repo": REPO, "backup_every": 100, "keep_every": 100, "save_interval": 50}
         run_id = api.post("/api/runs", json={"task": TASK, "name": "hc seed0", "config": config}).json()["id"]
 
         status, first = execute(server, tmp_path / "machine1", api_hub, stop_at=160)
         assert status == "stopped"
         files = api_hub.repos[REPO]
         assert "runs/hc-seed0/checkpoints/ckpt_00000100.pt" in files and "runs/hc-seed0/metrics.json" in files
-        assert {"runs/hc-seed0/figures/loss_curve.png", "runs/hc-seed0/figures/invdyn_loss_curve.png",
-                "runs/hc-seed0/figures/normalized_score.png"} <= set(files)
+        assert {
+            "runs/hc-seed0/figures/loss_curve.png",
+            "runs/hc-seed0/figures/invdyn_loss_curve.png",
+            "runs/hc-seed0/figures/normalized_score.png",
+        } <= set(files)
         assert files["runs/hc-seed0/figures/loss_curve.png"].startswith(b"\x89PNG")
         assert api_hub.private[REPO] is True
         shutil.rmtree(tmp_path / "machine1")
@@ -78,6 +82,8 @@ def test_new_attempt_on_a_wiped_machine_resumes_from_the_hub(tmp_path: Path, dat
         kept = sorted(f for f in api_hub.repos[REPO] if f.startswith("runs/hc-seed0/checkpoints/"))
         assert kept == [f"runs/hc-seed0/checkpoints/ckpt_{s:08d}.pt" for s in (100, 200, 300)]
         assert [f for f in api_hub.repos[REPO] if "smoke-test" in f] == [
-            "runs/hc-seed0-smoke-test/checkpoints/ckpt_00000010.pt", "runs/hc-seed0-smoke-test/manifest.json"]
+            "runs/hc-seed0-smoke-test/checkpoints/ckpt_00000010.pt",
+            "runs/hc-seed0-smoke-test/manifest.json",
+        ]
     finally:
         stop_server(server)

@@ -26,8 +26,9 @@ class OfflineHub(FakeHubApi):
 
 
 @pytest.mark.parametrize("policy", ["fail", "warn"])
-def test_unreachable_hub_fails_the_smoke_test_with_the_next_step(tmp_path: Path, dataset_cache: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch, policy) -> None:
+def test_unreachable_hub_fails_the_smoke_test_with_the_next_step(
+    tmp_path: Path, dataset_cache: Path, monkeypatch: pytest.MonkeyPatch, policy
+) -> None:
     monkeypatch.setenv("DLITE_DATASETS", str(dataset_cache))
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr("worker.hub.get_token", lambda: None)  # no saved login on this machine either
@@ -41,8 +42,13 @@ def test_unreachable_hub_fails_the_smoke_test_with_the_next_step(tmp_path: Path,
         item = next(i for i in run["checklist"] if i["key"] == "smoke.backup")
         assert item["failed"] is True
         detail = item["detail"]
-        for fact in ("Hugging Face Hub at https://huggingface.co", f"repo {REPO}", "HF_TOKEN is not set",
-                     "ConnectError: [Errno -2] Name or service not known", "Next: "):
+        for fact in (
+            "Hugging Face Hub at https://huggingface.co",
+            f"repo {REPO}",
+            "HF_TOKEN is not set",
+            "ConnectError: [Errno -2] Name or service not known",
+            "Next: ",
+        ):
             assert fact in detail, fact
         if policy == "fail":
             assert status == "failed" and run["status"] == "failed"
@@ -52,8 +58,9 @@ def test_unreachable_hub_fails_the_smoke_test_with_the_next_step(tmp_path: Path,
             assert status == "stopped"  # it went on into training, where the test stopped it
             assert next(i for i in run["checklist"] if i["key"] == "train.start")["verified_at"]
             events = api.get(f"/api/runs/{run_id}/events").json()
-            assert any(e["level"] == "warning" and "training goes on without working backups" in e["message"]
-                       for e in events)
+            assert any(
+                e["level"] == "warning" and "training goes on without working backups" in e["message"] for e in events
+            )
         page = api.get(f"/runs/{run_id}/panels").text
         assert 'class="failed" data-key="smoke.backup"' in page
     finally:

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.protocol import ChecklistRecord
-from tests.app_helpers import LiveServer, claim, create_run, register, start_server, stop_server, wait_for
+from tests.app_helpers import LiveServer, claim, claim_run, create_run, register, start_server, stop_server, wait_for
 from tests.fake_hub import FakeHubApi
 from tests.test_app_worker import short_lease  # noqa: F401  (a TestClient whose leases run out in 0.3 s)
 from tests.test_worker_e2e import TASK, tiny_run_config
@@ -29,15 +29,18 @@ def _record(key: str, failed: bool = False, attempt: int | None = 1) -> Checklis
     return ChecklistRecord(key=key, failed=failed, attempt=attempt)
 
 
-@pytest.mark.parametrize("keys, backup_failed, backs_up, policy, skipped", [
-    (SMOKE, False, True, "fail", True),
-    (SMOKE[:3], False, False, "fail", True),  # no backup target: the backup item is not part of it
-    (SMOKE[:3], False, True, "fail", False),  # this attempt can back up, the earlier one did not check
-    (SMOKE, True, True, "warn", True),  # tolerated: skipped, with the unreachable state
-    (SMOKE, True, True, "fail", False),  # a retry of a run that stopped there checks again
-    (SMOKE[:2], False, False, "fail", False),  # cut short before the reload
-    ((), False, False, "fail", False),  # the first attempt
-])
+@pytest.mark.parametrize(
+    "keys, backup_failed, backs_up, policy, skipped",
+    [
+        (SMOKE, False, True, "fail", True),
+        (SMOKE[:3], False, False, "fail", True),  # no backup target: the backup item is not part of it
+        (SMOKE[:3], False, True, "fail", False),  # this attempt can back up, the earlier one did not check
+        (SMOKE, True, True, "warn", True),  # tolerated: skipped, with the unreachable state
+        (SMOKE, True, True, "fail", False),  # a retry of a run that stopped there checks again
+        (SMOKE[:2], False, False, "fail", False),  # cut short before the reload
+        ((), False, False, "fail", False),  # the first attempt
+    ],
+)
 def test_which_earlier_smoke_tests_count(keys, backup_failed, backs_up, policy, skipped) -> None:
     checklist = [_record("data.ready")] + [_record(k, failed=backup_failed and k == "smoke.backup") for k in keys]
     passed = earlier_smoke_test(checklist, backs_up, policy)
@@ -49,17 +52,20 @@ def test_which_earlier_smoke_tests_count(keys, backup_failed, backs_up, policy, 
 def test_the_claim_lists_what_earlier_attempts_verified(short_lease: TestClient) -> None:  # noqa: F811
     c = short_lease
     rid = create_run(c)["id"]
-    first = claim(c, register(c))
+    first = claim_run(c, register(c))
     assert first["attempt"] == 1 and first["checklist"] == []
     for key, failed in (("data.ready", False), ("smoke.steps", False), ("smoke.backup", True)):
-        assert c.post(f"/api/runs/{rid}/checklist",
-                      json={"attempt": 1, "key": key, "failed": failed}).status_code == 200
+        assert (
+            c.post(f"/api/runs/{rid}/checklist", json={"attempt": 1, "key": key, "failed": failed}).status_code == 200
+        )
     time.sleep(0.4)  # the lease runs out; the next claim queues the run again and takes it
-    second = claim(c, register(c))
+    second = claim_run(c, register(c))
     assert second["attempt"] == 2
     assert sorted(second["checklist"], key=lambda i: i["key"]) == [
-        {"key": "data.ready", "failed": False, "attempt": 1}, {"key": "smoke.backup", "failed": True, "attempt": 1},
-        {"key": "smoke.steps", "failed": False, "attempt": 1}]
+        {"key": "data.ready", "failed": False, "attempt": 1},
+        {"key": "smoke.backup", "failed": True, "attempt": 1},
+        {"key": "smoke.steps", "failed": False, "attempt": 1},
+    ]
     schema = c.get("/api/openapi.json").json()["components"]["schemas"]
     assert "checklist" in schema["ClaimResponse"]["properties"]
 
@@ -72,8 +78,11 @@ def _attempt_messages(api: httpx.Client, run_id: int, attempt: int) -> list[str]
 
 
 def _smoke_items(api: httpx.Client, run_id: int) -> dict[str, tuple[float | None, bool]]:
-    return {i["key"]: (i["verified_at"], i["failed"]) for i in api.get(f"/api/runs/{run_id}").json()["checklist"]
-            if i["key"] in SMOKE}
+    return {
+        i["key"]: (i["verified_at"], i["failed"])
+        for i in api.get(f"/api/runs/{run_id}").json()["checklist"]
+        if i["key"] in SMOKE
+    }
 
 
 def _requeued(api: httpx.Client, run_id: int) -> None:
@@ -129,8 +138,11 @@ def test_a_skipped_smoke_test_keeps_the_unreachable_backup_state(server: LiveSer
     the smoke test, which ticks the backup ✗. The next, on a wiped machine, skips it and, as
     that smoke test said, trains on when the backup cannot be read (not: fails the run)."""
     api = server.client()
-    config = {**tiny_run_config(40), "backup_dir": str(tmp_path / "unmounted" / "drive" / "dl"),
-              "on_backup_failure": "warn"}
+    config = {
+        **tiny_run_config(40),
+        "backup_dir": str(tmp_path / "unmounted" / "drive" / "dl"),
+        "on_backup_failure": "warn",
+    }
     run_id = api.post("/api/runs", json={"task": TASK, "name": "warned", "config": config}).json()["id"]
 
     status, first = execute(server, tmp_path / "machine1", FakeHubApi(), stop_at=20)
@@ -147,7 +159,9 @@ def test_a_skipped_smoke_test_keeps_the_unreachable_backup_state(server: LiveSer
     assert second.backup_unreachable
     said = _attempt_messages(api, run_id, 2)
     assert "stage smoke started" not in said
-    assert ("smoke test passed in attempt 1: skipped; its backup failed, so training goes on without working "
-            "backups (on_backup_failure=warn)") in said
+    assert (
+        "smoke test passed in attempt 1: skipped; its backup failed, so training goes on without working "
+        "backups (on_backup_failure=warn)"
+    ) in said
     assert any(m.startswith("no resume from the backup folder") for m in said), said
     assert next(i for i in run["checklist"] if i["key"] == "train.start")["detail"] == "started fresh"

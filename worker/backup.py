@@ -24,9 +24,9 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from dlite.checkpoint_names import checkpoint_name
 from dlite.files import file_sha256
@@ -107,8 +107,14 @@ class BackupTarget(ABC):
     description = "backup"
     """How messages name the storage, e.g. "Hugging Face Hub"."""
 
-    def __init__(self, run_key: str, keep_every: int, min_interval_s: float,
-                 sleep: Callable[[float], None], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        run_key: str,
+        keep_every: int,
+        min_interval_s: float,
+        sleep: Callable[[float], None],
+        clock: Callable[[], float],
+    ) -> None:
         if keep_every < 1:
             raise ValueError("keep_every must be >= 1")
         self.prefix = f"runs/{_relative(run_key)}"
@@ -189,8 +195,7 @@ class BackupTarget(ABC):
         entries[step] = {"file": ckpt_path, "sha256": sha256, "size": size}
         kept = {s: e for s, e in sorted(entries.items()) if s == step or s % self.keep_every == 0}
         kept_files = {e["file"] for e in kept.values()}
-        deleted = sorted(p for p in stored
-                         if p.startswith(f"{self.prefix}/checkpoints/") and p not in kept_files)
+        deleted = sorted(p for p in stored if p.startswith(f"{self.prefix}/checkpoints/") and p not in kept_files)
         manifest = json.dumps({"checkpoints": {str(s): e for s, e in kept.items()}}, indent=2).encode()
         adds: Extras = {ckpt_path: checkpoint, **extra_paths, self.manifest_path: manifest}
         self.write_files(adds, f"{self.prefix}: checkpoint step {step}", deleted)
@@ -219,8 +224,10 @@ class BackupTarget(ABC):
 
     def remote_checkpoints(self) -> list[RemoteCheckpoint]:
         """The manifest's checkpoints, oldest first; empty when nothing is backed up yet."""
-        return [RemoteCheckpoint(step=s, path=e["file"], sha256=e["sha256"], size=e["size"])
-                for s, e in sorted(self._read_manifest().items())]
+        return [
+            RemoteCheckpoint(step=s, path=e["file"], sha256=e["sha256"], size=e["size"])
+            for s, e in sorted(self._read_manifest().items())
+        ]
 
     def restore_latest(self, local_dir: Path) -> Path | None:
         """Copies the newest checkpoint whose sha256 matches the manifest into `local_dir`
@@ -233,12 +240,18 @@ class BackupTarget(ABC):
             with tempfile.TemporaryDirectory(dir=local_dir, prefix=".restore-") as staging:
                 fetched = self._download(entry.path, Path(staging))
                 if fetched is None:
-                    log.warning("step %d is in the manifest but not in the %s; trying the previous one",
-                                entry.step, self.description)
+                    log.warning(
+                        "step %d is in the manifest but not in the %s; trying the previous one",
+                        entry.step,
+                        self.description,
+                    )
                     continue
                 if file_sha256(fetched) != (entry.sha256, entry.size):
-                    log.warning("step %d from the %s is corrupt (sha256 mismatch); trying the previous one",
-                                entry.step, self.description)
+                    log.warning(
+                        "step %d from the %s is corrupt (sha256 mismatch); trying the previous one",
+                        entry.step,
+                        self.description,
+                    )
                     fetched.unlink()
                     continue
                 target = local_dir / PurePosixPath(entry.path).name
@@ -258,8 +271,9 @@ class BackupTarget(ABC):
                 return {}
             try:
                 raw = json.loads(path.read_text())["checkpoints"]
-                return {int(s): {"file": e["file"], "sha256": e["sha256"], "size": int(e["size"])}
-                        for s, e in raw.items()}
+                return {
+                    int(s): {"file": e["file"], "sha256": e["sha256"], "size": int(e["size"])} for s, e in raw.items()
+                }
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise BackupError(f"{self.manifest_path} in the {self.description} is unreadable: {e}") from None
 
@@ -314,8 +328,14 @@ class BackupQueue:
         self._thread = threading.Thread(target=self._run, name=f"backup-{target.prefix}", daemon=True)
         self._thread.start()
 
-    def request(self, checkpoint: Path, step: int, extra: Callable[[], Extras], on_state: StateCallback,
-                command_id: int | None = None) -> None:
+    def request(
+        self,
+        checkpoint: Path,
+        step: int,
+        extra: Callable[[], Extras],
+        on_state: StateCallback,
+        command_id: int | None = None,
+    ) -> None:
         """Queues a backup of `checkpoint`; `extra` is called just before the upload so the
         extras (e.g. metrics) are as fresh as the checkpoint that is actually sent."""
         with self._cond:

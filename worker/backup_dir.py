@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from dlite.files import atomic_path
 from worker.backup import BackupError, BackupTarget, Extras
@@ -31,8 +31,15 @@ def write_atomic(target: Path, content: bytes | Path) -> None:
 class DirectoryBackup(BackupTarget):
     """Backs up one run's checkpoints under `<root>/runs/<run_key>/`."""
 
-    def __init__(self, root: str | Path, run_key: str, keep_every: int = 5000, min_interval_s: float = 0.0,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        run_key: str,
+        keep_every: int = 5000,
+        min_interval_s: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(run_key, keep_every, min_interval_s, sleep, clock)
         self.root = Path(root).expanduser()
         self.description = f"backup folder {self.root}"
@@ -47,9 +54,11 @@ class DirectoryBackup(BackupTarget):
         if self.root.is_dir():
             return
         if not self.root.parent.is_dir():
-            raise BackupError(f"backup_dir {self.root}: the folder {self.root.parent} does not exist. In Colab, "
-                              f"mount Google Drive first (from google.colab import drive; "
-                              f"drive.mount('/content/drive')); elsewhere create it, or fix backup_dir")
+            raise BackupError(
+                f"backup_dir {self.root}: the folder {self.root.parent} does not exist. In Colab, "
+                f"mount Google Drive first (from google.colab import drive; "
+                f"drive.mount('/content/drive')); elsewhere create it, or fix backup_dir"
+            )
         try:
             self.root.mkdir(exist_ok=True)
         except OSError as e:
@@ -66,16 +75,20 @@ class DirectoryBackup(BackupTarget):
             for path in deletes:
                 (self.root / path).unlink(missing_ok=True)
         except OSError as e:
-            raise BackupError(f"backup of {what} to {self.description} failed ({e}); check that the "
-                              f"folder is writable and has space (in Colab: Google Drive still mounted)") from None
+            raise BackupError(
+                f"backup of {what} to {self.description} failed ({e}); check that the "
+                f"folder is writable and has space (in Colab: Google Drive still mounted)"
+            ) from None
 
     def _download(self, path: str, dest: Path) -> Path | None:
         """Copies the file into `dest`; None when it is missing. A missing backup folder is
         an error, not "nothing backed up": resuming from scratch because Google Drive is
         not mounted would start the run again and lose its backups' worth of training."""
         if not self.root.is_dir():
-            raise BackupError(f"backup folder {self.root} does not exist: mount Google Drive (in Colab) or "
-                              f"create it, or fix backup_dir")
+            raise BackupError(
+                f"backup folder {self.root} does not exist: mount Google Drive (in Colab) or "
+                f"create it, or fix backup_dir"
+            )
         source = self.root / path
         if not source.is_file():
             return None

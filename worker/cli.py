@@ -1,5 +1,5 @@
 """The one `dlite` command: the method's subcommands (train, reflow, eval) registered
-from dlite/, the product's (up, worker) from here, the top of the stack."""
+from dlite/, the product's (up, worker, launch) from here, the top of the stack."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import sys
 
 from dlite import cli as method_cli
+from worker import launch
 from worker.launcher import HUB_STATE_EVERY_MINUTES, STATE_EVERY_MINUTES
 
 
@@ -20,8 +21,18 @@ def _worker(args: argparse.Namespace) -> int:
 def _up(args: argparse.Namespace) -> int:
     from worker.launcher import up
 
-    return up(args.host, args.port, args.data_dir, not args.no_worker, args.demo, args.device, args.tunnel,
-              args.backup_dir, args.hub_repo, args.state_every_minutes)
+    return up(
+        args.host,
+        args.port,
+        args.data_dir,
+        not args.no_worker,
+        args.demo,
+        args.device,
+        args.tunnel,
+        args.backup_dir,
+        args.hub_repo,
+        args.state_every_minutes,
+    )
 
 
 def _positive_minutes(text: str) -> float:
@@ -53,13 +64,22 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("--demo", action="store_true", help="also queue a demo run that needs no download")
     u.add_argument("--device", help="the local worker's device (default: cuda when available)")
     u.add_argument("--tunnel", choices=["colab", "cloudflared", "ngrok"], help="also open a public URL")
-    u.add_argument("--backup-dir", help="save the server's database (runs, sweeps, notes, token) to this folder "
-                                        "every few minutes, and restore it first on a machine that has none")
+    u.add_argument(
+        "--backup-dir",
+        help="save the server's database (runs, sweeps, notes, token) to this folder "
+        "every few minutes, and restore it first on a machine that has none",
+    )
     u.add_argument("--hub-repo", help="the same, to this private Hugging Face repo (needs HF_TOKEN)")
-    u.add_argument("--state-every-minutes", type=_positive_minutes, default=os.environ.get("DLITE_STATE_EVERY_MINUTES"),
-                   help="how often the server state is saved when it changed (default: $DLITE_STATE_EVERY_MINUTES, "
-                        f"else {STATE_EVERY_MINUTES:g} to a folder, {HUB_STATE_EVERY_MINUTES:g} to the Hub)")
+    u.add_argument(
+        "--state-every-minutes",
+        type=_positive_minutes,
+        default=os.environ.get("DLITE_STATE_EVERY_MINUTES"),
+        help="how often the server state is saved when it changed (default: $DLITE_STATE_EVERY_MINUTES, "
+        f"else {STATE_EVERY_MINUTES:g} to a folder, {HUB_STATE_EVERY_MINUTES:g} to the Hub)",
+    )
     u.set_defaults(func=_up)
+
+    launch.add_command(sub)
     return p
 
 

@@ -13,7 +13,6 @@ import httpx
 
 from app.protocol import ClaimResponse, HeartbeatResponse
 
-
 UPLOAD_TIMEOUT_S = 300.0
 
 
@@ -29,10 +28,16 @@ class RejectedWrite(RuntimeError):
     """The server refused a write as invalid (4xx other than 409): retrying cannot help."""
 
 
+class Retired(RuntimeError):
+    """The server will give this worker no more runs (410: the user stopped it, or it claimed
+    its cap): the worker exits, which ends a SkyPilot managed job instead of relaunching it."""
+
+
 class ServerClient:
     def __init__(self, url: str, token: str, timeout: float = 15.0) -> None:
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
-                                 headers={"Authorization": f"Bearer {token}"})
+        self.http = httpx.Client(
+            base_url=url.rstrip("/"), timeout=timeout, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None, **raw: Any) -> httpx.Response:
         """A call whose failures are sorted for the caller (module docstring); `raw` goes to
@@ -43,15 +48,21 @@ class ServerClient:
             raise ServerUnavailable(f"{method} {path}: {type(e).__name__}: {e}") from None
         if response.status_code == 409:
             raise StaleAttempt(f"{path}: {response.text[:300]}")
+        if response.status_code == 410:
+            raise Retired(_detail(response))
         if response.status_code >= 500:
             raise ServerUnavailable(f"{method} {path}: HTTP {response.status_code}")
         if response.status_code >= 400:
             raise RejectedWrite(f"{method} {path}: HTTP {response.status_code}: {response.text[:500]}")
         return response
 
-    def register(self, name: str, host: str, device: str, gpu_name: str | None) -> str:
-        body = {"name": name, "host": host, "device": device, "gpu_name": gpu_name}
+    def register(self, name: str, host: str, device: str, gpu_name: str | None, provider: str | None = None) -> str:
+        body = {"name": name, "host": host, "device": device, "gpu_name": gpu_name, "provider": provider}
         return self.request("POST", "/api/workers/register", body).json()["worker_id"]
+
+    def exited(self, worker_id: str) -> None:
+        """So the fleet shows this worker as gone on purpose, not lost."""
+        self.request("POST", f"/api/workers/{worker_id}/exit")
 
     def claim(self, worker_id: str) -> ClaimResponse | None:
         response = self.request("POST", f"/api/workers/{worker_id}/claim")
@@ -77,8 +88,21 @@ class ServerClient:
     def upload(self, path: str, file: Path, content_type: str, attempt: int) -> httpx.Response:
         """PUT a run artifact (a video, its plans) as the raw body; the time limit allows a
         16 MiB file over a slow link."""
-        return self.request("PUT", path, content=file.read_bytes(), headers={"Content-Type": content_type},
-                            params={"attempt": attempt}, timeout=UPLOAD_TIMEOUT_S)
+        return self.request(
+            "PUT",
+            path,
+            content=file.read_bytes(),
+            headers={"Content-Type": content_type},
+            params={"attempt": attempt},
+            timeout=UPLOAD_TIMEOUT_S,
+        )
 
     def close(self) -> None:
         self.http.close()
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["detail"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:300]

@@ -54,4 +54,4 @@ def bounded(text: str, limit: int = CONSOLE_TEXT) -> str:
         return text
     marker = "\n… {} characters left out …\n"
     cut = len(text) - limit + len(marker.format(len(text)))  # the marker's count has no more digits than that
-    return text[:HEAD] + marker.format(cut) + text[HEAD + cut:]
+    return text[:HEAD] + marker.format(cut) + text[HEAD + cut :]

@@ -1,7 +1,9 @@
-"""Executes one claimed run: data; stage 0, the device check (every attempt: the machine may
-have changed) and the smoke test (once per run: a later attempt skips one an earlier attempt
-passed); stage 1 training; for R2 the reflow pairs and reflow training; stage 2 evaluation;
-reporting every verified checklist item to the server."""
+"""Executes one claimed run, stage by stage as `RunExecutor.run` calls them: data; the device
+check (every attempt: the machine may have changed); the smoke test (once per run: a later
+attempt skips one an earlier attempt passed); training; for R2 the reflow pairs and reflow
+training; the final evaluation. Every verified checklist item, checkpoint, metric and event
+goes to the server through the attempt's outbox, so a server that is down loses none of them
+and the lease is kept until they are delivered."""
 
 from __future__ import annotations
 
@@ -13,35 +15,44 @@ import shutil
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import torch
 
-from app.protocol import (CHECKLIST_KEYS, MAX_BODY_BYTES, SYSTEM_PREFIX, ChecklistRecord, ClaimResponse,
-                          EvaluationRequest, metric_point, plural, resumed_from)
+from app.protocol import (
+    CHECKLIST_KEYS,
+    MAX_BODY_BYTES,
+    SYSTEM_PREFIX,
+    ChecklistRecord,
+    ClaimResponse,
+    EvaluationRequest,
+    metric_point,
+    plural,
+    resumed_from,
+)
 from dlite import checkpoint, device_check
 from dlite.config import Config, ConfigError, from_dict
 from dlite.d4rl import DatasetError, cache_dir
-from dlite.files import file_sha256
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
-from dlite.record import RenderUnavailable
-from dlite.pipeline import load_dataset
 from dlite.model import DiffuserLite
+from dlite.pipeline import load_dataset
 from dlite.planner import Planner, checkpoint_model
+from dlite.record import RenderUnavailable
 from dlite.reflow import PairsError, PairSpec, PairStore, ReflowTrainer, load_r1
-from dlite.train import LogRecord, Trainer
-from worker.client import ServerClient, ServerUnavailable
-from worker.heartbeat import Heartbeat
-from worker.backup import (METRICS_FILE, BackupError, BackupQueue, BackupSchedule, BackupTarget,
-                           redact)
-from worker.backup_dir import DirectoryBackup
-from worker.console import ConsoleCapture
-from worker.hub import HubBackup
+from dlite.train import LogRecord, Trainer, TrainerBase
 from worker import recording
+from worker.backup import METRICS_FILE, BackupError, BackupSchedule, BackupTarget, Extras, redact
+from worker.backup_dir import DirectoryBackup
+from worker.checkpoint_ledger import CheckpointLedger
+from worker.client import ServerClient, ServerUnavailable
+from worker.console import ConsoleCapture
+from worker.heartbeat import Heartbeat
+from worker.hub import HubBackup
 from worker.outbox import Outbox
 from worker.system_metrics import Sampler, SystemMonitor, interval_s
 
@@ -67,16 +78,16 @@ SMOKE_KEYS = tuple(key for key in CHECKLIST_KEYS if key.startswith("smoke."))
 """The smoke test's checklist items, in order; the backup is the last."""
 
 
-def earlier_smoke_test(checklist: list[ChecklistRecord], backs_up: bool,
-                       on_backup_failure: str) -> ChecklistRecord | None:
+def earlier_smoke_test(
+    checklist: list[ChecklistRecord], backs_up: bool, on_backup_failure: str
+) -> ChecklistRecord | None:
     """The last item of a smoke test an earlier attempt of the run completed, or None when this
     attempt has to run it: an item is missing (that attempt died during it) or failed, this
     attempt has a backup target that one did not check, or its backup failed and the run
     says `fail` (a retry is the user asking to check again)."""
     done = {c.key: c for c in checklist}
     items = [done.get(key) for key in (SMOKE_KEYS if backs_up else SMOKE_KEYS[:-1])]
-    if any(i is None or (i.failed and not (i.key == "smoke.backup" and on_backup_failure == "warn"))
-           for i in items):
+    if any(i is None or (i.failed and not (i.key == "smoke.backup" and on_backup_failure == "warn")) for i in items):
         return None
     return items[-1]
 
@@ -98,9 +109,16 @@ class SmokeBackupFailed(Exception):
 
 
 class RunExecutor:
-    def __init__(self, client: ServerClient, claim: ClaimResponse, work_dir: Path, device: str,
-                 hub_factory: HubFactory | None, terminate: threading.Event,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        client: ServerClient,
+        claim: ClaimResponse,
+        work_dir: Path,
+        device: str,
+        hub_factory: HubFactory | None,
+        terminate: threading.Event,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.client, self.claim, self.device = client, claim, device
         self.cfg: Config = from_dict(claim.config)
         # keyed by the server's run UUID: a fresh database starts run ids at 1 again, and a
@@ -108,31 +126,33 @@ class RunExecutor:
         self.run_dir = work_dir / "runs" / claim.run_uuid
         foreign = work_dir / "runs" / str(claim.run_id)
         if foreign.is_dir():
-            log.warning("%s holds the state of an earlier run %s (another server database or an older "
-                        "worker); it is not used for run %s (UUID %s); delete it when it is no longer needed",
-                        foreign, claim.run_id, claim.run_id, claim.run_uuid)
-        self.ckpt_dir = self.run_dir / "checkpoints"
+            log.warning(
+                "%s holds the state of an earlier run %s (another server database or an older "
+                "worker); it is not used for run %s (UUID %s); delete it when it is no longer needed",
+                foreign,
+                claim.run_id,
+                claim.run_id,
+                claim.run_uuid,
+            )
         self.terminate = terminate
         self.cancelled = threading.Event()
+        self.stop_command: int | None = None
+        """The dashboard's stop command, once one came: the run is handed back, the worker exits."""
         self.outbox = Outbox(client, claim.run_id, claim.attempt, self.run_dir)
         self.heartbeat = Heartbeat(client, claim.run_id, claim.attempt, claim.lease_seconds, self._on_command)
-        self.target: BackupTarget | None = None
         self.smoke_target: BackupTarget | None = None
         self.backup_unreachable = False
         """The smoke test could not back up and on_backup_failure is 'warn': backups are still
         tried (and their errors shown), but failing to read the storage stops nothing."""
-        make = self._make_target = self._target_factory(hub_factory)
-        if make:
-            self.target = make(run_key(claim), keep_every=self.cfg.keep_every)
-            # the smoke test's backup lives apart, so a resume can never pick up its weights
-            self.smoke_target = make(f"{run_key(claim)}-smoke-test", keep_every=1)
-        self.backups = BackupQueue(self.target) if self.target else None
+        self._make_target = self._target_factory(hub_factory)
+        self.ledger = self._ledger(self.run_dir / "checkpoints", run_key(claim), after=-1, upto=self.cfg.total_steps)
+        """The checkpoints of the stage training now: R1's, then R2's reflow (`_enter_reflow`)."""
+        if self._make_target:  # the smoke test's backup lives apart, so a resume can never pick up its weights
+            self.smoke_target = self._make_target(f"{run_key(claim)}-smoke-test", keep_every=1)
         self.schedule = BackupSchedule(self.cfg.backup_every, self.cfg.backup_every_minutes, clock)
-        self.trainer: Trainer | None = None
+        self.trainer: TrainerBase[Any] | None = None
         self.paths = {"train": "eager", "plan": "eager"}
         """The training and planning paths the device check chose."""
-        self.hashes: dict[int, tuple[str, int]] = {}
-        self.pruned: set[int] = set()
         self.diverged: str | None = None
         self.warned_nonfinite = False
         self.console = ConsoleCapture(partial(self.outbox.post, "console"))
@@ -145,6 +165,21 @@ class RunExecutor:
         if hub_factory and self.cfg.hub_repo:
             return partial(hub_factory, self.cfg.hub_repo)
         return None
+
+    def _ledger(self, folder: Path, backup_key: str, after: int, upto: int | None) -> CheckpointLedger:
+        """A stage's ledger; its backups go to `runs/<backup_key>/` of the run's storage."""
+        target = self._make_target(backup_key, keep_every=self.cfg.keep_every) if self._make_target else None
+        return CheckpointLedger(
+            folder,
+            target,
+            after=after,
+            upto=upto,
+            post=self.outbox.post,
+            event=self.event,
+            listed=lambda: self.client.run(self.claim.run_id)["checkpoints"],
+            extras=self._extras,
+            label=f"run {self.claim.run_id}",
+        )
 
     # -- reporting -------------------------------------------------------
     def event(self, message: str, level: str = "info") -> None:
@@ -168,8 +203,10 @@ class RunExecutor:
         reasons: dict[str, list[str]] = {}
         for key, why in sampler.missing.items():
             reasons.setdefault(why, []).append(key.removeprefix(SYSTEM_PREFIX))
-        self.event(f"system metrics every {interval:g} s" + "".join(
-            f"; {', '.join(keys)}: {why}" for why, keys in reasons.items()))
+        self.event(
+            f"system metrics every {interval:g} s"
+            + "".join(f"; {', '.join(keys)}: {why}" for why, keys in reasons.items())
+        )
 
     def _stop_reporting(self) -> None:
         """Before the run's last write: the server refuses writes to a finished run."""
@@ -186,90 +223,32 @@ class RunExecutor:
             self.cancelled.set()
         elif kind == "backup":
             self._backup_now(command_id)
+        elif kind == "stop":
+            self.event(
+                "stop requested from the dashboard: training stops at its next step with a checkpoint, "
+                "which is backed up; then the run is queued again and this worker exits"
+            )
+            self.stop_command = command_id
+            self.terminate.set()  # as SIGTERM: the worker takes no next run
 
     def _backup_now(self, command_id: int | None) -> None:
-        newest = checkpoint.list_checkpoints(self.ckpt_dir)
-        if self.backups is None or not newest:
-            reason = ("no backup target configured (set hub_repo or backup_dir)" if self.backups is None
-                      else "no checkpoint yet")
-            if command_id is not None:
-                self.outbox.post(f"commands/{command_id}", {"state": "error", "detail": reason})
-            return
-        path = newest[-1]
-        step = checkpoint.step_of(path)
-        if step not in self.hashes:  # saved by an earlier attempt
-            self.hashes[step] = file_sha256(path)
-        self.schedule.backed_up()
-        self.backups.request(path, step, self._extras, self._on_backup_state, command_id)
+        if self.ledger.back_up_newest(command_id):
+            self.schedule.backed_up()
 
-    def _backing_up(self) -> set[Path]:
-        """Checkpoints a backup has queued or is reading (keep_local waits for them): with the
-        server down, a backup waits up to a minute for the metrics while training saves on."""
-        return self.backups.in_use() if self.backups else set()
-
-    def _extras(self) -> dict[str, bytes]:
+    def _extras(self) -> Extras:
         """The metrics export and the figures; the weights matter more, so a failure here
         only leaves them out of this backup."""
-        extras: dict[str, bytes] = {}
+        extras: Extras = {}
         self.outbox.flush(timeout=60)  # the export should hold what training has logged so far
         try:
             extras[METRICS_FILE] = self.client.export(self.claim.run_id)
             extras.update({f"figures/{name}": png for name, png in self.client.figures(self.claim.run_id).items()})
-            extras.update({f"{recording.FOLDER}/{path.name}": path.read_bytes()
-                           for path in recording.files(self.run_dir)})
+            extras.update(
+                {f"{recording.FOLDER}/{path.name}": path.read_bytes() for path in recording.files(self.run_dir)}
+            )
         except Exception as e:
             log.warning("metrics export or figures for the backup failed: %s", e)
         return extras
-
-    def checkpoint_saved(self, step: int, path: Path) -> None:
-        """Hash a new checkpoint once; backup state updates reuse it."""
-        sha256, size = file_sha256(path)
-        self.hashes[step] = (sha256, size)
-        self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "backup_state": "local",
-                                         "pruned": False, "local_url": path.absolute().as_uri()})
-        self._report_pruned()
-
-    def _report_pruned(self) -> None:
-        """Checkpoints this attempt saved that keep_local has since deleted from disk."""
-        present = {checkpoint.step_of(p) for p in checkpoint.list_checkpoints(self.ckpt_dir)}
-        for step in sorted(set(self.hashes) - present - self.pruned):
-            sha256, size = self.hashes[step]
-            self.outbox.post("checkpoints", {"step": step, "size": size, "sha256": sha256, "pruned": True})
-            self.pruned.add(step)
-
-    def reconcile_checkpoints(self, after: int = -1, upto: int | None = None) -> None:
-        """Make the server's checkpoint list match this disk on resume: a checkpoint saved
-        after the previous attempt was fenced off (its report was refused) is reported now,
-        and listed ones no longer on disk are marked pruned. Only steps in (after, upto]
-        belong to this stage's folder (R1's, or R2's whose steps continue R1's)."""
-        try:
-            listed = {c["step"]: c for c in self.client.run(self.claim.run_id)["checkpoints"]
-                      if after < c["step"] and (upto is None or c["step"] <= upto)}
-        except ServerUnavailable as e:
-            log.warning("run %s: checkpoint list not reconciled, the server is unavailable: %s", self.claim.run_id, e)
-            return
-        on_disk = {checkpoint.step_of(p): p for p in checkpoint.list_checkpoints(self.ckpt_dir)}
-        for step, path in sorted(on_disk.items()):
-            if step in listed and not listed[step]["pruned"]:
-                self.hashes[step] = (listed[step]["sha256"], listed[step]["size"])  # so its pruning is reported
-            else:
-                self.checkpoint_saved(step, path)
-        for step, c in sorted(listed.items()):
-            if step not in on_disk and not c["pruned"]:
-                self.outbox.post("checkpoints", {"step": step, "size": c["size"], "sha256": c["sha256"],
-                                                 "pruned": True})
-
-    def _on_backup_state(self, step: int, state: str, detail: str | None, command_ids: list[int]) -> None:
-        if step in self.hashes:
-            sha256, size = self.hashes[step]
-            self.outbox.post("checkpoints", {
-                "step": step, "size": size, "sha256": sha256, "backup_state": state,
-                "hub_url": detail if state == "hub" else None, "error": detail if state == "error" else None})
-        command_state = {"uploading": "uploading", "hub": "done", "error": "error"}[state]
-        for command_id in command_ids:
-            self.outbox.post(f"commands/{command_id}", {"state": command_state, "detail": detail})
-        if state == "error":
-            self.event(f"backup of step {step} failed: {detail}; training goes on", "warning")
 
     # -- stages ----------------------------------------------------------
     def run(self) -> str:
@@ -291,6 +270,8 @@ class RunExecutor:
             if self.cancelled.is_set() and not self.lost():
                 return self.finish("cancelled")
             self.event(f"worker stopped: {e}", "warning")
+            if self.stop_command is not None and not self.lost():
+                return self._hand_back()
             return "lost" if self.lost() else "stopped"
         except Exception as e:
             self.event("".join(traceback.format_exception(e))[-4000:], "error")
@@ -316,8 +297,18 @@ class RunExecutor:
 
     def _drain_backups(self) -> None:
         """Wait for the last upload: its state updates must reach the server."""
-        if self.backups and not self.backups.close(timeout=300):
+        if not self.ledger.close(timeout=300):
             log.warning("run %s: the last backup is still running", self.claim.run_id)
+
+    def _hand_back(self) -> str:
+        """Stopped from the dashboard: back up the newest checkpoint, so any worker can resume
+        it, then report the stop done, which queues the run again at once (the last write:
+        the attempt ends there)."""
+        self._backup_now(None)
+        self._drain_backups()
+        self._stop_reporting()
+        self.outbox.post(f"commands/{self.stop_command}", {"state": "done", "detail": "stopped at a checkpoint"})
+        return "stopped"
 
     def finish(self, status: str, error: str | None = None) -> str:
         """The run's last write: pending backups report first, as the run is closed after it."""
@@ -342,9 +333,11 @@ class RunExecutor:
         try:
             data = load_dataset(dataset, self.cfg, self.device, progress)
         except (DatasetError, ConfigError) as e:
-            detail = (f"{e}. Next: on the worker's machine, put the task's D4RL file in {cache_dir()} (or point "
-                      f"DLITE_DATASETS at the folder that holds it), or fix the run's task with Clone and edit; "
-                      f"then retry the run")
+            detail = (
+                f"{e}. Next: on the worker's machine, put the task's D4RL file in {cache_dir()} (or point "
+                f"DLITE_DATASETS at the folder that holds it), or fix the run's task with Clone and edit; "
+                f"then retry the run"
+            )
             self.outbox.post("checklist", {"key": "data.ready", "detail": detail, "failed": True})
             raise DataUnavailable(detail) from e
         self.verified("data.ready", f"{plural(data.n_episodes, 'episode')}, {plural(int(data.lengths.sum()), 'step')}")
@@ -356,23 +349,30 @@ class RunExecutor:
         train_accel/plan_accel that cannot run here fails the run, before it trains."""
         self.stage("check")
         try:
-            report = device_check.run_check(self.cfg, data, journal_file=self.run_dir / device_check.JOURNAL_FILE,
-                                            resumes=self._resumed_path(),
-                                            progress=lambda line: self.event(f"device check: {line}"))
+            report = device_check.run_check(
+                self.cfg,
+                data,
+                journal_file=self.run_dir / device_check.JOURNAL_FILE,
+                resumes=self._resumed_path(),
+                progress=lambda line: self.event(f"device check: {line}"),
+            )
         except device_check.DeviceCheckError as e:
             self.outbox.post("checklist", {"key": "device.check", "detail": str(e), "failed": True})
             raise
         self.outbox.post("device-check", report.to_dict())
         self.paths = dict(report.chosen)
         for path in report.refused():
-            self.event(f"device check: {path.stage} path {path.name} refused ({path.detail}); "
-                       f"using {report.chosen[path.stage]} instead", "warning")
+            self.event(
+                f"device check: {path.stage} path {path.name} refused ({path.detail}); "
+                f"using {report.chosen[path.stage]} instead",
+                "warning",
+            )
         self.verified("device.check", report.summary())
 
     def _resumed_path(self) -> str | None:
         """The training path of the checkpoint this attempt resumes from on this disk (reflow's,
         else R1's): kept when it passes the check, so the run goes on bit-exactly."""
-        for folder in (self.run_dir / "reflow" / "checkpoints", self.ckpt_dir):
+        for folder in (self.run_dir / "reflow" / "checkpoints", self.run_dir / "checkpoints"):
             found = checkpoint.newest_readable(folder)
             if found:
                 return found[1].get("train_path")
@@ -389,8 +389,12 @@ class RunExecutor:
             return
         self.stage("smoke")
         n = self.cfg.smoke_steps
-        smoke_cfg = self.cfg.replace(diffusion_gradient_steps=n, invdyn_gradient_steps=n, save_interval=n,
-                                     log_interval=min(self.cfg.log_interval, n))
+        smoke_cfg = self.cfg.replace(
+            diffusion_gradient_steps=n,
+            invdyn_gradient_steps=n,
+            save_interval=n,
+            log_interval=min(self.cfg.log_interval, n),
+        )
         scratch = self.run_dir / "smoke"
         shutil.rmtree(scratch, ignore_errors=True)
         trainer = Trainer(smoke_cfg, data, scratch, self.paths["train"])
@@ -429,19 +433,31 @@ class RunExecutor:
         on_backup_failure=warn), the storage counts as unreachable now as it did then."""
         self.backup_unreachable = passed.failed
         when = f"attempt {passed.attempt}" if passed.attempt else "an earlier attempt"
-        self.event(f"smoke test passed in {when}: skipped" + (
-            "; its backup failed, so training goes on without working backups (on_backup_failure=warn)"
-            if self.backup_unreachable else ""), "warning" if self.backup_unreachable else "info")
+        self.event(
+            f"smoke test passed in {when}: skipped"
+            + (
+                "; its backup failed, so training goes on without working backups (on_backup_failure=warn)"
+                if self.backup_unreachable
+                else ""
+            ),
+            "warning" if self.backup_unreachable else "info",
+        )
 
     def _smoke_backup_failed(self, error: Exception) -> None:
         """Says what failed and what to do next, ticks the item ✗, and stops the run unless its
         config says to train on without backups (on_backup_failure=warn)."""
+        assert self.smoke_target is not None  # only a smoke test with a backup target backs up
         what = redact(str(error) if isinstance(error, BackupError) else f"{type(error).__name__}: {error}")[:2000]
         stop = self.cfg.on_backup_failure == "fail"
-        detail = (f"the backup to {self.smoke_target.where()} failed: {what}. Next: check that this machine "
-                  "reaches it and that the credentials may write there, then retry the run"
-                  + (", or set on_backup_failure=warn to train without backups" if stop
-                     else "; training goes on without working backups (on_backup_failure=warn)"))
+        detail = (
+            f"the backup to {self.smoke_target.where()} failed: {what}. Next: check that this machine "
+            "reaches it and that the credentials may write there, then retry the run"
+            + (
+                ", or set on_backup_failure=warn to train without backups"
+                if stop
+                else "; training goes on without working backups (on_backup_failure=warn)"
+            )
+        )
         self.outbox.post("checklist", {"key": "smoke.backup", "detail": detail, "failed": True})
         if stop:
             raise SmokeBackupFailed(f"smoke test: {detail}")
@@ -449,7 +465,7 @@ class RunExecutor:
         self.event(f"smoke test: {detail}", "warning")
 
     class _Stopper:
-        def __init__(self, ex: "RunExecutor") -> None:
+        def __init__(self, ex: RunExecutor) -> None:
             self.ex = ex
 
         def on_log(self, record: LogRecord) -> None:
@@ -461,7 +477,7 @@ class RunExecutor:
         def should_stop(self) -> bool:
             return self.ex.terminate.is_set() or self.ex.cancelled.is_set() or self.ex.lost()
 
-    def _restore(self, trainer: Trainer) -> str:
+    def _restore(self, trainer: TrainerBase[Any]) -> str:
         def skipped(path: Path, e: checkpoint.CheckpointError) -> None:
             aside = path.with_name(path.name + ".broken")  # out of the checkpoint list: never reported or retried
             path.replace(aside)
@@ -470,17 +486,18 @@ class RunExecutor:
         resumed = trainer.resume_latest(on_skip=skipped)
         if resumed:
             return resumed_from(trainer.step, "local checkpoint")
-        if self.target:
+        target, folder = self.ledger.target, self.ledger.folder
+        if target:
             try:
-                restored = self.target.restore_latest(self.ckpt_dir)
+                restored = target.restore_latest(folder)
             except Exception as e:  # the smoke test found the storage unreachable and the run said warn
                 if not self.backup_unreachable:
                     raise
-                self.event(f"no resume from {self.target.where()}: {type(e).__name__}: {e}", "warning")
+                self.event(f"no resume from {target.where()}: {type(e).__name__}: {e}", "warning")
                 restored = None
             if restored and trainer.resume_latest(on_skip=skipped):
-                self._replay_backup(self.ckpt_dir / METRICS_FILE, trainer.step)
-                return resumed_from(trainer.step, self.target.description)
+                self._replay_backup(folder / METRICS_FILE, trainer.step)
+                return resumed_from(trainer.step, target.description)
         return "started fresh"
 
     def _replay_backup(self, export: Path, upto: int, batch: int = 10_000) -> None:
@@ -491,12 +508,19 @@ class RunExecutor:
         if not export.exists():
             return
         saved = json.loads(export.read_bytes())
-        series = [(key, step, float(value), wall) for name in ("metrics", "nonfinite_metrics")
-                  for key, rows in saved.get(name, {}).items() for step, value, wall in rows]
-        points = [metric_point(key, step, value, wall) for key, step, value, wall in series
-                  if step <= upto or key.startswith(SYSTEM_PREFIX)]  # a system point's step is its second
+        series = [
+            (key, step, float(value), wall)
+            for name in ("metrics", "nonfinite_metrics")
+            for key, rows in saved.get(name, {}).items()
+            for step, value, wall in rows
+        ]
+        points = [
+            metric_point(key, step, value, wall)
+            for key, step, value, wall in series
+            if step <= upto or key.startswith(SYSTEM_PREFIX)
+        ]  # a system point's step is its second
         for i in range(0, len(points), batch):
-            self.outbox.post("metrics", {"points": points[i:i + batch]})
+            self.outbox.post("metrics", {"points": points[i : i + batch]})
         try:
             known = {(e["step"], e["kind"], e["variant"]) for e in self.client.run(self.claim.run_id)["evaluations"]}
         except ServerUnavailable as e:  # post them all: an evaluation is an upsert, the outbox retries
@@ -509,16 +533,18 @@ class RunExecutor:
 
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")
-        trainer = self.trainer = Trainer(self.cfg, data, self.ckpt_dir, self.paths["train"])
-        trainer.protected = self._backing_up
+        trainer = self.trainer = Trainer(self.cfg, data, self.ledger.folder, self.paths["train"])
+        trainer.protected = self.ledger.in_use
         how = self._restore(trainer)
-        self.reconcile_checkpoints(upto=self.cfg.total_steps)
+        self.ledger.reconcile()
         self.verified("train.start", how)
-        self.event(f"training {how}, to step {self.cfg.total_steps} on {self.device} "
-                   f"(training path {self.paths['train']}, planning path {self.paths['plan']})")
+        self.event(
+            f"training {how}, to step {self.cfg.total_steps} on {self.device} "
+            f"(training path {self.paths['train']}, planning path {self.paths['plan']})"
+        )
         return self._fit(trainer, "train.done", "step")
 
-    def _fit(self, trainer: Trainer, done_key: str, what: str) -> Path:
+    def _fit(self, trainer: TrainerBase[Any], done_key: str, what: str) -> Path:
         """Train to the trainer's end (R1 or reflow) and return its final checkpoint, or
         raise when the run diverged or was stopped before the end."""
         trainer.fit(callbacks=(self._TrainReporter(self),))
@@ -527,25 +553,32 @@ class RunExecutor:
         if trainer.step < trainer.total_steps:
             raise RunStopped(f"stopped at {what} {trainer.step}; checkpoint saved")
         self.verified(done_key, f"step {trainer.step}")
-        return self.ckpt_dir / checkpoint.checkpoint_name(trainer.step)
+        return self.ledger.folder / checkpoint.checkpoint_name(trainer.step)
 
     class _TrainReporter(_Stopper):
         def on_log(self, record: LogRecord) -> None:
             ex = self.ex
             ex.heartbeat.step, ex.heartbeat.steps_per_s = record.step, record.steps_per_s
-            ex.outbox.metrics(record.step, {**record.losses, "lr": record.lr, "steps_per_s": record.steps_per_s},
-                              record.wall_time)
+            ex.outbox.metrics(
+                record.step, {**record.losses, "lr": record.lr, "steps_per_s": record.steps_per_s}, record.wall_time
+            )
             bad = {k: v for k, v in record.losses.items() if not math.isfinite(v)}
             if bad:
                 ex.nonfinite_loss(record.step, bad)
                 return
             cfg = ex.cfg
+            assert ex.trainer is not None  # it is the trainer being fit
             trainer = ex.trainer
             if cfg.eval_every and record.step % cfg.eval_every == 0 and record.step < trainer.total_steps:
-                ex.report_evaluation(ex.planner(trainer.model, cfg, trainer.variant), record.step, "quick",
-                                     cfg.eval_envs, cfg.eval_episodes)
+                ex.report_evaluation(
+                    ex.planner(trainer.model, cfg, trainer.variant),
+                    record.step,
+                    "quick",
+                    cfg.eval_envs,
+                    cfg.eval_episodes,
+                )
                 ex.trainer.model.train()
-            if ex.backups and ex.schedule.time_due():
+            if ex.ledger.backs_up and ex.schedule.time_due():
                 ex.trainer.request_save()  # on_checkpoint backs it up: the schedule is due
 
         def should_stop(self) -> bool:
@@ -556,32 +589,48 @@ class RunExecutor:
             if ex.diverged:  # diverged weights: a retry resumes from the newest finite checkpoint instead
                 path.unlink(missing_ok=True)
                 return
-            ex.checkpoint_saved(step, path)
-            if ex.backups and ex.schedule.due(step):
+            ex.ledger.saved(step, path)
+            if ex.ledger.backs_up and ex.schedule.due(step):
                 ex._backup_now(None)
 
     def nonfinite_loss(self, step: int, values: dict[str, float]) -> None:
         """Stop with the step and losses named, or warn once and go on, as the run's config says."""
         what = ", ".join(f"{k} = {v}" for k, v in sorted(values.items()))
         if self.cfg.on_nonfinite == "stop":
-            self.diverged = (f"loss became non-finite at step {step} ({what}); training stopped (on_nonfinite=stop). "
-                             f"Retry with a lower learning rate, or set on_nonfinite=continue to train on")
+            self.diverged = (
+                f"loss became non-finite at step {step} ({what}); training stopped (on_nonfinite=stop). "
+                f"Retry with a lower learning rate, or set on_nonfinite=continue to train on"
+            )
             self.event(self.diverged, "error")
         elif not self.warned_nonfinite:
             self.warned_nonfinite = True
-            self.event(f"loss became non-finite at step {step} ({what}); training goes on "
-                       f"(on_nonfinite=continue)", "warning")
+            self.event(
+                f"loss became non-finite at step {step} ({what}); training goes on (on_nonfinite=continue)", "warning"
+            )
 
-    def report_evaluation(self, planner: Planner, step: int, kind: str, n_envs: int,
-                          n_episodes: int) -> tuple[float, bool]:
+    def report_evaluation(
+        self, planner: Planner, step: int, kind: str, n_envs: int, n_episodes: int
+    ) -> tuple[float, bool]:
         """Evaluate with the EMA weights; seeds differ from training's so scores are held out.
         Returns the score and whether an episode of it was recorded (record_episode)."""
         result = evaluate(planner, n_envs, n_episodes, seed=self.cfg.seed + 10_000)
-        self.outbox.post("evaluations", {
-            "step": step, "kind": kind, "variant": result.variant, "score_mean": result.score_mean,
-            "score_std": result.score_std, "returns": result.returns, "scores": result.scores,
-            "n_envs": n_envs, "n_episodes": n_episodes, "latency_ms": result.latency_ms,
-            "latency_ms_1env": result.latency_ms_1env, "device": result.device})
+        self.outbox.post(
+            "evaluations",
+            {
+                "step": step,
+                "kind": kind,
+                "variant": result.variant,
+                "score_mean": result.score_mean,
+                "score_std": result.score_std,
+                "returns": result.returns,
+                "scores": result.scores,
+                "n_envs": n_envs,
+                "n_episodes": n_episodes,
+                "latency_ms": result.latency_ms,
+                "latency_ms_1env": result.latency_ms_1env,
+                "device": result.device,
+            },
+        )
         self.outbox.metrics(step, {"score": result.score_mean}, time.time())
         recorded = recording.wanted(self.cfg, step, kind) and self.record_episode(planner, step, kind)
         return result.score_mean, recorded
@@ -600,14 +649,19 @@ class RunExecutor:
         size = rec.video.stat().st_size
         too_big = size > MAX_BODY_BYTES
         if too_big:
-            self.event(f"the video of step {step} is {size / 2**20:.1f} MiB, over the server's "
-                       f"{MAX_BODY_BYTES / 2**20:.0f} MiB: kept in the backups only", "warning")
+            self.event(
+                f"the video of step {step} is {size / 2**20:.1f} MiB, over the server's "
+                f"{MAX_BODY_BYTES / 2**20:.0f} MiB: kept in the backups only",
+                "warning",
+            )
         for path, content_type in ((rec.video, "video/webm"), (rec.plans, "application/json")):
             if not (too_big and path == rec.video):
                 self.outbox.upload(path.name, path, content_type)
-        self.event(f"recorded an extra {planner.variant} episode of step {step} ({kind}): {rec.steps} steps, "
-                   f"score {rec.score:.1f} (not counted in the evaluation); rendering {rec.render_s:.1f} s, "
-                   f"encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s")
+        self.event(
+            f"recorded an extra {planner.variant} episode of step {step} ({kind}): {rec.steps} steps, "
+            f"score {rec.score:.1f} (not counted in the evaluation); rendering {rec.render_s:.1f} s, "
+            f"encoding {rec.encode_s:.1f} s, planning {rec.plan_s:.1f} s"
+        )
         return True
 
     def stage_reflow_pairs(self, data: WindowDataset, r1_path: Path) -> tuple[PairStore, DiffuserLite, int]:
@@ -627,8 +681,10 @@ class RunExecutor:
         found = store.pairs_done
         per_level = plural(spec.total, "pair")
         if not store.complete:
-            self.event(f"generating {per_level} per level from the R1 model at step {state['step']} "
-                       + (f"(resuming: {found} already on disk)" if found else "(none on disk yet)"))
+            self.event(
+                f"generating {per_level} per level from the R1 model at step {state['step']} "
+                + (f"(resuming: {found} already on disk)" if found else "(none on disk yet)")
+            )
             shown = [-1]
 
             def progress(level: int, done: int, total: int) -> None:
@@ -642,29 +698,29 @@ class RunExecutor:
         self.verified("reflow.pairs", "found on disk" if found == store.pairs_done else "generated")
         return store, r1, state["step"]
 
-    def _enter_reflow(self) -> None:
+    def _enter_reflow(self, r1_step: int) -> None:
         """From here on checkpoints are R2's: their own folder, and their own backup folder
-        beside R1's (`<run>-reflow`), so a resume never mixes the two. R1's final checkpoint
-        is backed up first whatever the schedule says: a fresh machine must find the exact
-        R1 weights the pairs came from (and that were scored)."""
-        old = self.backups
-        if old:
+        beside R1's (`<run>-reflow`), so a resume never mixes the two; their steps continue
+        R1's. R1's final checkpoint is backed up first whatever the schedule says: a fresh
+        machine must find the exact R1 weights the pairs came from (and that were scored)."""
+        r1 = self.ledger
+        if r1.backs_up:
             self._backup_now(None)
-        self.ckpt_dir = self.run_dir / "reflow" / "checkpoints"
-        if self._make_target:  # the new queue takes dashboard commands while R1's drains
-            self.target = self._make_target(f"{run_key(self.claim)}-reflow", keep_every=self.cfg.keep_every)
-            self.backups = BackupQueue(self.target)
-        if old and not old.close(timeout=300):
+        # the new queue takes dashboard commands while R1's drains
+        self.ledger = self._ledger(
+            self.run_dir / "reflow" / "checkpoints", f"{run_key(self.claim)}-reflow", after=r1_step, upto=None
+        )
+        if not r1.close(timeout=300):
             log.warning("run %s: R1's last backup is still running", self.claim.run_id)
-        self.hashes, self.pruned = {}, set()
 
     def stage_reflow_train(self, data: WindowDataset, store: PairStore, r1: DiffuserLite, r1_step: int) -> Path:
         self.stage("reflow_train")
-        self._enter_reflow()
-        trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, self.ckpt_dir, self.paths["train"])
-        trainer.protected = self._backing_up
+        self._enter_reflow(r1_step)
+        ledger = self.ledger
+        trainer = self.trainer = ReflowTrainer(self.cfg, data, store, r1, r1_step, ledger.folder, self.paths["train"])
+        trainer.protected = ledger.in_use
         how = self._restore(trainer)
-        self.reconcile_checkpoints(after=r1_step)
+        ledger.reconcile()
         self.event(f"reflow {how}, to step {trainer.total_steps} on {self.device}")
         return self._fit(trainer, "reflow.done", "reflow step")
 
@@ -675,8 +731,11 @@ class RunExecutor:
         scores, videos = {}, {}
         for variant, final in finals.items():
             planner = self.planner(*checkpoint_model(final, self.device))
-            scores[variant], videos[variant] = self.report_evaluation(planner, checkpoint.step_of(final), "final",
-                                                                      cfg.num_envs, cfg.num_episodes)
+            step = checkpoint.step_of(final)
+            assert step is not None  # a final checkpoint is named by its step
+            scores[variant], videos[variant] = self.report_evaluation(
+                planner, step, "final", cfg.num_envs, cfg.num_episodes
+            )
         episodes = f"{plural(cfg.num_envs, 'env')} × {plural(cfg.num_episodes, 'episode')}"
         shown = ", ".join(f"{variant} {score:.1f}" for variant, score in scores.items())
         self.verified("eval.done", episodes)
@@ -684,5 +743,5 @@ class RunExecutor:
         if any(videos.values()):
             self.verified("eval.video", ", ".join(v for v, done in videos.items() if done))
         self.event(f"final normalised score {shown} ({episodes})")
-        if self.backups:
+        if self.ledger.backs_up:
             self._backup_now(None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from worker.client import ServerClient, ServerUnavailable, StaleAttempt
 
@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 class Heartbeat:
     """Beats every lease/3 seconds; a 409 sets `lost`, commands go to `on_command`."""
 
-    def __init__(self, client: ServerClient, run_id: int, attempt: int, lease_s: float,
-                 on_command: Callable[[int, str], None]) -> None:
+    def __init__(
+        self, client: ServerClient, run_id: int, attempt: int, lease_s: float, on_command: Callable[[int, str], None]
+    ) -> None:
         self.client, self.run_id, self.attempt = client, run_id, attempt
         self.interval = max(lease_s / 3, 0.2)
         self.on_command = on_command
@@ -44,4 +45,3 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-

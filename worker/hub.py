@@ -16,12 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
-from huggingface_hub.errors import (EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError,
-                                    RevisionNotFoundError)
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
 from worker.backup import BackupError, BackupTarget, Extras
 
@@ -61,9 +61,17 @@ class HubBackup(BackupTarget):
 
     description = "Hugging Face Hub"
 
-    def __init__(self, repo_id: str, run_key: str, api: HfApi | None = None, keep_every: int = 5000,
-                 min_interval_s: float = 60.0, max_retries: int = 6,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        run_key: str,
+        api: HfApi | None = None,
+        keep_every: int = 5000,
+        min_interval_s: float = 60.0,
+        max_retries: int = 6,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__(run_key, keep_every, min_interval_s, sleep, clock)
         self.repo_id = repo_id
         self.api = api if api is not None else HfApi()
@@ -76,14 +84,16 @@ class HubBackup(BackupTarget):
         if os.environ.get("HF_TOKEN") or self.api.token:
             token = "HF_TOKEN is set"
         else:
-            token = "HF_TOKEN is not set" + ("; a saved `hf auth login` token is used" if get_token() else
-                                             " and there is no saved login")
+            token = "HF_TOKEN is not set" + (
+                "; a saved `hf auth login` token is used" if get_token() else " and there is no saved login"
+            )
         return f"the Hugging Face Hub at {self.api.endpoint}, repo {self.repo_id} ({token})"
 
     def _prepare(self) -> None:
         """Creates the private repo if missing; harmless when it exists."""
-        self._call("create repo", lambda: self.api.create_repo(
-            self.repo_id, private=True, exist_ok=True, repo_type=REPO_TYPE))
+        self._call(
+            "create repo", lambda: self.api.create_repo(self.repo_id, private=True, exist_ok=True, repo_type=REPO_TYPE)
+        )
 
     def _list_files(self) -> list[str]:
         return self._call("list repo files", lambda: self.api.list_repo_files(self.repo_id, repo_type=REPO_TYPE))
@@ -93,11 +103,14 @@ class HubBackup(BackupTarget):
             # Built afresh for every attempt: create_commit mutates its operations.
             ops: list[CommitOperationAdd | CommitOperationDelete] = [
                 CommitOperationAdd(path_in_repo=p, path_or_fileobj=c if isinstance(c, bytes) else str(c))
-                for p, c in adds.items()]
+                for p, c in adds.items()
+            ]
             return ops + [CommitOperationDelete(path_in_repo=p) for p in deletes]
 
-        self._call(f"commit of {what}", lambda: self.api.create_commit(
-            self.repo_id, operations(), commit_message=what, repo_type=REPO_TYPE))
+        self._call(
+            f"commit of {what}",
+            lambda: self.api.create_commit(self.repo_id, operations(), commit_message=what, repo_type=REPO_TYPE),
+        )
 
     def private(self) -> bool:
         """A public repo (made by hand before the lab saw it) must never receive a secret."""
@@ -106,8 +119,12 @@ class HubBackup(BackupTarget):
     def _download(self, path: str, dest: Path) -> Path | None:
         """hf_hub_download into `dest`; None when the repo or the file does not exist."""
         try:
-            return Path(self._call(f"download of {path}", lambda: self.api.hf_hub_download(
-                self.repo_id, path, repo_type=REPO_TYPE, local_dir=dest)))
+            return Path(
+                self._call(
+                    f"download of {path}",
+                    lambda: self.api.hf_hub_download(self.repo_id, path, repo_type=REPO_TYPE, local_dir=dest),
+                )
+            )
         except BackupError as e:
             if e.not_found:
                 return None
@@ -130,12 +147,14 @@ class HubBackup(BackupTarget):
                 if not retryable or attempt >= self.max_retries:
                     tries = f" after {attempt + 1} attempts" if retryable else ""
                     reason = f": {error.server_message}" if error.server_message else ""
-                    raise BackupError(f"Hub {what} in {self.repo_id} failed with HTTP {status}{tries}{reason}",
-                                      status=status,
-                                      not_found=status == 404 or isinstance(error, _NOT_FOUND)) from None
+                    raise BackupError(
+                        f"Hub {what} in {self.repo_id} failed with HTTP {status}{tries}{reason}",
+                        status=status,
+                        not_found=status == 404 or isinstance(error, _NOT_FOUND),
+                    ) from None
                 delay = _retry_after(error)
                 if delay is None:
-                    delay = min(BACKOFF_BASE_S * 2 ** attempt, BACKOFF_CAP_S)
+                    delay = min(BACKOFF_BASE_S * 2**attempt, BACKOFF_CAP_S)
                 attempt += 1
                 log.warning("Hub %s: HTTP %d, retry %d/%d in %.0f s", what, status, attempt, self.max_retries, delay)
                 self._sleep(delay)

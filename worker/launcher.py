@@ -22,7 +22,6 @@ from app.tunnel import open_tunnel
 from worker.backup import BackupError, BackupTarget
 from worker.state_backup import StateBackup, restore, state_target
 
-
 HF_TOKEN_VARS = {"HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"}
 """The Hugging Face token belongs to the worker alone: the server process never gets it."""
 
@@ -45,9 +44,17 @@ def queue_demo(url: str, token: str) -> int:
     """Queue the no-download demo run; its settings live in dlite.demo."""
     from dlite.demo import DEMO_OVERRIDES, DEMO_TASK
 
-    r = httpx.post(f"{url}/api/runs", headers={"Authorization": f"Bearer {token}"}, timeout=30,
-                   json={"task": DEMO_TASK, "name": "demo (local gait data, tiny model)",
-                         "config": DEMO_OVERRIDES, "is_demo": True})
+    r = httpx.post(
+        f"{url}/api/runs",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+        json={
+            "task": DEMO_TASK,
+            "name": "demo (local gait data, tiny model)",
+            "config": DEMO_OVERRIDES,
+            "is_demo": True,
+        },
+    )
     r.raise_for_status()
     return r.json()["id"]
 
@@ -85,8 +92,11 @@ class LocalWorker:
         if self.restart_at is None and self.proc.poll() is not None:
             self.failures = 1 if now - self.started >= WORKER_SETTLED_S else self.failures + 1
             pause = RESTART_PAUSES_S[min(self.failures, len(RESTART_PAUSES_S)) - 1]
-            print(f"dlite up: the local worker exited with code {self.proc.returncode}; the dashboard stays up, "
-                  f"restarting the worker in {pause} s (its run resumes from the newest checkpoint)", flush=True)
+            print(
+                f"dlite up: the local worker exited with code {self.proc.returncode}; the dashboard stays up, "
+                f"restarting the worker in {pause} s (its run resumes from the newest checkpoint)",
+                flush=True,
+            )
             self.restart_at = now + pause
         elif self.restart_at is not None and now >= self.restart_at:
             self.restart_at = None
@@ -107,23 +117,35 @@ def _restore_state(target: BackupTarget, data_dir: Path) -> str:
     storage that cannot be read stops the start: a new empty lab would later replace the
     good backup with itself. Returns the lab's id."""
     if os.environ.get("DATABASE_URL", database_url_from_env(data_dir)) != database_url_from_env(data_dir):
-        raise SystemExit("dlite up: --backup-dir/--hub-repo save the embedded SQLite database in the data directory; "
-                         "with DATABASE_URL back the database up with its own tools (pg_dump) and leave these "
-                         "flags out")
+        raise SystemExit(
+            "dlite up: --backup-dir/--hub-repo save the embedded SQLite database in the data directory; "
+            "with DATABASE_URL back the database up with its own tools (pg_dump) and leave these "
+            "flags out"
+        )
     try:
         restored = restore(target, data_dir, use_saved_token=not os.environ.get("DLITE_TOKEN"))
     except BackupError as e:
         raise SystemExit(f"dlite up: the saved server state cannot be restored: {e}") from None
     except Exception as e:  # no network at all, a storage library's own error: say so, start nothing
-        raise SystemExit(f"dlite up: the saved server state cannot be read from {target.where()}: "
-                         f"{type(e).__name__}: {e}") from None
+        raise SystemExit(
+            f"dlite up: the saved server state cannot be read from {target.where()}: {type(e).__name__}: {e}"
+        ) from None
     print(f"dlite up: {restored.message}", flush=True)
     return restored.lab_id
 
 
-def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, device: str | None,
-       tunnel: str | None = None, backup_dir: str | None = None, hub_repo: str | None = None,
-       state_every_minutes: float | None = None) -> int:
+def up(
+    host: str,
+    port: int,
+    data_dir: str | None,
+    worker: bool,
+    demo: bool,
+    device: str | None,
+    tunnel: str | None = None,
+    backup_dir: str | None = None,
+    hub_repo: str | None = None,
+    state_every_minutes: float | None = None,
+) -> int:
     hf_token = next((os.environ[n] for n in sorted(HF_TOKEN_VARS) if os.environ.get(n)), None)
     state_storage = state_target(backup_dir, hub_repo, hf_token)
     lab_id = _restore_state(state_storage, data_dir_from_env(data_dir)) if state_storage else ""
@@ -136,13 +158,20 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
     if settings.token_file is not None:  # the server reads the same file, and says so when it starts
         server_env.pop("DLITE_TOKEN")
     signal.signal(signal.SIGTERM, _interrupt)  # `docker stop` and process managers: same as Ctrl-C
-    server = subprocess.Popen([sys.executable, "-m", "app.server", "--host", host, "--port", str(port),
-                               "--data-dir", str(settings.data_dir)], env=server_env)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "app.server", "--host", host, "--port", str(port), "--data-dir", str(settings.data_dir)],
+        env=server_env,
+    )
     local = f"http://127.0.0.1:{port}"
     local_worker: LocalWorker | None = None
     every = state_every_minutes or (HUB_STATE_EVERY_MINUTES if hub_repo else STATE_EVERY_MINUTES)
-    state = state_storage and StateBackup(state_storage, settings.data_dir, lab_id, every_s=every * 60,
-                                          token=None if settings.token_file is None else settings.token)
+    state = state_storage and StateBackup(
+        state_storage,
+        settings.data_dir,
+        lab_id,
+        every_s=every * 60,
+        token=None if settings.token_file is None else settings.token,
+    )
     try:
         _wait_healthy(local, server)
         if state:
@@ -152,15 +181,28 @@ def up(host: str, port: int, data_dir: str | None, worker: bool, demo: bool, dev
         if demo:
             print(f"queued demo run {queue_demo(local, settings.token)}", flush=True)
         if worker:
-            cmd = [sys.executable, "-m", "worker.cli", "worker", "--server", local,
-                   "--work-dir", str(Path(settings.data_dir) / "worker"), "--name", "local"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "worker.cli",
+                "worker",
+                "--server",
+                local,
+                "--work-dir",
+                str(Path(settings.data_dir) / "worker"),
+                "--name",
+                "local",
+            ]
             local_worker = LocalWorker(cmd + (["--device", device] if device else []), env)
         while server.poll() is None:
             if local_worker:
                 local_worker.watch()
             if state and state.superseded.is_set():
-                print("dlite up: another machine started this lab from the same storage; stopping this one so "
-                      "that the two do not overwrite each other's state and backups", flush=True)
+                print(
+                    "dlite up: another machine started this lab from the same storage; stopping this one so "
+                    "that the two do not overwrite each other's state and backups",
+                    flush=True,
+                )
                 return 1
             time.sleep(0.5)
         print(f"dlite up: the server exited with code {server.returncode}; stopping", flush=True)

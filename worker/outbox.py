@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 class Outbox:
-    def __init__(self, client: ServerClient, run_id: int, attempt: int, folder: Path,
-                 max_backoff_s: float = 10.0) -> None:
+    def __init__(
+        self, client: ServerClient, run_id: int, attempt: int, folder: Path, max_backoff_s: float = 10.0
+    ) -> None:
         self.client, self.run_id, self.attempt = client, run_id, attempt
         folder.mkdir(parents=True, exist_ok=True)
         self.journal = folder / f"outbox-{attempt}.jsonl"
@@ -128,9 +129,16 @@ class Outbox:
             except Exception as e:  # one bad write (refused, unencodable, ...) must not block the rest
                 log.exception("could not deliver %s to run %s; dropped it", path, self.run_id)
                 if path != "events" and not self.lost.is_set():  # a failed report is not reported again
-                    self.post("events", {"level": "error", "message": (
-                        f"worker could not deliver a {path} write ({type(e).__name__}: {str(e)[:500]}); "
-                        f"it was dropped and later writes go on; the worker log has the details")})
+                    self.post(
+                        "events",
+                        {
+                            "level": "error",
+                            "message": (
+                                f"worker could not deliver a {path} write ({type(e).__name__}: {str(e)[:500]}); "
+                                f"it was dropped and later writes go on; the worker log has the details"
+                            ),
+                        },
+                    )
             backoff = 0.5
             with self._cond:
                 self._pending.pop(0)

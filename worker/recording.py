@@ -34,8 +34,14 @@ def stem(variant: str, kind: str, step: int) -> str:
 
 def record(planner: Planner, cfg: Config, step: int, kind: str, run_dir: Path) -> Recording:
     """Raises dlite.record.RenderUnavailable (with the fix) when this machine cannot render."""
-    return record_episode(planner, seed=cfg.seed + SEED_OFFSET, checkpoint_step=step, out_dir=run_dir / FOLDER,
-                          stem=stem(planner.variant, kind, step), max_steps=cfg.max_episode_steps)
+    return record_episode(
+        planner,
+        seed=cfg.seed + SEED_OFFSET,
+        checkpoint_step=step,
+        out_dir=run_dir / FOLDER,
+        stem=stem(planner.variant, kind, step),
+        max_steps=cfg.max_episode_steps,
+    )
 
 
 def files(run_dir: Path) -> list[Path]:

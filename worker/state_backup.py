@@ -92,14 +92,17 @@ def state_target(backup_dir: str | None, hub_repo: str | None, hf_token: str | N
     The Hub client gets the token explicitly: the launcher removes it from its own
     environment so that the server and tunnels never inherit it."""
     if backup_dir and hub_repo:
-        raise SystemExit("dlite up: pass either --backup-dir or --hub-repo, not both: the server state is "
-                         "saved to one place")
+        raise SystemExit(
+            "dlite up: pass either --backup-dir or --hub-repo, not both: the server state is saved to one place"
+        )
     if backup_dir:
         return DirectoryBackup(backup_dir, STATE_KEY)
     if hub_repo:
         if not (hf_token or get_token()):
-            raise SystemExit("dlite up: --hub-repo needs a Hugging Face token with write access: set HF_TOKEN "
-                             "(in Colab: the secret HF_TOKEN) or run `hf auth login`")
+            raise SystemExit(
+                "dlite up: --hub-repo needs a Hugging Face token with write access: set HF_TOKEN "
+                "(in Colab: the secret HF_TOKEN) or run `hf auth login`"
+            )
         return HubBackup(hub_repo, STATE_KEY, api=HfApi(token=hf_token))
     return None
 
@@ -141,14 +144,19 @@ def artifact_rows(database: Path) -> Artifacts:
     left out: a key becomes a path, in the storage and here."""
     connection = _read_only(database)
     try:
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'artifacts'"
-                              ).fetchone() is None:
+        if (
+            connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'artifacts'").fetchone()
+            is None
+        ):
             return {}
         rows = connection.execute("SELECT run_id, name, sha256, size FROM artifacts").fetchall()
     finally:
         connection.close()
-    return {f"{run_id}/{name}": (str(sha256), int(size)) for run_id, name, sha256, size in rows
-            if _artifact_key(f"{run_id}/{name}")}
+    return {
+        f"{run_id}/{name}": (str(sha256), int(size))
+        for run_id, name, sha256, size in rows
+        if _artifact_key(f"{run_id}/{name}")
+    }
 
 
 def _artifact_key(key: str) -> bool:
@@ -181,8 +189,10 @@ def read_state(target: BackupTarget, folder: Path) -> dict[str, Any] | None:
         state = json.loads(path.read_text())
         version = state.get("version")
         if version != FORMAT_VERSION:
-            raise BackupError(f"{STATE_FILE} in {target.where()} has format version {version}, this lab reads "
-                              f"{FORMAT_VERSION}: install the lab version that saved it")
+            raise BackupError(
+                f"{STATE_FILE} in {target.where()} has format version {version}, this lab reads "
+                f"{FORMAT_VERSION}: install the lab version that saved it"
+            )
         if not (isinstance(state["lab_id"], str) and isinstance(state["owner"], str)):
             raise TypeError("lab_id and owner must be text")
         float(state["saved_at"])
@@ -206,8 +216,16 @@ class StateBackup:
     loop never waits on the storage; `close()` saves once more after the processes stopped.
     `superseded` is set when another launcher took the storage over: this one saves no more."""
 
-    def __init__(self, target: BackupTarget, data_dir: Path, lab_id: str, token: str | None, every_s: float,
-                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        target: BackupTarget,
+        data_dir: Path,
+        lab_id: str,
+        token: str | None,
+        every_s: float,
+        log: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.target, self.data_dir, self.lab_id, self.token = target, data_dir, lab_id, token
         self.every_s, self.log, self.clock = every_s, log, clock
         self.owner = uuid.uuid4().hex
@@ -241,8 +259,10 @@ class StateBackup:
                 self._upload(raw, Path(tmp))
             except (BackupError, OSError, sqlite3.Error) as e:
                 when = "" if final else f"; retrying in {self.every_s / 60:g} min"
-                message = (f"dlite up: saving the server state to {self.target.where()} failed: {e}{when} "
-                           f"(runs and their checkpoint backups go on)")
+                message = (
+                    f"dlite up: saving the server state to {self.target.where()} failed: {e}{when} "
+                    f"(runs and their checkpoint backups go on)"
+                )
                 if message != self.last_error:
                     self.log(message)
                     self._report(False, f"saving it to {self.target.where()} failed: {e}")
@@ -262,12 +282,16 @@ class StateBackup:
     def _upload(self, raw: Path, tmp: Path) -> None:
         current = read_state(self.target, tmp)
         if current is not None and current["lab_id"] != self.lab_id:
-            raise BackupError(f"{self.target.where()} now holds another lab's state (lab {current['lab_id']}); "
-                              f"this lab's is not saved over it")
+            raise BackupError(
+                f"{self.target.where()} now holds another lab's state (lab {current['lab_id']}); "
+                f"this lab's is not saved over it"
+            )
         if current is not None and self.saved_sha256 is not None and current["owner"] != self.owner:
             self.superseded.set()
-            raise BackupError("another machine started this lab from the same storage and saves it now; this "
-                              "one stops saving, so that neither overwrites the other")
+            raise BackupError(
+                "another machine started this lab from the same storage and saves it now; this "
+                "one stops saving, so that neither overwrites the other"
+            )
         saved_at = self.clock()
         packed = tmp / "snapshot.db.gz"
         with open(raw, "rb") as f, gzip.open(packed, "wb", compresslevel=6) as out:
@@ -276,20 +300,29 @@ class StateBackup:
         name = f"server/dlite-{int(saved_at):010d}-{digest[:12]}.db.gz"
         stored = recorded_artifacts(current)
         artifacts, uploads = self._artifacts(raw, stored, tmp)
-        state: dict[str, Any] = {"version": FORMAT_VERSION, "lab_id": self.lab_id, "owner": self.owner,
-                                 "saved_at": saved_at, "database": {"file": name, "sha256": digest, "size": size},
-                                 "artifacts": {k: {"sha256": s, "size": n} for k, (s, n) in artifacts.items()}}
+        state: dict[str, Any] = {
+            "version": FORMAT_VERSION,
+            "lab_id": self.lab_id,
+            "owner": self.owner,
+            "saved_at": saved_at,
+            "database": {"file": name, "sha256": digest, "size": size},
+            "artifacts": {k: {"sha256": s, "size": n} for k, (s, n) in artifacts.items()},
+        }
         deletes = [STORED_ARTIFACTS + key for key in stored if key not in artifacts]
         if current is not None:
             state["previous"] = current["database"]
             older = current.get("previous")
-            if isinstance(older, dict) and SNAPSHOT.fullmatch(str(older.get("file"))) \
-                    and older["file"] not in (name, current["database"]["file"]):
+            if (
+                isinstance(older, dict)
+                and SNAPSHOT.fullmatch(str(older.get("file")))
+                and older["file"] not in (name, current["database"]["file"])
+            ):
                 deletes.append(older["file"])
         if self.token is not None and self._private():
             state["token"] = self.token
-        self.target.write_files({**uploads, name: packed, STATE_FILE: json.dumps(state).encode()}, "server state",
-                                deletes)
+        self.target.write_files(
+            {**uploads, name: packed, STATE_FILE: json.dumps(state).encode()}, "server state", deletes
+        )
 
     def _artifacts(self, raw: Path, stored: Artifacts, tmp: Path) -> tuple[Artifacts, Extras]:
         """What state.json records with snapshot `raw`: its rows whose file the storage has
@@ -327,16 +360,20 @@ class StateBackup:
             return copy
         if (key, problem) not in self._warned:
             self._warned.add((key, problem))
-            self.log(f"dlite up: artifact {key} is left out of the server state saved to {self.target.where()}: "
-                     f"{source} {problem}")
+            self.log(
+                f"dlite up: artifact {key} is left out of the server state saved to {self.target.where()}: "
+                f"{source} {problem}"
+            )
         return None
 
     def _private(self) -> bool:
         if self._keeps_token is None:
             self._keeps_token = self.target.private()
             if not self._keeps_token:
-                self.log(f"dlite up: {self.target.where()} is public: the server state is saved without the "
-                         f"token (a restored lab makes a new one); make it private to keep the token")
+                self.log(
+                    f"dlite up: {self.target.where()} is public: the server state is saved without the "
+                    f"token (a restored lab makes a new one); make it private to keep the token"
+                )
         return self._keeps_token
 
     def _loop(self) -> None:
@@ -351,8 +388,9 @@ class StateBackup:
         if self._thread.is_alive():
             self._thread.join(timeout)
         result: list[bool] = []
-        last = threading.Thread(target=lambda: result.append(self.save(final=True)), name="state-backup-final",
-                                daemon=True)
+        last = threading.Thread(
+            target=lambda: result.append(self.save(final=True)), name="state-backup-final", daemon=True
+        )
         last.start()
         last.join(timeout)
         if self.superseded.is_set():
@@ -364,8 +402,9 @@ class StateBackup:
         return f"saved to {self.target.where()}" if result[0] else "unchanged since the last save"
 
 
-def restore(target: BackupTarget, data_dir: Path, use_saved_token: bool,
-            log: Callable[[str], None] = print) -> Restored:
+def restore(
+    target: BackupTarget, data_dir: Path, use_saved_token: bool, log: Callable[[str], None] = print
+) -> Restored:
     """Attaches `data_dir` to the state saved in `target` before the server starts: restores
     it on a machine with no database, keeps a local database of the same lab (it is newer),
     and refuses a local database of another lab, which would otherwise overwrite it.
@@ -378,25 +417,28 @@ def restore(target: BackupTarget, data_dir: Path, use_saved_token: bool,
         state = read_state(target, Path(tmp))
         if database.exists():
             if state is not None and state["lab_id"] != local_id:
-                raise BackupError(f"{target.where()} holds the saved state of another lab, and this machine has a "
-                                  f"database of its own ({database}): start this lab with another --backup-dir or "
-                                  f"--hub-repo, or remove {database} to restore the saved lab instead")
+                raise BackupError(
+                    f"{target.where()} holds the saved state of another lab, and this machine has a "
+                    f"database of its own ({database}): start this lab with another --backup-dir or "
+                    f"--hub-repo, or remove {database} to restore the saved lab instead"
+                )
             lab_id = local_id or _new_lab(lab_file)
             return Restored(f"using the local database {database}, newer than any saved state of it", False, lab_id)
         if state is None:
-            return Restored(f"no saved server state in {target.where()} yet: starting a new lab", False,
-                            _new_lab(lab_file))
+            return Restored(
+                f"no saved server state in {target.where()} yet: starting a new lab", False, _new_lab(lab_file)
+            )
         raw = _restore_snapshot(target, state, Path(tmp))
-        artifacts = _restore_artifacts(target, recorded_artifacts(state), artifact_rows(raw), Path(tmp), data_dir,
-                                       log)
+        artifacts = _restore_artifacts(target, recorded_artifacts(state), artifact_rows(raw), Path(tmp), data_dir, log)
         os.replace(raw, database)  # last: a start cut short before it restores everything again
     lab_file.write_text(state["lab_id"] + "\n")
     token = state.get("token")
     if use_saved_token and isinstance(token, str) and token and not (data_dir / TOKEN_FILE).exists():
         write_token(data_dir, token)
     saved_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(state["saved_at"])))
-    return Restored(f"restored the server state saved at {saved_at} from {target.where()}{artifacts}", True,
-                    state["lab_id"])
+    return Restored(
+        f"restored the server state saved at {saved_at} from {target.where()}{artifacts}", True, state["lab_id"]
+    )
 
 
 def _new_lab(lab_file: Path) -> str:
@@ -431,12 +473,15 @@ def _restore_snapshot(target: BackupTarget, state: dict[str, Any], tmp: Path) ->
             problems.append(f"{file}: {e}")
             continue
         return raw
-    raise BackupError(f"no saved snapshot in {target.where()} can be restored ({'; '.join(problems)}): check that "
-                      f"the storage is complete (Google Drive fully synced) and start again; nothing was changed")
+    raise BackupError(
+        f"no saved snapshot in {target.where()} can be restored ({'; '.join(problems)}): check that "
+        f"the storage is complete (Google Drive fully synced) and start again; nothing was changed"
+    )
 
 
-def _restore_artifacts(target: BackupTarget, stored: Artifacts, rows: Artifacts, tmp: Path, data_dir: Path,
-                       log: Callable[[str], None]) -> str:
+def _restore_artifacts(
+    target: BackupTarget, stored: Artifacts, rows: Artifacts, tmp: Path, data_dir: Path, log: Callable[[str], None]
+) -> str:
     """The restored rows' files, each only when state.json records the same sha256 (the
     database may be the snapshot before the newest); what came back, for the message."""
     if not rows:
@@ -449,14 +494,17 @@ def _restore_artifacts(target: BackupTarget, stored: Artifacts, rows: Artifacts,
         if problem is None:
             back += 1
         else:
-            log(f"dlite up: artifact {key} is not restored: {STORED_ARTIFACTS + key} {problem} in "
-                f"{target.where()}; its row stays, without the file")
+            log(
+                f"dlite up: artifact {key} is not restored: {STORED_ARTIFACTS + key} {problem} in "
+                f"{target.where()}; its row stays, without the file"
+            )
     missing = f", {len(rows) - back} did not (not in the backup, or unreadable)" if back < len(rows) else ""
     return f"; {back} of its {len(rows)} artifact files came back{missing}"
 
 
-def _restore_artifact(target: BackupTarget, key: str, expected: tuple[str, int], tmp: Path,
-                      data_dir: Path) -> str | None:
+def _restore_artifact(
+    target: BackupTarget, key: str, expected: tuple[str, int], tmp: Path, data_dir: Path
+) -> str | None:
     """One file in place, whole and verified, or what is wrong with it: a file is not worth
     failing the start of a lab whose database is good."""
     try:

@@ -78,9 +78,11 @@ class Sampler:
 
     def sample(self) -> Sample:
         memory = psutil.virtual_memory()
-        values = {SYSTEM_PREFIX + "cpu_percent": psutil.cpu_percent(None),
-                  SYSTEM_PREFIX + "ram_used_gib": (memory.total - memory.available) / GIB,
-                  SYSTEM_PREFIX + "disk_used_gib": psutil.disk_usage(str(self.disk_path)).used / GIB}
+        values = {
+            SYSTEM_PREFIX + "cpu_percent": psutil.cpu_percent(None),
+            SYSTEM_PREFIX + "ram_used_gib": (memory.total - memory.available) / GIB,
+            SYSTEM_PREFIX + "disk_used_gib": psutil.disk_usage(str(self.disk_path)).used / GIB,
+        }
         if self.cuda is not None:
             values[SYSTEM_PREFIX + "gpu_mem_allocated_gib"] = torch.cuda.memory_allocated(self.cuda) / GIB
             values[SYSTEM_PREFIX + "gpu_mem_reserved_gib"] = torch.cuda.memory_reserved(self.cuda) / GIB

@@ -14,12 +14,20 @@ from app.db import Database
 from app.deps import get_db
 from app.routes.params import ChartFormat, MaxPoints
 from app.routes.responses import API, CHART_BODY, problems, table_response
+from app.schemas import Comparison
 from app.services import compare
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["compare"], responses=API)
 
-RunIds = Annotated[str, Query(alias="runs", max_length=400, json_schema_extra={"pattern": compare.IDS_PATTERN},
-                              description=f"1 to {compare.MAX_COMPARED} run ids separated by commas, e.g. 3,7")]
+RunIds = Annotated[
+    str,
+    Query(
+        alias="runs",
+        max_length=400,
+        json_schema_extra={"pattern": compare.IDS_PATTERN},
+        description=f"1 to {compare.MAX_COMPARED} run ids separated by commas, e.g. 3,7",
+    ),
+]
 """Checked by compare.parse_ids, whose 422 says what is wrong; the pattern states the same rules."""
 
 
@@ -34,9 +42,8 @@ def _bad_query(name: str, message: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("query", name), "msg": message, "type": "value_error"}])
 
 
-@router.get("/compare", responses=problems(404))
-def get_comparison(runs_: RunIds, max_points: MaxPoints = 1000,
-                   db: Database = Depends(get_db)) -> dict[str, Any]:
+@router.get("/compare", response_model=Comparison, responses=problems(404))
+def get_comparison(runs_: RunIds, max_points: MaxPoints = 1000, db: Database = Depends(get_db)) -> dict[str, Any]:
     """The runs, the config keys that differ, and the loss and score charts' data."""
     ids = _run_ids(runs_)
     with db.read() as session:
@@ -44,8 +51,9 @@ def get_comparison(runs_: RunIds, max_points: MaxPoints = 1000,
 
 
 @router.get("/compare/charts/{chart}.{fmt}", responses=CHART_BODY)
-def compare_chart(chart: str, fmt: ChartFormat, runs_: RunIds, max_points: MaxPoints = 1000,
-                  db: Database = Depends(get_db)) -> Response:
+def compare_chart(
+    chart: str, fmt: ChartFormat, runs_: RunIds, max_points: MaxPoints = 1000, db: Database = Depends(get_db)
+) -> Response:
     ids = _run_ids(runs_)
     with db.read() as session:
         table = compare.chart_table(session, compare.get_runs(session, ids), chart, max_points)

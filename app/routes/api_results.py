@@ -3,7 +3,7 @@ JSON or as a Markdown table. Runs compared side by side are app/routes/api_compa
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
@@ -13,14 +13,15 @@ from app.db import Database
 from app.deps import get_db
 from app.protocol import MAX_INT
 from app.routes.responses import API, body
+from app.schemas import ResultsTable
 from app.services import results
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["results"], responses=API)
 
-SweepFilter = Annotated[Optional[int], Query(ge=1, le=MAX_INT, description="only the runs of this sweep")]
+SweepFilter = Annotated[int | None, Query(ge=1, le=MAX_INT, description="only the runs of this sweep")]
 
 
-@router.get("/results")
+@router.get("/results", response_model=ResultsTable)
 def get_results(sweep: SweepFilter = None, db: Database = Depends(get_db)) -> dict[str, Any]:
     """Finished runs by task and variant: seeds, mean ± s.e. over seeds, the paper's value
     ± s.e. with its source, the difference and whether they agree, planning frequency.

@@ -33,7 +33,11 @@ def openapi(request: Request) -> dict[str, Any]:
 def docs(request: Request) -> HTMLResponse:
     """Swagger UI's online validator is off too: it would send the document to swagger.io."""
     assets = url(request, SWAGGER_UI_PATH)
-    return get_swagger_ui_html(openapi_url=url(request, "/api/openapi.json"), title="DiffuserLite Lab API",
-                               swagger_js_url=f"{assets}/swagger-ui-bundle.js",
-                               swagger_css_url=f"{assets}/swagger-ui.css", swagger_favicon_url=f"{assets}/favicon.png",
-                               swagger_ui_parameters={"validatorUrl": None})
+    return get_swagger_ui_html(
+        openapi_url=url(request, "/api/openapi.json"),
+        title="DiffuserLite Lab API",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )

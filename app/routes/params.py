@@ -17,8 +17,10 @@ CommandId = Annotated[int, Path(ge=1, le=MAX_INT, description="the command's id"
 Step = Annotated[int, Path(ge=0, le=MAX_INT, description="the checkpoint's training step")]
 WorkerId = Annotated[str, Path(min_length=1, max_length=SHORT_TEXT, description="the id /workers/register gave")]
 Since = Annotated[int, Query(ge=0, le=MAX_INT, description="only what came after this id")]
-Tags = Annotated[list[Annotated[str, Field(max_length=MAX_TAG_LENGTH, pattern=r"^[^,]*$")]],
-                 Field(max_length=MAX_TAGS, description="the run's tags (no commas; trimmed, repeats dropped)")]
+Tags = Annotated[
+    list[Annotated[str, Field(max_length=MAX_TAG_LENGTH, pattern=r"^[^,]*$")]],
+    Field(max_length=MAX_TAGS, description="the run's tags (no commas; trimmed, repeats dropped)"),
+]
 """A run's tags in a body, bounded alike wherever a run gets them (creation, PATCH)."""
 MaxPoints = Annotated[int, Query(ge=4, le=200_000, description="points per series at most (min/max downsampled)")]
 """Of a chart's data as a table (CSV or JSON), a run's or the compared runs'."""

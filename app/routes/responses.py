@@ -38,14 +38,24 @@ def body(media_type: str, description: str, status: int = 200) -> Responses:
     each event's fields)."""
     schema: dict[str, Any] = {"type": "string"}
     if media_type == "text/event-stream":
-        schema = {"type": "object", "properties": {
-            "id": {"type": "string"}, "event": {"type": "string"}, "retry": {"type": "integer"},
-            "data": {"type": "string", "description": 'JSON: {"type": kind, "run_id": ..., "data": {...}}'}}}
+        schema = {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "event": {"type": "string"},
+                "retry": {"type": "integer"},
+                "data": {"type": "string", "description": 'JSON: {"type": kind, "run_id": ..., "data": {...}}'},
+            },
+        }
     return {status: {"description": description, "content": {media_type: {"schema": schema}}}}
 
 
-TOO_LARGE: Responses = {413: {"description": "The request body is over the server's limit (16 MiB by default).",
-                              "content": {"text/plain": {"schema": {"type": "string"}}}}}
+TOO_LARGE: Responses = {
+    413: {
+        "description": "The request body is over the server's limit (16 MiB by default).",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    }
+}
 API = {**problems(400, 401, 403), **TOO_LARGE}
 """Every /api route: a body that is not JSON, the token, the CSRF check of cookie requests,
 the body limit."""
@@ -58,8 +68,9 @@ def table_response(table: dict[str, Any], fmt: str, filename: str) -> Response:
     disposition = {"Content-Disposition": f'attachment; filename="{filename}.{fmt}"'}
     if fmt == "json":
         return JSONResponse(table, headers=disposition)
-    return StreamingResponse(compare.to_csv(table["columns"], table["rows"]), media_type="text/csv; charset=utf-8",
-                             headers=disposition)
+    return StreamingResponse(
+        compare.to_csv(table["columns"], table["rows"]), media_type="text/csv; charset=utf-8", headers=disposition
+    )
 
 
 CHART_BODY = {**body("text/csv", "The chart's data as CSV (or JSON: title, columns, rows)."), **problems(404)}

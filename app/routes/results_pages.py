@@ -3,8 +3,6 @@ one sweep's (GET /api/results gives the same rows). Its markup comes from templa
 
 from __future__ import annotations
 
-from typing import Optional
-
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
@@ -20,8 +18,9 @@ router = APIRouter(dependencies=[Depends(require_page)], tags=["pages"], respons
 
 
 @router.get("/results", response_class=HTMLResponse)
-def results_page(request: Request, db: Database = Depends(get_db),
-                 sweep: Optional[int] = Query(None, ge=1, le=MAX_INT)) -> HTMLResponse:
+def results_page(
+    request: Request, db: Database = Depends(get_db), sweep: int | None = Query(None, ge=1, le=MAX_INT)
+) -> HTMLResponse:
     with db.read() as session:
         rows, ablations = results.aggregate(session, sweep), results.ablations(session, sweep)
     return _page(request, "results.html", {"rows": rows, "ablations": ablations, "sweep": sweep})

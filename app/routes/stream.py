@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Optional
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -23,6 +22,7 @@ from fastapi.responses import StreamingResponse
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db
+from app.models import stored_id
 from app.protocol import MAX_INT
 from app.routes.params import RunId
 from app.routes.responses import API, body, problems
@@ -32,7 +32,7 @@ from app.services.events import changes_since, latest_change_id
 router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["stream"], responses=API)
 
 
-def _start_id(db: Database, last_event_id: Optional[str], since: Optional[int]) -> int:
+def _start_id(db: Database, last_event_id: str | None, since: int | None) -> int:
     """Where a stream starts; ids out of the database's integer range start from now."""
     if last_event_id and last_event_id.strip().isdigit() and int(last_event_id) <= MAX_INT:
         return int(last_event_id)
@@ -57,8 +57,10 @@ async def _messages(request: Request, db: Database, run_id: int | None, last: in
 
     def fetch(after: int) -> list[tuple[int, str]]:
         with db.read() as session:
-            return [(c.id, json.dumps({"type": c.kind, "run_id": c.run_id, "data": c.data}))
-                    for c in changes_since(session, after, run_id)]
+            return [
+                (stored_id(c), json.dumps({"type": c.kind, "run_id": c.run_id, "data": c.data}))
+                for c in changes_since(session, after, run_id)
+            ]
 
     yield "retry: 2000\n\n"
     quiet_since = time.monotonic()
@@ -81,26 +83,41 @@ async def _messages(request: Request, db: Database, run_id: int | None, last: in
 
 
 def _stream(body: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(body, media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
-@router.get("/runs/stream", response_class=StreamingResponse,
-            responses=body("text/event-stream", "Server-sent events, one JSON message each (module docstring)."))
-async def all_runs(request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_INT),
-                   last_event_id: Optional[str] = Header(None),
-                   db: Database = Depends(get_db)) -> StreamingResponse:
+@router.get(
+    "/runs/stream",
+    response_class=StreamingResponse,
+    responses=body("text/event-stream", "Server-sent events, one JSON message each (module docstring)."),
+)
+async def all_runs(
+    request: Request,
+    since: int | None = Query(None, ge=0, le=MAX_INT),
+    last_event_id: str | None = Header(None),
+    db: Database = Depends(get_db),
+) -> StreamingResponse:
     """Status, stage and step of every run, plus all events: what the run list needs."""
     start = await anyio.to_thread.run_sync(_start_id, db, last_event_id, since)
     return _stream(_messages(request, db, None, start))
 
 
-@router.get("/runs/{run_id}/events/stream", response_class=StreamingResponse,
-            responses={**problems(404), **body("text/event-stream", "Server-sent events of this run.")})
-async def one_run(run_id: RunId, request: Request, since: Optional[int] = Query(None, ge=0, le=MAX_INT),
-                  last_event_id: Optional[str] = Header(None),
-                  db: Database = Depends(get_db)) -> StreamingResponse:
+@router.get(
+    "/runs/{run_id}/events/stream",
+    response_class=StreamingResponse,
+    responses={**problems(404), **body("text/event-stream", "Server-sent events of this run.")},
+)
+async def one_run(
+    run_id: RunId,
+    request: Request,
+    since: int | None = Query(None, ge=0, le=MAX_INT),
+    last_event_id: str | None = Header(None),
+    db: Database = Depends(get_db),
+) -> StreamingResponse:
     """Everything that happens to one run, metric points included."""
+
     def check_and_start() -> int:
         with db.read() as session:
             runs.get_run(session, run_id)

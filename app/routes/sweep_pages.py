@@ -28,9 +28,17 @@ def sweeps_page(request: Request, db: Database = Depends(get_db)) -> HTMLRespons
     with db.read() as session:
         listed = sweeps.list_sweeps(session)
     fields = [f for f in schema() if f["name"] not in sweeps.SWEEP_KEYS]
-    return _page(request, "sweeps.html", {
-        "sweeps": listed, "tasks": list(TASKS), "fields": fields, "presets": sweeps.paper_presets(),
-        "ablation_fields": [f for f in fields if f["name"] in sweeps.ABLATION_SETTINGS]})
+    return _page(
+        request,
+        "sweeps.html",
+        {
+            "sweeps": listed,
+            "tasks": list(TASKS),
+            "fields": fields,
+            "presets": sweeps.paper_presets(),
+            "ablation_fields": [f for f in fields if f["name"] in sweeps.ABLATION_SETTINGS],
+        },
+    )
 
 
 def _sweep_page(request: Request, db: Database, sweep_id: int, template: str) -> HTMLResponse:
@@ -41,8 +49,11 @@ def _sweep_page(request: Request, db: Database, sweep_id: int, template: str) ->
             sweep = sweeps.sweep_detail(session, sweeps.get_sweep(session, sweep_id))
         except NotFound:
             return not_found_page(request, f"There is no sweep {sweep_id}.")
-        context = {"sweep": sweep, "rows": results.aggregate(session, sweep_id),
-                   "ablations": results.ablations(session, sweep_id)}
+        context = {
+            "sweep": sweep,
+            "rows": results.aggregate(session, sweep_id),
+            "ablations": results.ablations(session, sweep_id),
+        }
     return _page(request, template, context)
 
 

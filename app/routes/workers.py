@@ -3,15 +3,19 @@ the attempt it belongs to and is checked by `claims.fenced_run` (409 when stale)
 
 from __future__ import annotations
 
+from typing import cast
+
 from fastapi import APIRouter, BackgroundTasks, Depends, Response
 
 from app import protocol as p
 from app.auth import require_api
 from app.db import Database
 from app.deps import get_db, get_settings
+from app.models import stored_id
 from app.routes.params import CommandId, RunId, WorkerId
-from app.routes.responses import API, problems
+from app.routes.responses import API, Problem, problems
 from app.services import Conflict, claims, figures, metrics, progress, runs
+from app.services import workers as fleet
 from app.services.console import append_lines
 from app.services.events import log_event
 from app.settings import Settings
@@ -22,33 +26,68 @@ router = APIRouter(prefix="/api", dependencies=[Depends(require_api)], tags=["wo
 @router.post("/workers/register")
 def register(body: p.RegisterRequest, db: Database = Depends(get_db)) -> p.RegisterResponse:
     with db.write() as session:
-        worker = claims.register_worker(session, body.name, body.host, body.device, body.gpu_name)
+        worker = claims.register_worker(session, body.name, body.host, body.device, body.gpu_name, body.provider)
         return p.RegisterResponse(worker_id=worker.id)
 
 
-@router.post("/workers/{worker_id}/claim", response_model=p.ClaimResponse,
-             responses={204: {"description": "nothing is queued"}, **problems(404)})
-def claim(worker_id: WorkerId, db: Database = Depends(get_db),
-          settings: Settings = Depends(get_settings)) -> p.ClaimResponse | Response:
+@router.post("/workers/{worker_id}/exit", responses=problems(404))
+def exit_(worker_id: WorkerId, db: Database = Depends(get_db)) -> p.Ok:
+    """The worker is going away on purpose (SIGTERM, its --max-runs): the fleet shows it exited, not lost."""
+    with db.write() as session:
+        fleet.mark_exited(session, fleet.get_worker(session, worker_id))
+        return p.Ok()
+
+
+@router.post(
+    "/workers/{worker_id}/claim",
+    response_model=p.ClaimResponse,
+    responses={
+        204: {"description": "nothing is queued"},
+        410: {
+            "model": Problem,
+            "description": "the worker takes no more runs (the user stopped it, or it claimed its cap): it should exit",
+        },
+        **problems(404),
+    },
+)
+def claim(
+    worker_id: WorkerId, db: Database = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> p.ClaimResponse | Response:
     run = claims.claim_next(db, worker_id, settings.lease_seconds)
     if run is None:
         return Response(status_code=204)
+    assert run.id is not None and run.lease_expires_at is not None  # a claimed run is stored and leased
     with db.read() as session:
-        checklist = [p.ChecklistRecord(key=i.key, failed=i.failed, attempt=i.attempt)
-                     for i in runs.checklist_items(session, run.id)]
-    return p.ClaimResponse(run_id=run.id, run_uuid=run.uuid, attempt=run.attempt, task=run.task, name=run.name,
-                           config=run.config, lease_seconds=settings.lease_seconds,
-                           lease_expires_at=run.lease_expires_at, is_demo=run.is_demo, checklist=checklist)
+        checklist = [
+            p.ChecklistRecord(key=i.key, failed=i.failed, attempt=i.attempt)
+            for i in runs.checklist_items(session, run.id)
+        ]
+    return p.ClaimResponse(
+        run_id=run.id,
+        run_uuid=run.uuid,
+        attempt=run.attempt,
+        task=run.task,
+        name=run.name,
+        config=run.config,
+        lease_seconds=settings.lease_seconds,
+        lease_expires_at=run.lease_expires_at,
+        is_demo=run.is_demo,
+        checklist=checklist,
+    )
 
 
 @router.post("/runs/{run_id}/heartbeat", responses=problems(404, 409))
-def heartbeat(run_id: RunId, body: p.HeartbeatRequest, db: Database = Depends(get_db),
-              settings: Settings = Depends(get_settings)) -> p.HeartbeatResponse:
+def heartbeat(
+    run_id: RunId, body: p.HeartbeatRequest, db: Database = Depends(get_db), settings: Settings = Depends(get_settings)
+) -> p.HeartbeatResponse:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
         commands = claims.heartbeat(session, run, body.step, body.steps_per_s, settings.lease_seconds)
-        return p.HeartbeatResponse(lease_expires_at=run.lease_expires_at,
-                                   commands=[p.CommandOut(id=c.id, kind=c.kind) for c in commands])
+        assert run.lease_expires_at is not None  # heartbeat extends the lease of a running attempt
+        return p.HeartbeatResponse(
+            lease_expires_at=run.lease_expires_at,
+            commands=[p.CommandOut(id=stored_id(c), kind=cast(p.CommandKind, c.kind)) for c in commands],
+        )
 
 
 @router.post("/runs/{run_id}/metrics", responses=problems(404, 409))
@@ -100,8 +139,13 @@ def checkpoint(run_id: RunId, body: p.CheckpointRequest, db: Database = Depends(
 
 
 @router.post("/runs/{run_id}/evaluations", responses=problems(404, 409))
-def evaluation(run_id: RunId, body: p.EvaluationRequest, background: BackgroundTasks,
-               db: Database = Depends(get_db), settings: Settings = Depends(get_settings)) -> p.Ok:
+def evaluation(
+    run_id: RunId,
+    body: p.EvaluationRequest,
+    background: BackgroundTasks,
+    db: Database = Depends(get_db),
+    settings: Settings = Depends(get_settings),
+) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
         progress.record_evaluation(session, run, body.model_dump(exclude={"attempt"}))
@@ -127,8 +171,7 @@ def console(run_id: RunId, body: p.ConsoleRequest, db: Database = Depends(get_db
 
 
 @router.post("/runs/{run_id}/commands/{command_id}", responses=problems(404, 409))
-def command(run_id: RunId, command_id: CommandId, body: p.CommandUpdateRequest,
-            db: Database = Depends(get_db)) -> p.Ok:
+def command(run_id: RunId, command_id: CommandId, body: p.CommandUpdateRequest, db: Database = Depends(get_db)) -> p.Ok:
     with db.write() as session:
         run = claims.fenced_run(session, run_id, body.attempt)
         claims.update_command(session, run, command_id, body.state, body.detail)

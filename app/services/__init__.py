@@ -7,3 +7,7 @@ class NotFound(LookupError):
 
 class Conflict(RuntimeError):
     """The request is valid but the run is not in a state that allows it (409)."""
+
+
+class Retired(RuntimeError):
+    """The worker was asked to stop, or reached its cap of runs: it takes no more (410)."""

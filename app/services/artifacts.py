@@ -18,12 +18,12 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 
-from app.models import Artifact, Run
+from app.models import Artifact, Run, stored_id
 from app.protocol import ARTIFACT_NAME, MAX_PLANS_BYTES, Plans
 from app.services import NotFound
 from app.services.events import now, record_change
@@ -48,13 +48,16 @@ class TooLarge(ValueError):
     """The body is over the limit of its kind of artifact (413)."""
 
 
+ArtifactKind = Literal["video", "plans"]
+
+
 @dataclass(frozen=True)
 class ArtifactName:
     name: str
     variant: str
     eval_kind: str
     step: int
-    kind: Literal["video", "plans"]
+    kind: ArtifactKind
 
     @property
     def media_type(self) -> str:
@@ -74,7 +77,7 @@ class ArtifactOut(BaseModel):
     """An artifact as the API lists it; `url` serves the file (with range requests)."""
 
     name: str
-    kind: Literal["video", "plans"]
+    kind: ArtifactKind
     variant: str
     eval_kind: str
     step: int
@@ -87,8 +90,11 @@ class ArtifactOut(BaseModel):
 def parse_name(name: str) -> ArtifactName:
     match = ARTIFACT_NAME.fullmatch(name)
     if match is None:
-        raise Invalid(("path", "name"), f"{name[:80]!r} is not an artifact name: write it as "
-                      "<R1|R2>-<final|quick>-<checkpoint step>.<webm|plans.json>, e.g. R1-final-1000000.webm")
+        raise Invalid(
+            ("path", "name"),
+            f"{name[:80]!r} is not an artifact name: write it as "
+            "<R1|R2>-<final|quick>-<checkpoint step>.<webm|plans.json>, e.g. R1-final-1000000.webm",
+        )
     variant, eval_kind, step, ext = match.groups()
     return ArtifactName(name, variant, eval_kind, int(step), "video" if ext == "webm" else "plans")
 
@@ -97,8 +103,10 @@ def check_media_type(parsed: ArtifactName, content_type: str | None) -> None:
     """The declared type must be the name's, so a client never stores what it did not mean to."""
     declared = (content_type or "").split(";")[0].strip().lower()
     if declared != parsed.media_type:
-        raise Invalid(("header", "content-type"), f"{parsed.name} must be sent as Content-Type: "
-                      f"{parsed.media_type}, not {declared or 'none'}")
+        raise Invalid(
+            ("header", "content-type"),
+            f"{parsed.name} must be sent as Content-Type: {parsed.media_type}, not {declared or 'none'}",
+        )
 
 
 def size_limit(parsed: ArtifactName, max_body_bytes: int) -> int:
@@ -157,7 +165,7 @@ def _vint(data: bytes, pos: int, keep_marker: bool) -> tuple[int, int]:
         raise Invalid(("body",), "the EBML header of the video is malformed")
     length = 9 - data[pos].bit_length()
     value = data[pos] if keep_marker else data[pos] & (0xFF >> length)
-    for byte in data[pos + 1:pos + length]:
+    for byte in data[pos + 1 : pos + length]:
         value = value << 8 | byte
     return value, pos + length
 
@@ -171,7 +179,7 @@ def _check_webm(head: bytes) -> None:
         element, pos = _vint(head, pos, keep_marker=True)
         length, pos = _vint(head, pos, keep_marker=False)
         if element == DOCTYPE_ID:
-            doctype = head[pos:pos + length].rstrip(b"\0")
+            doctype = head[pos : pos + length].rstrip(b"\0")
             if doctype != b"webm":
                 raise Invalid(("body",), f"not a WebM video: its EBML DocType is {doctype[:20]!r}, not 'webm'")
             return
@@ -185,11 +193,17 @@ def _check_plans(parsed: ArtifactName, raw: bytes) -> None:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(map(str, first["loc"])) or "the document"
-        raise Invalid(("body", *first["loc"]), f"not a plans JSON: {where}: {first['msg']}"
-                      + (f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else "")) from None
+        raise Invalid(
+            ("body", *first["loc"]),
+            f"not a plans JSON: {where}: {first['msg']}"
+            + (f" (and {e.error_count() - 1} more problems)" if e.error_count() > 1 else ""),
+        ) from None
     if (plans.variant, plans.checkpoint_step) != (parsed.variant, parsed.step):
-        raise Invalid(("body",), f"the plans are of {plans.variant} at step {plans.checkpoint_step}, but the "
-                      f"name {parsed.name} says {parsed.variant} at step {parsed.step}")
+        raise Invalid(
+            ("body",),
+            f"the plans are of {plans.variant} at step {plans.checkpoint_step}, but the "
+            f"name {parsed.name} says {parsed.variant} at step {parsed.step}",
+        )
 
 
 def store(session: Session, run: Run, parsed: ArtifactName, received: Received, data_dir: Path) -> Artifact:
@@ -197,27 +211,47 @@ def store(session: Session, run: Run, parsed: ArtifactName, received: Received, 
     attempt's upload never reaches the file. The run page hears of it through the stream."""
     row = session.exec(select(Artifact).where(Artifact.run_id == run.id, Artifact.name == parsed.name)).first()
     if row is None:
-        row = Artifact(run_id=run.id, name=parsed.name, kind=parsed.kind, variant=parsed.variant,
-                       eval_kind=parsed.eval_kind, step=parsed.step, size=0, sha256="", created_at=0.0)
+        row = Artifact(
+            run_id=run.id,
+            name=parsed.name,
+            kind=parsed.kind,
+            variant=parsed.variant,
+            eval_kind=parsed.eval_kind,
+            step=parsed.step,
+            size=0,
+            sha256="",
+            created_at=0.0,
+        )
     row.size, row.sha256, row.created_at = received.size, received.sha256, now()
     session.add(row)
     session.flush()
-    os.replace(received.path, run_dir(data_dir, run.id) / parsed.name)
+    os.replace(received.path, run_dir(data_dir, stored_id(run)) / parsed.name)
     record_change(session, run.id, "artifact", artifact_out(row, "").model_dump())
     return row
 
 
 def list_artifacts(session: Session, run_id: int) -> list[Artifact]:
     """Oldest evaluation first, each one's video before its plans."""
-    return list(session.exec(select(Artifact).where(Artifact.run_id == run_id)
-                             .order_by(col(Artifact.step), col(Artifact.name).desc())))
+    return list(
+        session.exec(
+            select(Artifact).where(Artifact.run_id == run_id).order_by(col(Artifact.step), col(Artifact.name).desc())
+        )
+    )
 
 
 def artifact_out(a: Artifact, root: str) -> ArtifactOut:
     """`root`: the path prefix the server is reached under (app.urls)."""
-    return ArtifactOut(name=a.name, kind=a.kind, variant=a.variant, eval_kind=a.eval_kind, step=a.step,
-                       size=a.size, sha256=a.sha256, created_at=a.created_at,
-                       url=f"{root}/api/runs/{a.run_id}/artifacts/{a.name}")
+    return ArtifactOut(
+        name=a.name,
+        kind=cast(ArtifactKind, a.kind),  # the name it was stored under says which
+        variant=a.variant,
+        eval_kind=a.eval_kind,
+        step=a.step,
+        size=a.size,
+        sha256=a.sha256,
+        created_at=a.created_at,
+        url=f"{root}/api/runs/{a.run_id}/artifacts/{a.name}",
+    )
 
 
 def file_of(session: Session, data_dir: Path, run_id: int, name: str) -> tuple[Path, str]:
@@ -228,17 +262,20 @@ def file_of(session: Session, data_dir: Path, run_id: int, name: str) -> tuple[P
         raise NotFound(f"run {run_id} has no artifact {name[:80]!r}")
     path = run_dir(data_dir, run_id) / row.name
     if not path.is_file():
-        raise NotFound(f"the file of artifact {row.name} is not on this server (a restored lab whose state "
-                       "backup did not hold it)")
+        raise NotFound(
+            f"the file of artifact {row.name} is not on this server (a restored lab whose state backup did not hold it)"
+        )
     return path, MEDIA_TYPES[row.kind]
 
 
 def newest_final_videos(session: Session, run_ids: list[int]) -> dict[int, list[Artifact]]:
     """Per run, the video of its newest final evaluation of each variant (R1 before R2),
     what the compare page shows side by side."""
-    rows = session.exec(select(Artifact).where(col(Artifact.run_id).in_(run_ids), Artifact.kind == "video",
-                                               Artifact.eval_kind == "final")
-                        .order_by(col(Artifact.run_id), col(Artifact.variant), col(Artifact.step).desc()))
+    rows = session.exec(
+        select(Artifact)
+        .where(col(Artifact.run_id).in_(run_ids), Artifact.kind == "video", Artifact.eval_kind == "final")
+        .order_by(col(Artifact.run_id), col(Artifact.variant), col(Artifact.step).desc())
+    )
     out: dict[int, list[Artifact]] = {}
     for row in rows:
         picked = out.setdefault(row.run_id, [])

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from app.models import Run
+from app.models import Run, stored_id
 from app.protocol import MAX_INT
 from app.services import NotFound
 from app.services.dashboard import CHART_IDS, charts, levels
@@ -28,8 +28,7 @@ from app.services.stage_marks import stage_marks
 from dlite.tasks import REFERENCE_CURVES
 
 MAX_COMPARED = 12
-SCORE = {"id": "score", "title": "Normalised score (evaluations)",
-         "y_title": "D4RL score (100 = expert)"}
+SCORE = {"id": "score", "title": "Normalised score (evaluations)", "y_title": "D4RL score (100 = expert)"}
 COMPARED = ("loss", "invdyn", SCORE["id"])
 """The charts of the comparison page."""
 METRIC_COLUMNS = ["run_id", "run", "key", "step", "value", "wall_time"]
@@ -86,26 +85,44 @@ def colour_indices(runs: list[Run], key: str | None) -> list[int]:
 def chart_table(session: Session, runs: list[Run], chart_id: str, max_points: int) -> dict[str, Any]:
     """One chart's data for these runs: title, columns and rows."""
     if chart_id == SCORE["id"]:
-        rows = [[r.id, label(r), e.kind, e.variant, e.step, e.score_mean, e.score_std, len(e.scores), "this lab"]
-                for r in runs for e in evaluations(session, r.id)]
+        rows = [
+            [r.id, label(r), e.kind, e.variant, e.step, e.score_mean, e.score_std, len(e.scores), "this lab"]
+            for r in runs
+            for e in evaluations(session, stored_id(r))
+        ]
         for task in dict.fromkeys(r.task for r in runs if not r.is_demo):  # demo data is not D4RL's
             curve = REFERENCE_CURVES.get(task)
             if curve is not None:
-                rows += [[None, f"reference: {task}", "reference", curve.variant, step, score, None, None,
-                          curve.source] for step, score in zip(curve.steps, curve.scores)]
-        return {"chart": SCORE["id"], "title": SCORE["title"], "columns": SCORE_COLUMNS, "rows": rows,
-                "y_title": SCORE["y_title"]}
+                rows += [
+                    [None, f"reference: {task}", "reference", curve.variant, step, score, None, None, curve.source]
+                    for step, score in zip(curve.steps, curve.scores)
+                ]
+        return {
+            "chart": SCORE["id"],
+            "title": SCORE["title"],
+            "columns": SCORE_COLUMNS,
+            "rows": rows,
+            "y_title": SCORE["y_title"],
+        }
     if chart_id not in CHART_IDS:
         raise NotFound(f"no chart {chart_id!r}; the charts are {', '.join(CHART_IDS)}")
     chart = _metric_charts(runs)[chart_id]
     rows = []
     for run in runs:
         for key in chart["keys"]:
-            s = chart_series(session, run.id, key, max_points)
-            rows += [[run.id, label(run), key, step, value, wall]
-                     for step, value, wall in zip(s["steps"], s["values"], s["wall_times"])]
-    return {"chart": chart_id, "title": chart["title"], "columns": METRIC_COLUMNS, "rows": rows,
-            "log_y": chart["log_y"], "y_title": chart["y_title"]}
+            s = chart_series(session, stored_id(run), key, max_points)
+            rows += [
+                [run.id, label(run), key, step, value, wall]
+                for step, value, wall in zip(s["steps"], s["values"], s["wall_times"])
+            ]
+    return {
+        "chart": chart_id,
+        "title": chart["title"],
+        "columns": METRIC_COLUMNS,
+        "rows": rows,
+        "log_y": chart["log_y"],
+        "y_title": chart["y_title"],
+    }
 
 
 def _metric_charts(runs: list[Run]) -> dict[str, dict[str, Any]]:
@@ -143,8 +160,14 @@ def seed_groups(runs: list[Run]) -> list[dict[str, Any]]:
         first = group[0]
         apart = ", ".join(f"{k}={setting(first, k)}" for k in differing)
         name = f"{first.task} {first.config.get('variant', 'R1')}{' demo' if first.is_demo else ''}"
-        out.append({"id": i, "run_ids": [r.id for r in group], "seeds": [r.config.get("seed") for r in group],
-                    "label": f"{name}{f' · {apart}' if apart else ''} ({len(group)} run{'s' * (len(group) > 1)})"})
+        out.append(
+            {
+                "id": i,
+                "run_ids": [r.id for r in group],
+                "seeds": [r.config.get("seed") for r in group],
+                "label": f"{name}{f' · {apart}' if apart else ''} ({len(group)} run{'s' * (len(group) > 1)})",
+            }
+        )
     return out
 
 
@@ -154,10 +177,21 @@ def comparison(session: Session, runs: list[Run], max_points: int) -> dict[str, 
     stage marks (where reflow started, where an attempt resumed)."""
     groups = seed_groups(runs)
     group_of = {run_id: g["id"] for g in groups for run_id in g["run_ids"]}
-    return {"runs": [{**run_summary(r), "label": label(r), "config": r.config, "group": group_of[r.id],
-                      "marks": stage_marks(session, r)} for r in runs],
-            "groups": groups, "config_diff": config_diff(runs),
-            "charts": {c: chart_table(session, runs, c, max_points) for c in COMPARED}}
+    return {
+        "runs": [
+            {
+                **run_summary(r),
+                "label": label(r),
+                "config": r.config,
+                "group": group_of[r.id],
+                "marks": stage_marks(session, r),
+            }
+            for r in runs
+        ],
+        "groups": groups,
+        "config_diff": config_diff(runs),
+        "charts": {c: chart_table(session, runs, c, max_points) for c in COMPARED},
+    }
 
 
 def to_csv(columns: list[str], rows: Iterable[list[Any]]) -> Iterator[str]:

@@ -18,8 +18,10 @@ from app.services.events import record_change
 KEEP = 1000
 """Console entries kept per run; older ones are deleted as new ones come."""
 
-_TRIM = text("DELETE FROM console_lines WHERE run_id = :run AND id <= (SELECT id FROM console_lines"
-             " WHERE run_id = :run ORDER BY id DESC LIMIT 1 OFFSET :keep)")
+_TRIM = text(
+    "DELETE FROM console_lines WHERE run_id = :run AND id <= (SELECT id FROM console_lines"
+    " WHERE run_id = :run ORDER BY id DESC LIMIT 1 OFFSET :keep)"
+)
 
 
 def append_lines(session: Session, run: Run, lines: list[dict[str, Any]]) -> int:
@@ -27,8 +29,9 @@ def append_lines(session: Session, run: Run, lines: list[dict[str, Any]]) -> int
     again after a crash), then drop all but the newest `KEEP`. Returns how many were new.
     The worker's outbox delivers one write at a time, so no other request adds the same uid."""
     uids = [line["uid"] for line in lines]
-    known = set(session.exec(select(ConsoleLine.uid).where(ConsoleLine.run_id == run.id,
-                                                           col(ConsoleLine.uid).in_(uids))))
+    known = set(
+        session.exec(select(ConsoleLine.uid).where(ConsoleLine.run_id == run.id, col(ConsoleLine.uid).in_(uids)))
+    )
     fresh = [line for line in lines if line["uid"] not in known]
     for line in fresh:
         session.add(ConsoleLine(run_id=run.id, attempt=run.attempt, **line))
@@ -41,6 +44,5 @@ def append_lines(session: Session, run: Run, lines: list[dict[str, Any]]) -> int
 
 def newest_lines(session: Session, run_id: int, limit: int = KEEP) -> list[ConsoleLine]:
     """The run's newest `limit` console entries, oldest first."""
-    stmt = (select(ConsoleLine).where(ConsoleLine.run_id == run_id)
-            .order_by(col(ConsoleLine.id).desc()).limit(limit))
+    stmt = select(ConsoleLine).where(ConsoleLine.run_id == run_id).order_by(col(ConsoleLine.id).desc()).limit(limit)
     return list(reversed(list(session.exec(stmt))))

@@ -4,19 +4,18 @@ run list, the results table, and the series behind the run page's charts."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, get_args
+from typing import Any, get_args, overload
 
 from sqlmodel import Session, col, select
 
-from app.models import ConsoleLine, Evaluation, Event, Run, Worker
+from app.models import ConsoleLine, Evaluation, Event, Run, Worker, stored_id
 from app.protocol import Stage
 from app.services import waiting
 from app.services.events import now
 from app.services.metrics import chart_series
 from app.services.paper_settings import departures, not_the_papers, speed_caption
 from app.services.runs import paper_numbers, run_summary
-from dlite.config import ConfigError, from_dict, schema
-from dlite.config import level_loss_keys
+from dlite.config import ConfigError, from_dict, level_loss_keys, schema
 from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 
 # The run page's charts and the metric keys each one plots. The loss keys are the ones
@@ -25,18 +24,50 @@ from dlite.tasks import PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE
 # log (a test keeps them in step; app/ cannot import torch code). `smooth`:
 # the smoothing slider applies (noisy measurements, not a schedule or sparse evaluations);
 # `file`: the PNG figure written; `y_title`: the y axis's title, with its unit.
-LOSS_CHART: dict[str, Any] = {"id": "loss", "log_y": True, "smooth": True, "file": "loss_curve.png",
-                              "y_title": "flow MSE (normalised units)"}
+LOSS_CHART: dict[str, Any] = {
+    "id": "loss",
+    "log_y": True,
+    "smooth": True,
+    "file": "loss_curve.png",
+    "y_title": "flow MSE (normalised units)",
+}
 OTHER_CHARTS: tuple[dict[str, Any], ...] = (
-    {"id": "invdyn", "title": "Inverse-dynamics loss", "keys": ("invdyn_loss",),
-     "log_y": True, "smooth": True, "file": "invdyn_loss_curve.png", "y_title": "action MSE ([−1, 1] actions)"},
-    {"id": "score", "title": "Normalised score", "keys": ("score",),
-     "log_y": False, "smooth": False, "file": "normalized_score.png",
-     "y_title": "D4RL score (100 = expert)"},
-    {"id": "lr", "title": "Learning rate", "keys": ("lr",), "log_y": True, "smooth": False, "file": None,
-     "y_title": "learning rate (per step)"},
-    {"id": "speed", "title": "Training speed (steps/s)", "keys": ("steps_per_s",),
-     "log_y": False, "smooth": True, "file": None, "y_title": "training steps/s"},
+    {
+        "id": "invdyn",
+        "title": "Inverse-dynamics loss",
+        "keys": ("invdyn_loss",),
+        "log_y": True,
+        "smooth": True,
+        "file": "invdyn_loss_curve.png",
+        "y_title": "action MSE ([−1, 1] actions)",
+    },
+    {
+        "id": "score",
+        "title": "Normalised score",
+        "keys": ("score",),
+        "log_y": False,
+        "smooth": False,
+        "file": "normalized_score.png",
+        "y_title": "D4RL score (100 = expert)",
+    },
+    {
+        "id": "lr",
+        "title": "Learning rate",
+        "keys": ("lr",),
+        "log_y": True,
+        "smooth": False,
+        "file": None,
+        "y_title": "learning rate (per step)",
+    },
+    {
+        "id": "speed",
+        "title": "Training speed (steps/s)",
+        "keys": ("steps_per_s",),
+        "log_y": False,
+        "smooth": True,
+        "file": None,
+        "y_title": "training steps/s",
+    },
 )
 CHART_IDS: tuple[str, ...] = (LOSS_CHART["id"], *(c["id"] for c in OTHER_CHARTS))
 FIGURE_FILES: tuple[str, ...] = tuple(c["file"] for c in (LOSS_CHART, *OTHER_CHARTS) if c["file"])
@@ -49,8 +80,11 @@ def levels(configs: Iterable[dict[str, Any]]) -> int:
 
 def charts(n_levels: int) -> tuple[dict[str, Any], ...]:
     """The run page's charts for runs of `n_levels` plan levels."""
-    loss = {**LOSS_CHART, "keys": level_loss_keys(n_levels),
-            "title": f"Diffusion loss (levels {', '.join(map(str, range(n_levels)))})"}
+    loss = {
+        **LOSS_CHART,
+        "keys": level_loss_keys(n_levels),
+        "title": f"Diffusion loss (levels {', '.join(map(str, range(n_levels)))})",
+    }
     return (loss, *OTHER_CHARTS)
 
 
@@ -59,7 +93,7 @@ def chart_data(session: Session, run: Run, max_points: int) -> dict[str, dict[st
     non-finite points (never downsampled; a series may have only those)."""
     out = {}
     for key in (k for c in charts(levels([run.config])) for k in c["keys"]):
-        s = chart_series(session, run.id, key, max_points)
+        s = chart_series(session, stored_id(run), key, max_points)
         if s["total"] or s["nonfinite"]["steps"]:
             out[key] = s
     return out
@@ -70,13 +104,16 @@ def _scores(session: Session, run_ids: list[int]) -> dict[int, dict[str, Any]]:
     compares with; `final_r2` an R2 run's R2 one), and its latest and best quick evaluations:
     a quick one has a few episodes, so its maximum is the luckiest draw, never the result."""
     out: dict[int, dict[str, Any]] = {}
-    rows = session.exec(select(Evaluation).where(col(Evaluation.run_id).in_(run_ids))
-                        .order_by(col(Evaluation.id)))
+    rows = session.exec(select(Evaluation).where(col(Evaluation.run_id).in_(run_ids)).order_by(col(Evaluation.id)))
     for e in rows:
         s = out.setdefault(e.run_id, _no_scores())
         if e.kind == "final":
             s["final" if e.variant == "R1" else "final_r2"] = {
-                "mean": e.score_mean, "std": e.score_std, "step": e.step, "n_episodes": len(e.scores)}
+                "mean": e.score_mean,
+                "std": e.score_std,
+                "step": e.step,
+                "n_episodes": len(e.scores),
+            }
         else:
             s["latest_quick"] = e.score_mean
             s["best_quick"] = e.score_mean if s["best_quick"] is None else max(s["best_quick"], e.score_mean)
@@ -92,17 +129,25 @@ def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
     """The run list's rows: summary plus progress, ETA, scores and the paper's number; the
     difference to the paper is the final evaluation's, and only at the paper's settings (a
     demo has none: it trains on locally made data)."""
-    scores = _scores(session, [r.id for r in runs])
+    scores = _scores(session, [stored_id(r) for r in runs])
     rows = []
     for run in runs:
-        s = scores.get(run.id, _no_scores())
+        s = scores.get(stored_id(run), _no_scores())
         paper = paper_numbers(run.task)["r1"]["mean"]
         final = s["final"]["mean"] if s["final"] else None
         caption = not_the_papers(departures(run.config, "R1"))
-        rows.append({**run_summary(run), **s, "final_score": final, "paper": paper, "eta_s": _eta(run),
-                     "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
-                     "settings_caption": caption,
-                     "difference": None if final is None or run.is_demo or caption else final - paper})
+        rows.append(
+            {
+                **run_summary(run),
+                **s,
+                "final_score": final,
+                "paper": paper,
+                "eta_s": _eta(run),
+                "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
+                "settings_caption": caption,
+                "difference": None if final is None or run.is_demo or caption else final - paper,
+            }
+        )
     return rows
 
 
@@ -110,18 +155,33 @@ def results(session: Session, run: Run) -> dict[str, Any]:
     """The run page's results table: the paper's numbers, the final evaluation, and the gap
     when the run used the paper's settings (else `settings_caption` says what it changed). A
     demo run trains on locally made data, so it gets no gap to the paper either."""
+    assert run.id is not None  # a stored run
     scores = _scores(session, [run.id]).get(run.id, {})
     final, final_r2 = scores.get("final"), scores.get("final_r2")
     paper = paper_numbers(run.task)
     caption = not_the_papers(departures(run.config, "R1"))
     r2_caption = not_the_papers(departures(run.config, "R2"))
-    r2 = None if final_r2 is None else {
-        "paper": paper["r2"], "mine": final_r2, "settings_caption": r2_caption,
-        "difference": None if run.is_demo or r2_caption else final_r2["mean"] - paper["r2"]["mean"]}
-    comparable = final is not None and not run.is_demo and caption is None
-    return {"task": run.task, "paper": paper["r1"], "seed_readme": paper["seed_readme_r1"], "demo": run.is_demo,
-            "mine": final, "settings_caption": caption,
-            "difference": final["mean"] - paper["r1"]["mean"] if comparable else None, "r2": r2}
+    r2 = (
+        None
+        if final_r2 is None
+        else {
+            "paper": paper["r2"],
+            "mine": final_r2,
+            "settings_caption": r2_caption,
+            "difference": None if run.is_demo or r2_caption else final_r2["mean"] - paper["r2"]["mean"],
+        }
+    )
+    comparable = not run.is_demo and caption is None
+    return {
+        "task": run.task,
+        "paper": paper["r1"],
+        "seed_readme": paper["seed_readme_r1"],
+        "demo": run.is_demo,
+        "mine": final,
+        "settings_caption": caption,
+        "difference": final["mean"] - paper["r1"]["mean"] if final is not None and comparable else None,
+        "r2": r2,
+    }
 
 
 STAGE_ORDER: tuple[str, ...] = get_args(Stage)
@@ -176,11 +236,15 @@ def run_facts(session: Session, run: Run, lease_seconds: float) -> dict[str, Any
     worker = session.get(Worker, run.worker_id) if run.worker_id else None
     lost = waiting.worker_lost(run, lease_seconds)
     end = run.finished_at if run.finished_at is not None else lost["last_heartbeat"] if lost else now()
-    return {"device": worker.device if worker else None, "gpu_name": worker.gpu_name if worker else None,
-            "worker_name": worker.name if worker else None,
-            "elapsed_s": None if run.started_at is None else max(end - run.started_at, 0.0),
-            "eta_s": None if lost else _eta(run), "worker_lost": lost,
-            "queue": waiting.queue_place(session, run, lease_seconds)}
+    return {
+        "device": worker.device if worker else None,
+        "gpu_name": worker.gpu_name if worker else None,
+        "worker_name": worker.name if worker else None,
+        "elapsed_s": None if run.started_at is None else max(end - run.started_at, 0.0),
+        "eta_s": None if lost else _eta(run),
+        "worker_lost": lost,
+        "queue": waiting.queue_place(session, run, lease_seconds),
+    }
 
 
 def device_label(facts: dict[str, Any]) -> str | None:
@@ -190,8 +254,9 @@ def device_label(facts: dict[str, Any]) -> str | None:
     return f"{facts['device']} ({facts['gpu_name']})" if facts["gpu_name"] else facts["device"]
 
 
-def planning_speed(evaluations: list[dict[str, Any]], config: dict[str, Any],
-                   worker_device: str | None = None) -> list[dict[str, Any]]:
+def planning_speed(
+    evaluations: list[dict[str, Any]], config: dict[str, Any], worker_device: str | None = None
+) -> list[dict[str, Any]]:
     """The newest timed evaluation of each variant: planning latency, decisions per second
     (one call plans for all `n_envs` environments, so a batch makes n_envs decisions), and
     the single-environment frequency next to the paper's, with what makes the run's planner
@@ -204,24 +269,43 @@ def planning_speed(evaluations: list[dict[str, Any]], config: dict[str, Any],
     rows = []
     for variant, e in sorted(newest.items()):
         batch, single = e.get("latency_ms"), e.get("latency_ms_1env")
-        rows.append({"variant": variant, "step": e["step"], "kind": e["kind"],
-                     "device": e.get("device") or worker_device,
-                     "n_envs": e["n_envs"], "latency_ms": batch,
-                     "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
-                     "latency_ms_1env": single, "hz_1env": 1000.0 / single if single else None,
-                     "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE,
-                     "not_comparable": speed_caption(config, variant)})
+        rows.append(
+            {
+                "variant": variant,
+                "step": e["step"],
+                "kind": e["kind"],
+                "device": e.get("device") or worker_device,
+                "n_envs": e["n_envs"],
+                "latency_ms": batch,
+                "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
+                "latency_ms_1env": single,
+                "hz_1env": 1000.0 / single if single else None,
+                "paper_hz": PAPER_PLANNING_HZ.get(variant),
+                "paper_source": PAPER_PLANNING_SOURCE,
+                "not_comparable": speed_caption(config, variant),
+            }
+        )
     return rows
 
 
+@overload
+def device_check(report: dict[str, Any]) -> dict[str, Any]: ...
+@overload
+def device_check(report: None) -> None: ...
 def device_check(report: dict[str, Any] | None) -> dict[str, Any] | None:
     """The device check as the run page and results.md show it: each path marked `used` when
     the run goes on with it, and a planning path's speed also as a frequency (1000 / ms for
     one environment), the unit the paper reports. `used` maps a stage to its path."""
     if report is None:
         return None
-    paths = [{**p, "used": report["chosen"].get(p["stage"]) == p["name"],
-              "hz": 1000.0 / p["ms"] if p["stage"] == "plan" and p["ms"] else None} for p in report["paths"]]
+    paths = [
+        {
+            **p,
+            "used": report["chosen"].get(p["stage"]) == p["name"],
+            "hz": 1000.0 / p["ms"] if p["stage"] == "plan" and p["ms"] else None,
+        }
+        for p in report["paths"]
+    ]
     return {**report, "paths": paths, "used": {p["stage"]: p for p in paths if p["used"]}}
 
 
@@ -237,9 +321,16 @@ def param_rows(config: dict[str, Any]) -> list[dict[str, Any]]:
     for name, value in config.items():
         field = fields.get(name)
         default = field["default"] if field else None
-        rows.append({"name": name, "value": value, "help": field["help"] if field else "",
-                     "differs": field is not None and value != default, "default": default,
-                     "resolved": resolved.get(name) if value is None else None})
+        rows.append(
+            {
+                "name": name,
+                "value": value,
+                "help": field["help"] if field else "",
+                "differs": field is not None and value != default,
+                "default": default,
+                "resolved": resolved.get(name) if value is None else None,
+            }
+        )
     return rows
 
 
@@ -260,5 +351,6 @@ def event_rows(events: list[Event]) -> list[dict[str, Any]]:
 
 def console_rows(lines: list[ConsoleLine]) -> list[dict[str, Any]]:
     """The run's console for the page and the API, folded like the event log (`fold`)."""
-    return [{"id": c.id, "ts": c.ts, "attempt": c.attempt, "level": c.level, "text": c.text, **fold(c.text)}
-            for c in lines]
+    return [
+        {"id": c.id, "ts": c.ts, "attempt": c.attempt, "level": c.level, "text": c.text, **fold(c.text)} for c in lines
+    ]

@@ -31,8 +31,7 @@ def record_change(session: Session, run_id: int | None, kind: str, data: dict[st
 
 
 def event_dict(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "run_id": event.run_id, "ts": event.ts, "level": event.level,
-            "message": event.message}
+    return {"id": event.id, "run_id": event.run_id, "ts": event.ts, "level": event.level, "message": event.message}
 
 
 def log_event(session: Session, run_id: int | None, level: str, message: str) -> Event:
@@ -43,20 +42,19 @@ def log_event(session: Session, run_id: int | None, level: str, message: str) ->
     return event
 
 
-def list_events(session: Session, run_id: int, since_id: int = 0, limit: int = 1000,
-                newest_first: bool = False) -> list[Event]:
+def list_events(
+    session: Session, run_id: int, since_id: int = 0, limit: int = 1000, newest_first: bool = False
+) -> list[Event]:
     order = col(Event.id).desc() if newest_first else col(Event.id)
-    stmt = (select(Event).where(Event.run_id == run_id, col(Event.id) > since_id)
-            .order_by(order).limit(limit))
+    stmt = select(Event).where(Event.run_id == run_id, col(Event.id) > since_id).order_by(order).limit(limit)
     return list(session.exec(stmt))
 
 
 def latest_change_id(session: Session) -> int:
-    return session.exec(select(func.coalesce(func.max(Change.id), 0))).one()
+    return session.exec(select(func.coalesce(func.max(Change.id), 0))).one()  # type: ignore[return-value]  # SQLAlchemy types coalesce(x, 0) like x
 
 
-def changes_since(session: Session, since_id: int, run_id: int | None = None,
-                  limit: int = 500) -> list[Change]:
+def changes_since(session: Session, since_id: int, run_id: int | None = None, limit: int = 500) -> list[Change]:
     """Changes of one run, or for the all-runs stream the run and event changes of all."""
     stmt = select(Change).where(col(Change.id) > since_id)
     if run_id is None:

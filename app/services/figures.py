@@ -39,9 +39,14 @@ class _PlainLogFormatter(LogFormatter):
         return _plain(x, 0)
 
 
-def chart_figure(chart: dict[str, Any], label: str, series: dict[str, dict[str, Any]],
-                 evaluations: list[dict[str, Any]], paper: dict[str, Any] | None,
-                 reference: ReferenceCurve | None = None) -> Figure:
+def chart_figure(
+    chart: dict[str, Any],
+    label: str,
+    series: dict[str, dict[str, Any]],
+    evaluations: list[dict[str, Any]],
+    paper: dict[str, Any] | None,
+    reference: ReferenceCurve | None = None,
+) -> Figure:
     """One chart of the run page as a matplotlib figure; `paper` None draws no paper line
     (a demo run). The run's label goes on its own title line, so a long name is not cut off.
     On the score chart quick and final evaluations get different markers, and `reference`
@@ -51,24 +56,42 @@ def chart_figure(chart: dict[str, Any], label: str, series: dict[str, dict[str, 
     ax = fig.add_subplot()
     for key in chart["keys"]:
         if key in series and series[key]["steps"]:  # a series may hold non-finite points only
-            ax.plot(series[key]["steps"], series[key]["values"], label=key, linewidth=0.8,
-                    marker="o" if len(series[key]["steps"]) < 40 else None, markersize=3)
+            ax.plot(
+                series[key]["steps"],
+                series[key]["values"],
+                label=key,
+                linewidth=0.8,
+                marker="o" if len(series[key]["steps"]) < 40 else None,
+                markersize=3,
+            )
     if chart["id"] == "score":
         groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for e in evaluations:
             groups.setdefault((e.get("kind") or "", e.get("variant") or "R1"), []).append(e)
         for (kind, variant), group in sorted(groups.items()):
             name = f"{kind} evaluations {variant}".strip() if kind or variant != "R1" else "evaluations"
-            ax.errorbar([e["step"] for e in group], [e["score_mean"] for e in group],
-                        yerr=[e["score_std"] for e in group], fmt=EVAL_MARKERS.get((kind, variant), "o"),
-                        markersize=8 if kind == "final" else 5, capsize=3,
-                        label=f"{name} (mean ± std over episodes)")
+            ax.errorbar(
+                [e["step"] for e in group],
+                [e["score_mean"] for e in group],
+                yerr=[e["score_std"] for e in group],
+                fmt=EVAL_MARKERS.get((kind, variant), "o"),
+                markersize=8 if kind == "final" else 5,
+                capsize=3,
+                label=f"{name} (mean ± std over episodes)",
+            )
         if reference is not None:
-            ax.plot(reference.steps, reference.scores, linestyle="--", color="dimgray", linewidth=1,
-                    label=textwrap.shorten(f"reference: {reference.source}", 70))
+            ax.plot(
+                reference.steps,
+                reference.scores,
+                linestyle="--",
+                color="dimgray",
+                linewidth=1,
+                label=textwrap.shorten(f"reference: {reference.source}", 70),
+            )
         if paper is not None:
-            ax.axhline(paper["mean"], linestyle="--", color="black",
-                       label=f"paper {paper['mean']:.1f} ± {paper['sem']:.1f}")
+            ax.axhline(
+                paper["mean"], linestyle="--", color="black", label=f"paper {paper['mean']:.1f} ± {paper['sem']:.1f}"
+            )
     values = [v for k in chart["keys"] if k in series for v in series[k]["values"]]
     if chart["log_y"] and values and min(values) > 0:
         ax.set_yscale("log")
@@ -87,9 +110,14 @@ def chart_figure(chart: dict[str, Any], label: str, series: dict[str, dict[str, 
     return fig
 
 
-def write_figures(out_dir: Path, run: Run, series: dict[str, dict[str, Any]],
-                  evaluations: list[dict[str, Any]], paper: dict[str, Any] | None,
-                  reference: ReferenceCurve | None = None) -> list[str]:
+def write_figures(
+    out_dir: Path,
+    run: Run,
+    series: dict[str, dict[str, Any]],
+    evaluations: list[dict[str, Any]],
+    paper: dict[str, Any] | None,
+    reference: ReferenceCurve | None = None,
+) -> list[str]:
     """One PNG per chart of the run page that has a `file` (FIGURE_FILES)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     label = runs.run_label(run).replace("$", r"\$")  # a user's name is text, not matplotlib math
@@ -110,6 +138,11 @@ def write_run_figures(db: Database, data_dir: Path, run_id: int) -> list[str]:
         run = runs.get_run(session, run_id)
         series = chart_data(session, run, FIGURE_POINTS)
         evaluations = [runs.evaluation_dict(e) for e in runs.evaluations(session, run_id)]
-    return write_figures(results_dir(data_dir, run_id), run, series, evaluations,
-                         None if run.is_demo else runs.paper_numbers(run.task)["r1"],
-                         None if run.is_demo else REFERENCE_CURVES.get(run.task))
+    return write_figures(
+        results_dir(data_dir, run_id),
+        run,
+        series,
+        evaluations,
+        None if run.is_demo else runs.paper_numbers(run.task)["r1"],
+        None if run.is_demo else REFERENCE_CURVES.get(run.task),
+    )

@@ -17,8 +17,9 @@ each series is a warning event naming key and step.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from itertools import groupby
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -43,8 +44,10 @@ _ALL = text("SELECT step, value, wall_time FROM metric_points WHERE run_id = :ru
 # Bucket i covers steps [lo + span*i/buckets, lo + span*(i+1)/buckets). Each bucket's
 # extremes come from an index range scan with ORDER BY ... LIMIT 1: plain SQL that runs
 # on SQLite and PostgreSQL alike, about 0.3 s for a million-point series on SQLite.
-_IN_BUCKET = ("FROM metric_points WHERE run_id = :run AND key = :key"
-              " AND step >= :lo + :span * i / :buckets AND step < :lo + :span * (i + 1) / :buckets")
+_IN_BUCKET = (
+    "FROM metric_points WHERE run_id = :run AND key = :key"
+    " AND step >= :lo + :span * i / :buckets AND step < :lo + :span * (i + 1) / :buckets"
+)
 _MINMAX = text(f"""
 WITH RECURSIVE b(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM b WHERE i + 1 < :buckets),
 picked(step) AS (
@@ -55,20 +58,26 @@ SELECT m.step, m.value, m.wall_time FROM picked
 JOIN metric_points m ON m.run_id = :run AND m.key = :key AND m.step = picked.step""")
 
 BLOCK = 256  # steps per metric_blocks row; the migration that created the table backfilled with it
-_RANGE = text("SELECT step, value, wall_time FROM metric_points WHERE run_id = :run AND key = :key"
-              " AND step >= :lo AND step < :hi ORDER BY step")
-_NONFINITE = text("SELECT step, value, wall_time FROM metric_nonfinite WHERE run_id = :run AND key = :key"
-                  " ORDER BY step")
+_RANGE = text(
+    "SELECT step, value, wall_time FROM metric_points WHERE run_id = :run AND key = :key"
+    " AND step >= :lo AND step < :hi ORDER BY step"
+)
+_NONFINITE = text(
+    "SELECT step, value, wall_time FROM metric_nonfinite WHERE run_id = :run AND key = :key ORDER BY step"
+)
 _ANY_NONFINITE = text("SELECT 1 FROM metric_nonfinite WHERE run_id = :run LIMIT 1")
 _HAS_NONFINITE = text("SELECT 1 FROM metric_nonfinite WHERE run_id = :run AND key = :key LIMIT 1")
-_STEPS_IN = ("SELECT step FROM {} WHERE run_id = :run AND key = :key AND step >= :lo AND step <= :hi")
+_STEPS_IN = "SELECT step FROM {} WHERE run_id = :run AND key = :key AND step >= :lo AND step <= :hi"
 _DROP = "DELETE FROM {} WHERE run_id = :run_id AND key = :key AND step = :step"
-_BLOCKS = text("SELECT block, n, min_step, min_value, min_wall_time, max_step, max_value, max_wall_time"
-               " FROM metric_blocks WHERE run_id = :run AND key = :key ORDER BY block")
+_BLOCKS = text(
+    "SELECT block, n, min_step, min_value, min_wall_time, max_step, max_value, max_wall_time"
+    " FROM metric_blocks WHERE run_id = :run AND key = :key ORDER BY block"
+)
 
 
-def upsert_points(session: Session, run_id: int, points: Iterable[dict[str, Any]],
-                  notify: bool = True, fill_only: bool = False) -> int:
+def upsert_points(
+    session: Session, run_id: int, points: Iterable[dict[str, Any]], notify: bool = True, fill_only: bool = False
+) -> int:
     """Insert or overwrite on (run, key, step), so a worker may resend a batch safely.
 
     `fill_only` (the late points of a fenced-off attempt) stores a point only where the run
@@ -92,32 +101,57 @@ def upsert_points(session: Session, run_id: int, points: Iterable[dict[str, Any]
             session.execute(text(_DROP.format("metric_nonfinite")), finite)
         _refresh_blocks(session, run_id, finite, insert)
         if notify:
-            record_change(session, run_id, "metrics",
-                          {"points": [{k: r[k] for k in ("key", "step", "value", "wall_time")} for r in finite]})
+            record_change(
+                session,
+                run_id,
+                "metrics",
+                {"points": [{k: r[k] for k in ("key", "step", "value", "wall_time")} for r in finite]},
+            )
     if nonfinite:
         _record_nonfinite(session, run_id, nonfinite, insert)
         if notify:  # a live run page marks them as they come
-            record_change(session, run_id, "metrics", {"points": [
-                {"key": r["key"], "step": r["step"], "value": None, "nonfinite": r["value"],
-                 "wall_time": r["wall_time"]} for r in nonfinite]})
+            record_change(
+                session,
+                run_id,
+                "metrics",
+                {
+                    "points": [
+                        {
+                            "key": r["key"],
+                            "step": r["step"],
+                            "value": None,
+                            "nonfinite": r["value"],
+                            "wall_time": r["wall_time"],
+                        }
+                        for r in nonfinite
+                    ]
+                },
+            )
     return len(finite) + len(nonfinite)
 
 
 def _upsert(session: Session, insert: Any, table: type, rows: list[dict[str, Any]]) -> None:
     stmt = insert(table)
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["run_id", "key", "step"],
-        set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time}), rows)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["run_id", "key", "step"],
+            set_={"value": stmt.excluded.value, "wall_time": stmt.excluded.wall_time},
+        ),
+        rows,
+    )
 
 
 def _absent(session: Session, run_id: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows whose (key, step) holds no point yet, finite or not."""
-    out = []
-    for key, group in groupby(sorted(rows, key=lambda r: (r["key"], r["step"])), key=lambda r: r["key"]):
-        group = list(group)
+    out: list[dict[str, Any]] = []
+    for key, grouped in groupby(sorted(rows, key=lambda r: (r["key"], r["step"])), key=lambda r: r["key"]):
+        group = list(grouped)
         args = {"run": run_id, "key": key, "lo": group[0]["step"], "hi": group[-1]["step"]}
-        taken = {step for table in ("metric_points", "metric_nonfinite")
-                 for (step,) in session.execute(text(_STEPS_IN.format(table)), args)}
+        taken = {
+            step
+            for table in ("metric_points", "metric_nonfinite")
+            for (step,) in session.execute(text(_STEPS_IN.format(table)), args)
+        }
         out.extend(r for r in group if r["step"] not in taken)
     return out
 
@@ -146,25 +180,40 @@ def _refresh_blocks(session: Session, run_id: int, rows: list[dict[str, Any]], i
         starts = [b for i, b in enumerate(numbers) if i == 0 or numbers[i - 1] != b - 1]
         ends = [b for i, b in enumerate(numbers) if i == len(numbers) - 1 or numbers[i + 1] != b + 1]
         for first, last in zip(starts, ends):
-            points = session.execute(_RANGE, {"run": run_id, "key": key, "lo": first * BLOCK,
-                                              "hi": (last + 1) * BLOCK})
-            for block, members in groupby(points, key=lambda p: p[0] // BLOCK):
-                members = list(members)
+            points = session.execute(_RANGE, {"run": run_id, "key": key, "lo": first * BLOCK, "hi": (last + 1) * BLOCK})
+            for block, in_block in groupby(points, key=lambda p: p[0] // BLOCK):
+                members = list(in_block)
                 lo, hi = min(members, key=lambda p: p[1]), max(members, key=lambda p: p[1])
-                out.append({"run_id": run_id, "key": key, "block": block, "n": len(members),
-                            "min_step": lo[0], "min_value": lo[1], "min_wall_time": lo[2],
-                            "max_step": hi[0], "max_value": hi[1], "max_wall_time": hi[2]})
+                out.append(
+                    {
+                        "run_id": run_id,
+                        "key": key,
+                        "block": block,
+                        "n": len(members),
+                        "min_step": lo[0],
+                        "min_value": lo[1],
+                        "min_wall_time": lo[2],
+                        "max_step": hi[0],
+                        "max_value": hi[1],
+                        "max_wall_time": hi[2],
+                    }
+                )
     kept = {(r["key"], r["block"]) for r in out}
     emptied = [{"run_id": run_id, "key": k, "block": b} for k, b in touched if (k, b) not in kept]
     if emptied:  # a finite point was replaced by a non-finite one
-        session.execute(text("DELETE FROM metric_blocks WHERE run_id = :run_id AND key = :key AND block = :block"),
-                        emptied)
+        session.execute(
+            text("DELETE FROM metric_blocks WHERE run_id = :run_id AND key = :key AND block = :block"), emptied
+        )
     if not out:
         return
     stmt = insert(MetricBlock)
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["run_id", "key", "block"],
-        set_={c: stmt.excluded[c] for c in out[0] if c not in ("run_id", "key", "block")}), out)
+    session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=["run_id", "key", "block"],
+            set_={c: stmt.excluded[c] for c in out[0] if c not in ("run_id", "key", "block")},
+        ),
+        out,
+    )
 
 
 def nonfinite_points(session: Session, run_id: int, key: str, max_points: int) -> dict[str, Any]:
@@ -175,8 +224,12 @@ def nonfinite_points(session: Session, run_id: int, key: str, max_points: int) -
     total, keep = len(rows), max(max_points, 2)
     if total > keep:
         rows = [rows[i] for i in sorted({round(j * (total - 1) / (keep - 1)) for j in range(keep)})]
-    return {"total": total, "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows]}
+    return {
+        "total": total,
+        "steps": [r[0] for r in rows],
+        "values": [r[1] for r in rows],
+        "wall_times": [r[2] for r in rows],
+    }
 
 
 def metric_keys(session: Session, run_id: int) -> list[str]:
@@ -197,17 +250,22 @@ def series(session: Session, run_id: int, key: str, max_points: int) -> dict[str
     args = {"run": run_id, "key": key}
     total = session.execute(_COUNT, args).scalar_one()
     if total <= max_points:
-        rows = list(session.execute(_ALL, args))
+        rows: Sequence[Sequence[Any]] = list(session.execute(_ALL, args))
     else:
         first = session.execute(_FIRST, args).one()
         last = session.execute(_LAST, args).one()
         buckets = (max_points - 2) // 2
-        picked = session.execute(_MINMAX, {**args, "buckets": buckets, "lo": first[0],
-                                           "span": last[0] - first[0] + 1})
+        picked = session.execute(_MINMAX, {**args, "buckets": buckets, "lo": first[0], "span": last[0] - first[0] + 1})
         rows = sorted({tuple(r) for r in picked} | {tuple(first), tuple(last)})
-    return {"key": key, "total": total, "downsampled": total > max_points,
-            "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key, max_points)}
+    return {
+        "key": key,
+        "total": total,
+        "downsampled": total > max_points,
+        "steps": [r[0] for r in rows],
+        "values": [r[1] for r in rows],
+        "wall_times": [r[2] for r in rows],
+        "nonfinite": nonfinite_points(session, run_id, key, max_points),
+    }
 
 
 def chart_series(session: Session, run_id: int, key: str, max_points: int) -> dict[str, Any]:
@@ -231,6 +289,12 @@ def chart_series(session: Session, run_id: int, key: str, max_points: int) -> di
             highs[i] = high
     ends = {tuple(session.execute(_FIRST, args).one()), tuple(session.execute(_LAST, args).one())}
     rows = sorted(set(lows.values()) | set(highs.values()) | ends)
-    return {"key": key, "total": total, "downsampled": True,
-            "steps": [r[0] for r in rows], "values": [r[1] for r in rows],
-            "wall_times": [r[2] for r in rows], "nonfinite": nonfinite_points(session, run_id, key, max_points)}
+    return {
+        "key": key,
+        "total": total,
+        "downsampled": True,
+        "steps": [r[0] for r in rows],
+        "values": [r[1] for r in rows],
+        "wall_times": [r[2] for r in rows],
+        "nonfinite": nonfinite_points(session, run_id, key, max_points),
+    }

@@ -20,8 +20,20 @@ from dlite.config import Config, ConfigError, from_dict, schema
 _GROUPS = {f["name"]: f["group"] for f in schema()}
 
 NEUTRAL: frozenset[str] = frozenset(
-    {"seed", "log_interval", "save_interval", "eval_every", "eval_envs", "eval_episodes", "record_video",
-     "video_every_quick", "train_accel", "plan_accel"} | {name for name, group in _GROUPS.items() if group == "backup"})
+    {
+        "seed",
+        "log_interval",
+        "save_interval",
+        "eval_every",
+        "eval_envs",
+        "eval_episodes",
+        "record_video",
+        "video_every_quick",
+        "train_accel",
+        "plan_accel",
+    }
+    | {name for name, group in _GROUPS.items() if group == "backup"}
+)
 """Settings that change how a run is seeded, logged, checkpointed, backed up or looked at on the
 way (quick evaluations, recorded episodes), never what its final evaluation measures. The speed paths are verified
 against the reference before a run uses them (dlite.device_check); the reduced-precision ones
@@ -62,13 +74,17 @@ def paper_fingerprint(task: str, variant: str) -> dict[str, Any]:
     return fingerprint(Config(task=task, variant=variant).to_dict(), variant)
 
 
-def departures(config: dict[str, Any], variant: str, keys: tuple[str, ...] | None = None,
-               ignore: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
+def departures(
+    config: dict[str, Any], variant: str, keys: tuple[str, ...] | None = None, ignore: frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """Each setting (of `keys`, else all but `ignore`) whose value is not the paper's, with both."""
     mine, paper = fingerprint(config, variant), paper_fingerprint(str(config.get("task")), variant)
     names = keys if keys is not None else sorted(set(mine) | set(paper))
-    return [{"name": k, "value": mine.get(k), "paper": paper.get(k)}
-            for k in names if k not in ignore and mine.get(k) != paper.get(k)]
+    return [
+        {"name": k, "value": mine.get(k), "paper": paper.get(k)}
+        for k in names
+        if k not in ignore and mine.get(k) != paper.get(k)
+    ]
 
 
 def speed_departures(config: dict[str, Any], variant: str) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session, select
 
-from app.models import Checkpoint, ChecklistItem, Evaluation, Run
+from app.models import ChecklistItem, Checkpoint, Evaluation, Run
 from app.protocol import checklist_label
 from app.services.events import log_event, now, record_change
 from app.services.runs import checkpoint_dict, evaluation_dict, touch
@@ -25,28 +25,35 @@ def note_logged_step(session: Session, run: Run, step: int) -> None:
         touch(session, run)
 
 
-def verify_checklist(session: Session, run: Run, key: str, detail: str | None,
-                     failed: bool = False) -> ChecklistItem:
+def verify_checklist(session: Session, run: Run, key: str, detail: str | None, failed: bool = False) -> ChecklistItem:
     """Ticks (✓) or fails (✗) an item; a later report of the same item replaces it."""
-    item = session.exec(select(ChecklistItem).where(
-        ChecklistItem.run_id == run.id, ChecklistItem.key == key)).first()
+    item = session.exec(select(ChecklistItem).where(ChecklistItem.run_id == run.id, ChecklistItem.key == key)).first()
     if item is None:
         item = ChecklistItem(run_id=run.id, key=key, verified_at=now())
     item.detail, item.verified_at, item.failed, item.attempt = detail, now(), failed, run.attempt
     session.add(item)
     session.flush()
     label = checklist_label(key, run.config)
-    record_change(session, run.id, "checklist", {"key": key, "label": label, "detail": detail,
-                                                 "verified_at": item.verified_at, "failed": failed})
-    log_event(session, run.id, "error" if failed else "info",
-              f"{'✗' if failed else '✓'} {label}" + (f" ({detail})" if detail else ""))
+    record_change(
+        session,
+        run.id,
+        "checklist",
+        {"key": key, "label": label, "detail": detail, "verified_at": item.verified_at, "failed": failed},
+    )
+    log_event(
+        session,
+        run.id,
+        "error" if failed else "info",
+        f"{'✗' if failed else '✓'} {label}" + (f" ({detail})" if detail else ""),
+    )
     return item
 
 
 def record_checkpoint(session: Session, run: Run, fields: dict[str, Any]) -> Checkpoint:
     """Create or update the checkpoint at `fields['step']`; stamp the time it reached the Hub."""
-    ckpt = session.exec(select(Checkpoint).where(
-        Checkpoint.run_id == run.id, Checkpoint.step == fields["step"])).first()
+    ckpt = session.exec(
+        select(Checkpoint).where(Checkpoint.run_id == run.id, Checkpoint.step == fields["step"])
+    ).first()
     if ckpt is None:
         ckpt = Checkpoint(run_id=run.id, **fields)
     else:
@@ -61,9 +68,14 @@ def record_checkpoint(session: Session, run: Run, fields: dict[str, Any]) -> Che
 
 
 def record_evaluation(session: Session, run: Run, fields: dict[str, Any]) -> Evaluation:
-    evaluation = session.exec(select(Evaluation).where(
-        Evaluation.run_id == run.id, Evaluation.step == fields["step"], Evaluation.kind == fields["kind"],
-        Evaluation.variant == fields["variant"])).first()
+    evaluation = session.exec(
+        select(Evaluation).where(
+            Evaluation.run_id == run.id,
+            Evaluation.step == fields["step"],
+            Evaluation.kind == fields["kind"],
+            Evaluation.variant == fields["variant"],
+        )
+    ).first()
     if evaluation is None:
         evaluation = Evaluation(run_id=run.id, created_at=now(), **fields)
     else:
@@ -72,8 +84,13 @@ def record_evaluation(session: Session, run: Run, fields: dict[str, Any]) -> Eva
     session.add(evaluation)
     session.flush()
     record_change(session, run.id, "evaluation", evaluation_dict(evaluation))
-    log_event(session, run.id, "info", f"{evaluation.kind} evaluation at step {evaluation.step}: "
-                                       f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f}")
+    log_event(
+        session,
+        run.id,
+        "info",
+        f"{evaluation.kind} evaluation at step {evaluation.step}: "
+        f"{evaluation.score_mean:.1f} ± {evaluation.score_std:.1f}",
+    )
     return evaluation
 
 

@@ -20,14 +20,21 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.models import Evaluation, Run, Sweep
+from app.models import Evaluation, Run, Sweep, stored_id
 from app.protocol import plural
 from app.services.compare import MAX_COMPARED
 from app.services.dashboard import device_check, planning_speed
 from app.services.paper_settings import departures, fingerprint, fingerprint_key, not_the_papers, speed_caption
 from app.services.runs import evaluation_dict, run_label
-from dlite.tasks import (ABLATION_SOURCE, ABLATION_VARIANT, PAPER_PLANNING_HZ, PAPER_PLANNING_SOURCE, TASKS,
-                         PaperScore, paper_ablation_score)
+from dlite.tasks import (
+    ABLATION_SOURCE,
+    ABLATION_VARIANT,
+    PAPER_PLANNING_HZ,
+    PAPER_PLANNING_SOURCE,
+    TASKS,
+    PaperScore,
+    paper_ablation_score,
+)
 
 VARIANTS = ("R1", "R2")
 SEM_OVER_SEEDS = "mean ± s.e. over seeds"
@@ -37,8 +44,11 @@ PAPER_LABEL = "mean ± s.e. over 5 seeds"
 
 def final_evaluations(session: Session, sweep_id: int | None = None) -> list[tuple[Run, Evaluation]]:
     """The newest final evaluation of each (non-demo run, variant)."""
-    stmt = (select(Evaluation, Run).join(Run, col(Run.id) == Evaluation.run_id)
-            .where(Evaluation.kind == "final", col(Run.is_demo).is_(False)))
+    stmt = (
+        select(Evaluation, Run)
+        .join(Run, col(Run.id) == Evaluation.run_id)
+        .where(Evaluation.kind == "final", col(Run.is_demo).is_(False))
+    )
     if sweep_id is not None:
         stmt = stmt.where(Run.sweep_id == sweep_id)
     newest: dict[tuple[int, str], tuple[Run, Evaluation]] = {}
@@ -51,18 +61,23 @@ def agreement(difference: float, sem: float | None, paper_sem: float | None) -> 
     """In words, whether a mean over seeds agrees with the paper's, judged by the combined
     standard error sqrt(s.e.² + paper s.e.²)."""
     if sem is None:
-        return {"verdict": "not judged", "text": "one seed: no standard error over seeds, so agreement "
-                "with the paper is not judged; run more seeds"}
+        return {
+            "verdict": "not judged",
+            "text": "one seed: no standard error over seeds, so agreement with the paper is not judged; run more seeds",
+        }
     combined = math.hypot(sem, paper_sem or 0.0)
     side = "above" if difference > 0 else "below"
     if abs(difference) <= combined:
-        return {"verdict": "agrees", "text": f"agrees: the difference is within the combined standard error "
-                                             f"({combined:.1f})"}
+        return {
+            "verdict": "agrees",
+            "text": f"agrees: the difference is within the combined standard error ({combined:.1f})",
+        }
     if abs(difference) <= 2 * combined:
-        return {"verdict": "close", "text": f"close: {side} the paper by 1-2 combined standard errors "
-                                            f"({combined:.1f})"}
-    return {"verdict": "differs", "text": f"differs: {side} the paper by more than twice the combined "
-                                          f"standard error ({combined:.1f})"}
+        return {"verdict": "close", "text": f"close: {side} the paper by 1-2 combined standard errors ({combined:.1f})"}
+    return {
+        "verdict": "differs",
+        "text": f"differs: {side} the paper by more than twice the combined standard error ({combined:.1f})",
+    }
 
 
 def _mean(values: list[float]) -> float | None:
@@ -81,12 +96,16 @@ def _planning(evaluations: list[Evaluation], variant: str, config: dict[str, Any
     the batch is never the paper's (it planned one environment)."""
     speeds = [row for e in evaluations for row in planning_speed([evaluation_dict(e)], config)]
     hz = [s["hz_1env"] for s in speeds if s["hz_1env"]]
-    return {"hz_1env": _mean(hz), "hz_1env_sem": _sem(hz),
-            "decisions_per_s": _mean([s["decisions_per_s"] for s in speeds if s["decisions_per_s"]]),
-            "n_envs": sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]}),
-            "devices": sorted({s["device"] for s in speeds if s["device"]}),
-            "paper_hz": PAPER_PLANNING_HZ.get(variant), "paper_source": PAPER_PLANNING_SOURCE,
-            "not_comparable": speed_caption(config, variant)}
+    return {
+        "hz_1env": _mean(hz),
+        "hz_1env_sem": _sem(hz),
+        "decisions_per_s": _mean([s["decisions_per_s"] for s in speeds if s["decisions_per_s"]]),
+        "n_envs": sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]}),
+        "devices": sorted({s["device"] for s in speeds if s["device"]}),
+        "paper_hz": PAPER_PLANNING_HZ.get(variant),
+        "paper_source": PAPER_PLANNING_SOURCE,
+        "not_comparable": speed_caption(config, variant),
+    }
 
 
 def _differing_keys(runs: list[Run], variant: str) -> list[str]:
@@ -115,17 +134,25 @@ def aggregate(session: Session, sweep_id: int | None = None) -> list[dict[str, A
             groups.setdefault(key, []).append((run, evaluation))
     rows = []
     for (task, variant, _), members in groups.items():
-        members.sort(key=lambda m: m[0].id)
+        members.sort(key=lambda m: stored_id(m[0]))
         paper = TASKS[task].paper_r2 if variant == "R2" else TASKS[task].paper_r1
-        rows.append({"task": task, "variant": variant,
-                     **_stats(members, variant, paper, variant, members[0][0].config)})
+        rows.append(
+            {"task": task, "variant": variant, **_stats(members, variant, paper, variant, members[0][0].config)}
+        )
     order = {task: i for i, task in enumerate(TASKS)}
-    return sorted(rows, key=lambda r: (order[r["task"]], VARIANTS.index(r["variant"]), not r["paper_settings"],
-                                       r["run_ids"][0]))
+    return sorted(
+        rows, key=lambda r: (order[r["task"]], VARIANTS.index(r["variant"]), not r["paper_settings"], r["run_ids"][0])
+    )
 
 
-def _stats(members: list[tuple[Run, Evaluation]], variant: str, paper: PaperScore | None,
-           paper_variant: str, config: dict[str, Any], varied: str | None = None) -> dict[str, Any]:
+def _stats(
+    members: list[tuple[Run, Evaluation]],
+    variant: str,
+    paper: PaperScore | None,
+    paper_variant: str,
+    config: dict[str, Any],
+    varied: str | None = None,
+) -> dict[str, Any]:
     """Mean ± s.e. over seeds of the members' final scores beside the paper's score (of
     `paper_variant`, which the labels name), and whether they agree: judged only when the
     members' `config` is the paper's but for the setting an ablation `varied`. No members (an
@@ -140,20 +167,42 @@ def _stats(members: list[tuple[Run, Evaluation]], variant: str, paper: PaperScor
     if caption and n:
         judged = {"verdict": "not compared", "text": f"{caption}; no agreement or difference is claimed"}
     elif difference is None:
-        judged = {"verdict": "not judged", "text": "no finished run yet" if n == 0 else
-                  "the paper has no score for this value"}
+        judged = {
+            "verdict": "not judged",
+            "text": "no finished run yet" if n == 0 else "the paper has no score for this value",
+        }
     else:
+        assert paper is not None  # a difference needs the paper's score
         judged = agreement(difference, sem, paper.sem)
     return {
-        "n": n, "seeds": [r.config.get("seed") for r, _ in members], "run_ids": [r.id for r, _ in members],
-        "mean": mean, "sem": sem, "label": None if n == 0 else SEM_OVER_SEEDS if n > 1 else STD_OVER_EPISODES,
-        "per_episode": None if single is None else {
-            "mean": single.score_mean, "std": single.score_std, "n_episodes": len(single.scores),
-            "label": f"std over the {plural(len(single.scores), 'episode')} of one run (not a standard error)"},
-        "paper": None if paper is None else {"mean": paper.mean, "sem": paper.sem, "source": paper.source,
-                                             "label": PAPER_LABEL, "variant": paper_variant},
-        "paper_settings": not changed, "departures": changed, "settings_caption": caption,
-        "difference": difference, "agreement": judged,
+        "n": n,
+        "seeds": [r.config.get("seed") for r, _ in members],
+        "run_ids": [r.id for r, _ in members],
+        "mean": mean,
+        "sem": sem,
+        "label": None if n == 0 else SEM_OVER_SEEDS if n > 1 else STD_OVER_EPISODES,
+        "per_episode": None
+        if single is None
+        else {
+            "mean": single.score_mean,
+            "std": single.score_std,
+            "n_episodes": len(single.scores),
+            "label": f"std over the {plural(len(single.scores), 'episode')} of one run (not a standard error)",
+        },
+        "paper": None
+        if paper is None
+        else {
+            "mean": paper.mean,
+            "sem": paper.sem,
+            "source": paper.source,
+            "label": PAPER_LABEL,
+            "variant": paper_variant,
+        },
+        "paper_settings": not changed,
+        "departures": changed,
+        "settings_caption": caption,
+        "difference": difference,
+        "agreement": judged,
         "differing_config_keys": _differing_keys([r for r, _ in members], variant),
         "planning": _planning([e for _, e in members], variant, config),
     }
@@ -171,6 +220,7 @@ def _ablation_view(session: Session, sweep: Sweep) -> dict[str, Any]:
     the view says so next to every agreement. `compare_run_ids` picks up to MAX_COMPARED runs,
     as many of each value as fit, for the comparison page coloured by the setting."""
     [task], setting = sweep.tasks, sweep.ablation_setting
+    assert setting is not None and sweep.ablation_values is not None  # _ablation_sweeps picks ablations only
     groups: dict[tuple[str, str], list[tuple[Run, Evaluation]]] = {}
     for run, evaluation in final_evaluations(session, sweep.id):
         groups.setdefault((repr(run.config.get(setting)), evaluation.variant), []).append((run, evaluation))
@@ -180,23 +230,40 @@ def _ablation_view(session: Session, sweep: Sweep) -> dict[str, Any]:
         paper = paper_ablation_score(task, setting, value)
         planned = {**sweep.config, "task": task, setting: value}
         for variant in variants:
-            members = sorted(groups.get((repr(value), variant), []), key=lambda m: m[0].id)
+            members = sorted(groups.get((repr(value), variant), []), key=lambda m: stored_id(m[0]))
             config = members[0][0].config if members else planned
-            rows.append({"value": value, "value_text": str(value), "variant": variant,
-                         **_stats(members, variant, paper, ABLATION_VARIANT, config, setting)})
+            rows.append(
+                {
+                    "value": value,
+                    "value_text": str(value),
+                    "variant": variant,
+                    **_stats(members, variant, paper, ABLATION_VARIANT, config, setting),
+                }
+            )
     runs = list(session.exec(select(Run).where(Run.sweep_id == sweep.id).order_by(col(Run.id))))
     per_value = max(MAX_COMPARED // max(len(sweep.ablation_values), 1), 1)
-    picked = [r.id for value in sweep.ablation_values
-              for r in [r for r in runs if r.config.get(setting) == value][:per_value]][:MAX_COMPARED]
+    picked = [
+        r.id for value in sweep.ablation_values for r in [r for r in runs if r.config.get(setting) == value][:per_value]
+    ][:MAX_COMPARED]
     with_paper = any(r["paper"] for r in rows)
-    return {"sweep_id": sweep.id, "sweep_name": sweep.name, "task": task, "setting": setting,
-            "values": sweep.ablation_values, "variants": list(variants), "rows": rows,
-            "paper_variant": ABLATION_VARIANT if with_paper else None,
-            "paper_source": ABLATION_SOURCE if with_paper else None,
-            "caveat": None if not with_paper else (
-                f"The paper's numbers are {ABLATION_VARIANT}'s (DiffuserLite-D, DDIM sampling, no public code); this "
-                f"lab runs {' and '.join(variants)}, so the agreement compares different variants."),
-            "compare_run_ids": picked}
+    return {
+        "sweep_id": sweep.id,
+        "sweep_name": sweep.name,
+        "task": task,
+        "setting": setting,
+        "values": sweep.ablation_values,
+        "variants": list(variants),
+        "rows": rows,
+        "paper_variant": ABLATION_VARIANT if with_paper else None,
+        "paper_source": ABLATION_SOURCE if with_paper else None,
+        "caveat": None
+        if not with_paper
+        else (
+            f"The paper's numbers are {ABLATION_VARIANT}'s (DiffuserLite-D, DDIM sampling, no public code); this "
+            f"lab runs {' and '.join(variants)}, so the agreement compares different variants."
+        ),
+        "compare_run_ids": picked,
+    }
 
 
 def devices(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -209,17 +276,27 @@ def devices(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]
 
 
 def _devices_markdown(checks: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Devices", "", "| run | device | training path | ms per step | planning path | Hz, 1 env "
-             "| projected total |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        "## Devices",
+        "",
+        "| run | device | training path | ms per step | planning path | Hz, 1 env | projected total |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for c in checks:
         train, plan = c["used"].get("train"), c["used"].get("plan")
         step_ms = "–" if train is None or train["ms"] is None else f"{train['ms']:,.2f}"
-        lines.append(f"| #{c['run_id']} {c['label']} | {c['device_name']} ({c['device']}) "
-                     f"| {c['chosen'].get('train', '–')} | {step_ms} | {c['chosen'].get('plan', '–')} "
-                     f"| {_hz(None if plan is None else plan['hz'])} | {c['projection']['total_s'] / 3600:,.1f} h |")
-    lines += ["", "Each run's device check: the paths it verified against the reference and the run used, their "
-              "median ms per training step and planning decisions per second for one environment, and the whole "
-              "run (training, reflow, the evaluations' planning) projected at those rates."]
+        lines.append(
+            f"| #{c['run_id']} {c['label']} | {c['device_name']} ({c['device']}) "
+            f"| {c['chosen'].get('train', '–')} | {step_ms} | {c['chosen'].get('plan', '–')} "
+            f"| {_hz(None if plan is None else plan['hz'])} | {c['projection']['total_s'] / 3600:,.1f} h |"
+        )
+    lines += [
+        "",
+        "Each run's device check: the paths it verified against the reference and the run used, their "
+        "median ms per training step and planning decisions per second for one environment, and the whole "
+        "run (training, reflow, the evaluations' planning) projected at those rates.",
+    ]
     return lines
 
 
@@ -259,45 +336,59 @@ def _mine(r: dict[str, Any]) -> str:
 
 
 def _ablation_markdown(view: dict[str, Any]) -> list[str]:
-    lines = ["", f"## Ablation: {view['setting']} on {view['task']} (sweep {view['sweep_name']})", "",
-             f"| {view['setting']} | variant | seeds (n) | mine | paper ({ABLATION_VARIANT}) | difference | agreement "
-             "| planning Hz, 1 env |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "",
+        f"## Ablation: {view['setting']} on {view['task']} (sweep {view['sweep_name']})",
+        "",
+        f"| {view['setting']} | variant | seeds (n) | mine | paper ({ABLATION_VARIANT}) | difference | agreement "
+        "| planning Hz, 1 env |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in view["rows"]:
         paper = "–" if r["paper"] is None else f"{_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds)"
         p = r["planning"]
-        lines.append(f"| {r['value_text']} | {r['variant']} | {', '.join(map(str, r['seeds']))} ({r['n']}) "
-                     f"| {_mine(r)} | {paper} | {_difference(r)} "
-                     f"| {r['agreement']['text']} | {_pm(p['hz_1env'], p['hz_1env_sem'])} |")
+        lines.append(
+            f"| {r['value_text']} | {r['variant']} | {', '.join(map(str, r['seeds']))} ({r['n']}) "
+            f"| {_mine(r)} | {paper} | {_difference(r)} "
+            f"| {r['agreement']['text']} | {_pm(p['hz_1env'], p['hz_1env_sem'])} |"
+        )
     if view["caveat"]:
         lines += ["", f"{view['caveat']} Paper scores: {view['paper_source']}."]
     return lines
 
 
-def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]],
-             checks: list[dict[str, Any]]) -> str:
+def markdown(rows: list[dict[str, Any]], ablation_views: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     """results.md: the table plus what every ± means and where the paper's numbers come from,
     then each ablation's table, then the devices the table's runs were checked on (`devices`)."""
-    lines = ["| task | variant | seeds (n) | mine | paper | difference | agreement "
-             "| planning Hz, 1 env | decisions/s, batch | device | paper Hz |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| task | variant | seeds (n) | mine | paper | difference | agreement "
+        "| planning Hz, 1 env | decisions/s, batch | device | paper Hz |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         mine = _mine(r)
         seeds = ", ".join(str(s) for s in r["seeds"])
         p = r["planning"]
         batch = _hz(p["decisions_per_s"]) + (f" ({', '.join(str(n) for n in p['n_envs'])} envs)" if p["n_envs"] else "")
-        lines.append(f"| {r['task']} | {r['variant']} | {seeds} ({r['n']}) | {mine} "
-                     f"| {_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds) | {_difference(r)} "
-                     f"| {r['agreement']['text']} | {_hz(p['hz_1env'])} | {batch} "
-                     f"| {', '.join(p['devices']) or '–'} | {_paper_hz(p)} |")
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {seeds} ({r['n']}) | {mine} "
+            f"| {_pm(r['paper']['mean'], r['paper']['sem'])} (s.e. over 5 seeds) | {_difference(r)} "
+            f"| {r['agreement']['text']} | {_hz(p['hz_1env'])} | {batch} "
+            f"| {', '.join(p['devices']) or '–'} | {_paper_hz(p)} |"
+        )
     sources = sorted({r["paper"]["source"] for r in rows})
-    lines += ["", "D4RL normalised score. mine: each run's final evaluation (mean over its episodes), then the mean "
-              "and standard error (s.e.) over runs of different seeds; a single run shows the standard deviation "
-              "over its episodes instead, which is not comparable with the paper's standard error.",
-              "Agreement: the difference within the combined standard error sqrt(s.e.² + paper s.e.²), judged only "
-              "for runs at the paper's settings; a row at other settings names them and is not compared.",
-              "Planning frequency: decisions per second, 1000 / latency of one planning call for one environment; "
-              "batch: one call plans for all evaluation environments at once.",
-              *(f"Paper scores: {s}." for s in sources), f"Paper Hz: {PAPER_PLANNING_SOURCE}."]
+    lines += [
+        "",
+        "D4RL normalised score. mine: each run's final evaluation (mean over its episodes), then the mean "
+        "and standard error (s.e.) over runs of different seeds; a single run shows the standard deviation "
+        "over its episodes instead, which is not comparable with the paper's standard error.",
+        "Agreement: the difference within the combined standard error sqrt(s.e.² + paper s.e.²), judged only "
+        "for runs at the paper's settings; a row at other settings names them and is not compared.",
+        "Planning frequency: decisions per second, 1000 / latency of one planning call for one environment; "
+        "batch: one call plans for all evaluation environments at once.",
+        *(f"Paper scores: {s}." for s in sources),
+        f"Paper Hz: {PAPER_PLANNING_SOURCE}.",
+    ]
     for view in ablation_views:
         lines += _ablation_markdown(view)
     if checks:

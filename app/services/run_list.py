@@ -4,33 +4,35 @@ to one run (its labels, its deletion) is app.services.runs."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from app.models import Run
 
-SORTS = {"newest": (col(Run.created_at).desc(), col(Run.id).desc()),
-         "oldest": (col(Run.created_at), col(Run.id)),
-         "name": (col(Run.name), col(Run.id)),
-         "task": (col(Run.task), col(Run.id)),
-         "status": (col(Run.status), col(Run.id)),
-         "progress": (col(Run.step).desc(), col(Run.id))}
+SORTS = {
+    "newest": (col(Run.created_at).desc(), col(Run.id).desc()),
+    "oldest": (col(Run.created_at), col(Run.id)),
+    "name": (col(Run.name), col(Run.id)),
+    "task": (col(Run.task), col(Run.id)),
+    "status": (col(Run.status), col(Run.id)),
+    "progress": (col(Run.step).desc(), col(Run.id)),
+}
 ARCHIVED = ("hide", "include", "only")
 
 
 @dataclass(frozen=True)
 class RunFilter:
-    task: Optional[str] = None
-    status: Optional[str] = None
-    sweep_id: Optional[int] = None
-    tag: Optional[str] = None
+    task: str | None = None
+    status: str | None = None
+    sweep_id: int | None = None
+    tag: str | None = None
     archived: str = "hide"
 
 
-def query_runs(session: Session, f: RunFilter, sort: str = "newest", limit: int = 50,
-               offset: int = 0) -> tuple[list[Run], int]:
+def query_runs(
+    session: Session, f: RunFilter, sort: str = "newest", limit: int = 50, offset: int = 0
+) -> tuple[list[Run], int]:
     """One page of runs and how many match in all."""
     stmt = select(Run)
     if f.task:

@@ -35,9 +35,12 @@ def _reflow_mark(session: Session, run: Run) -> dict[str, Any] | None:
     if start is None:
         return None
     key = level_loss_keys(1)[0]
-    wall = session.exec(select(MetricPoint.wall_time).where(
-        MetricPoint.run_id == run.id, MetricPoint.key == key, col(MetricPoint.step) > start)
-        .order_by(col(MetricPoint.step)).limit(1)).first()
+    wall = session.exec(
+        select(MetricPoint.wall_time)
+        .where(MetricPoint.run_id == run.id, MetricPoint.key == key, col(MetricPoint.step) > start)
+        .order_by(col(MetricPoint.step))
+        .limit(1)
+    ).first()
     if wall is None:
         return None
     return {"kind": "reflow", "step": start, "wall_time": wall, "label": "reflow starts"}
@@ -45,8 +48,11 @@ def _reflow_mark(session: Session, run: Run) -> dict[str, Any] | None:
 
 def _resume_marks(session: Session, run: Run) -> list[dict[str, Any]]:
     """One line per resumed attempt, at the checkpoint's step and the event's time."""
-    events = session.exec(select(Event.message, Event.ts).where(
-        Event.run_id == run.id, col(Event.message).contains(" resumed from step ")).order_by(col(Event.id)))
+    events = session.exec(
+        select(Event.message, Event.ts)
+        .where(Event.run_id == run.id, col(Event.message).contains(" resumed from step "))
+        .order_by(col(Event.id))
+    )
     marks = []
     for message, ts in events:
         found = RESUMED.match(message)

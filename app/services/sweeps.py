@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
-from app.models import Run, Sweep
+from app.models import Run, Sweep, stored_id
 from app.services import Conflict, NotFound
 from app.services.events import log_event, now
 from app.services.paper_settings import NEUTRAL
@@ -68,8 +68,14 @@ def _ablation_values(task: str, overrides: dict[str, Any], ablation: Ablation) -
     values cause (n_heads must divide d_model 12), is that value's; one every value causes is
     the overrides', reported in `config` as for any sweep."""
     if ablation.setting in overrides:
-        raise SweepErrors([(("config", ablation.setting), "the ablation varies this setting: leave it out of "
-                                                          "config and list its values in ablation.values")])
+        raise SweepErrors(
+            [
+                (
+                    ("config", ablation.setting),
+                    "the ablation varies this setting: leave it out of config and list its values in ablation.values",
+                )
+            ]
+        )
     resolved: list[Any] = []
     failures: list[tuple[int, list[tuple[str, str]]]] = []
     for i, value in enumerate(ablation.values):
@@ -80,19 +86,29 @@ def _ablation_values(task: str, overrides: dict[str, Any], ablation: Ablation) -
             continue
         if (stored := cfg.to_dict()[ablation.setting]) not in resolved:
             resolved.append(stored)
-    common = set.intersection(*(set(es) for _, es in failures)) if failures and len(failures) == len(ablation.values) \
+    common = (
+        set.intersection(*(set(es) for _, es in failures))
+        if failures and len(failures) == len(ablation.values)
         else set()
+    )
     shared = [e for e in dict.fromkeys(e for _, es in failures for e in es) if e in common and e[0] != ablation.setting]
-    errors = [(("config", f), m) for f, m in shared]
+    errors: list[tuple[tuple[str | int, ...], str]] = [(("config", f), m) for f, m in shared]
     errors += [(("ablation", "values", i), f"{f}: {m}") for i, es in failures for f, m in es if (f, m) not in shared]
     if errors:
         raise SweepErrors(errors)
     return resolved
 
 
-def create_sweep(session: Session, name: str | None, tasks: list[str], seeds: list[int],
-                 variants: list[str], overrides: dict[str, Any], is_demo: bool = False,
-                 ablation: Ablation | None = None) -> Sweep:
+def create_sweep(
+    session: Session,
+    name: str | None,
+    tasks: list[str],
+    seeds: list[int],
+    variants: list[str],
+    overrides: dict[str, Any],
+    is_demo: bool = False,
+    ablation: Ablation | None = None,
+) -> Sweep:
     """Every run's config is resolved before any is stored: one bad combination queues nothing."""
     for key in SWEEP_KEYS:
         if key in overrides:
@@ -103,9 +119,16 @@ def create_sweep(session: Session, name: str | None, tasks: list[str], seeds: li
     if name is not None and session.exec(select(Sweep).where(Sweep.name == name)).first() is not None:
         raise Conflict(f"a sweep named {name!r} exists already; choose another name, or retry that sweep's runs")
     t = now()
-    sweep = Sweep(name=name or f"unnamed-{uuid.uuid4().hex}", tasks=tasks, seeds=seeds, variants=variants,
-                  config=overrides, created_at=t, ablation_setting=None if ablation is None else ablation.setting,
-                  ablation_values=None if ablation is None else values)
+    sweep = Sweep(
+        name=name or f"unnamed-{uuid.uuid4().hex}",
+        tasks=tasks,
+        seeds=seeds,
+        variants=variants,
+        config=overrides,
+        created_at=t,
+        ablation_setting=None if ablation is None else ablation.setting,
+        ablation_values=None if ablation is None else values,
+    )
     session.add(sweep)
     session.flush()
     if name is None:
@@ -116,8 +139,13 @@ def create_sweep(session: Session, name: str | None, tasks: list[str], seeds: li
                 varied = {} if ablation is None else {ablation.setting: value}
                 label = None if ablation is None else value_label(ablation.setting, value)
                 for seed in seeds:
-                    run = create_run(session, task, run_name(name, task, variant, seed, label),
-                                     {**overrides, **varied, "seed": seed, "variant": variant}, is_demo)
+                    run = create_run(
+                        session,
+                        task,
+                        run_name(name, task, variant, seed, label),
+                        {**overrides, **varied, "seed": seed, "variant": variant},
+                        is_demo,
+                    )
                     run.sweep_id = sweep.id
                     session.add(run)
     session.flush()
@@ -131,11 +159,26 @@ def paper_presets() -> list[dict[str, Any]]:
     for key, a in PAPER_ABLATIONS.items():
         values = [list(v) if isinstance(v, tuple) else v for v, _ in a.scores]
         runs = len(values) * len(PAPER_SEEDS)
-        presets.append({"id": key, "title": a.title, "task": a.task, "setting": a.setting, "variant": a.variant,
-                        "paper": [(v, score) for v, (_, score) in zip(values, a.scores)],
-                        "runs": runs, "steps": runs * Config().run_steps,
-                        "body": {"name": f"paper-{key}", "tasks": [a.task], "seeds": PAPER_SEEDS, "variants": ["R1"],
-                                 "config": {}, "ablation": {"setting": a.setting, "values": values}}})
+        presets.append(
+            {
+                "id": key,
+                "title": a.title,
+                "task": a.task,
+                "setting": a.setting,
+                "variant": a.variant,
+                "paper": [(v, score) for v, (_, score) in zip(values, a.scores)],
+                "runs": runs,
+                "steps": runs * Config().run_steps,
+                "body": {
+                    "name": f"paper-{key}",
+                    "tasks": [a.task],
+                    "seeds": PAPER_SEEDS,
+                    "variants": ["R1"],
+                    "config": {},
+                    "ablation": {"setting": a.setting, "values": values},
+                },
+            }
+        )
     return presets
 
 
@@ -152,9 +195,9 @@ def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
 
 def progress(runs: list[Run]) -> dict[str, Any]:
     """Counts by status (`done`: ended in any way; `succeeded`: what a progress bar shows, so a
-    cancelled sweep's bar is not full) and an ETA. The speed is the mean measured steps/s of the sweep's
-    running runs (else of its finished ones); as many runs go at once as are running now
-    (at least one). The ETA counts training steps only (no evaluation or reflow)."""
+    cancelled sweep's bar is not full), the workers on its runs now and an ETA from their
+    combined measured speed (with none at work: one run at a time at the mean speed its runs
+    had). The ETA counts training steps only (no evaluation or reflow)."""
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
@@ -162,40 +205,62 @@ def progress(runs: list[Run]) -> dict[str, Any]:
     measured = [r.steps_per_s for r in (running or runs) if r.steps_per_s]
     left = sum(max(r.total_steps - r.step, 0) for r in runs if r.status not in ENDED)
     speed = sum(measured) / len(measured) if measured else None
-    eta = None if not left or speed is None else left / (speed * max(len(running), 1))
+    combined = sum(r.steps_per_s for r in running if r.steps_per_s) or None
+    rate = combined or speed
+    eta = None if not left or rate is None else left / rate
     done = sum(counts.get(s, 0) for s in ENDED)
-    return {"total": len(runs), "done": done, "succeeded": counts.get("succeeded", 0),
-            "running": counts.get("running", 0),
-            "queued": counts.get("queued", 0), "by_status": counts,
-            "steps_left": left, "steps_per_s": speed, "eta_s": eta}
+    return {
+        "total": len(runs),
+        "done": done,
+        "succeeded": counts.get("succeeded", 0),
+        "running": counts.get("running", 0),
+        "queued": counts.get("queued", 0),
+        "by_status": counts,
+        "steps_left": left,
+        "steps_per_s": speed,
+        "workers": len({r.worker_id for r in running if r.worker_id}),
+        "combined_steps_per_s": combined,
+        "eta_s": eta,
+    }
 
 
 def sweep_summary(sweep: Sweep, runs: list[Run]) -> dict[str, Any]:
-    ablation = None if sweep.ablation_setting is None else {"setting": sweep.ablation_setting,
-                                                            "values": sweep.ablation_values}
-    return {"id": sweep.id, "name": sweep.name, "tasks": sweep.tasks, "seeds": sweep.seeds,
-            "variants": sweep.variants, "config": sweep.config, "ablation": ablation,
-            "created_at": sweep.created_at, "cancelled_at": sweep.cancelled_at, "progress": progress(runs)}
+    ablation = (
+        None if sweep.ablation_setting is None else {"setting": sweep.ablation_setting, "values": sweep.ablation_values}
+    )
+    return {
+        "id": sweep.id,
+        "name": sweep.name,
+        "tasks": sweep.tasks,
+        "seeds": sweep.seeds,
+        "variants": sweep.variants,
+        "config": sweep.config,
+        "ablation": ablation,
+        "created_at": sweep.created_at,
+        "cancelled_at": sweep.cancelled_at,
+        "progress": progress(runs),
+    }
 
 
 def sweep_detail(session: Session, sweep: Sweep) -> dict[str, Any]:
-    runs = sweep_runs(session, sweep.id)
+    runs = sweep_runs(session, stored_id(sweep))
     return {**sweep_summary(sweep, runs), "runs": [run_summary(r) for r in runs]}
 
 
 def list_sweeps(session: Session) -> list[dict[str, Any]]:
     sweeps = list(session.exec(select(Sweep).order_by(col(Sweep.id).desc())))
-    by_sweep: dict[int, list[Run]] = {s.id: [] for s in sweeps}
+    by_sweep: dict[int, list[Run]] = {stored_id(s): [] for s in sweeps}
     for run in session.exec(select(Run).where(col(Run.sweep_id).in_(list(by_sweep)))):
+        assert run.sweep_id is not None  # picked by its sweep
         by_sweep[run.sweep_id].append(run)
-    return [sweep_summary(s, by_sweep[s.id]) for s in sweeps]
+    return [sweep_summary(s, by_sweep[stored_id(s)]) for s in sweeps]
 
 
 def cancel_sweep(session: Session, sweep: Sweep) -> dict[str, Any]:
     """Queued runs are cancelled at once, running ones asked through their workers; runs
     that have ended stay as they are (their results still count)."""
     cancelled, asked = [], []
-    for run in sweep_runs(session, sweep.id):
+    for run in sweep_runs(session, stored_id(sweep)):
         if run.status in ENDED:
             continue
         if run.status == "running":
@@ -207,6 +272,11 @@ def cancel_sweep(session: Session, sweep: Sweep) -> dict[str, Any]:
             cancelled.append(run.id)
     sweep.cancelled_at = now()
     session.add(sweep)
-    log_event(session, None, "info", f"sweep {sweep.name} cancelled: {len(cancelled)} queued runs cancelled, "
-                                     f"{len(asked)} running runs asked to stop")
+    log_event(
+        session,
+        None,
+        "info",
+        f"sweep {sweep.name} cancelled: {len(cancelled)} queued runs cancelled, "
+        f"{len(asked)} running runs asked to stop",
+    )
     return {"cancelled": cancelled, "asked_to_stop": asked}

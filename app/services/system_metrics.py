@@ -15,15 +15,21 @@ from app.protocol import SYSTEM_PREFIX
 from app.services.metrics import chart_series
 
 SYSTEM_CHARTS: tuple[dict[str, Any], ...] = tuple(
-    {"id": f"system-{name}", "title": title, "unit": unit, "gpu": name.startswith("gpu"),
-     "keys": tuple(SYSTEM_PREFIX + key for key in keys)}
+    {
+        "id": f"system-{name}",
+        "title": title,
+        "unit": unit,
+        "gpu": name.startswith("gpu"),
+        "keys": tuple(SYSTEM_PREFIX + key for key in keys),
+    }
     for name, title, unit, keys in (
         ("cpu", "CPU use", "%", ("cpu_percent",)),
         ("ram", "RAM used", "GiB", ("ram_used_gib",)),
         ("disk", "Disk used (work folder's disk)", "GiB", ("disk_used_gib",)),
         ("gpu-util", "GPU utilisation", "%", ("gpu_util_percent",)),
         ("gpu-memory", "GPU memory (torch)", "GiB", ("gpu_mem_allocated_gib", "gpu_mem_reserved_gib")),
-    ))
+    )
+)
 """Each chart's y unit, and whether it is a GPU one: those say "none" on a worker without GPU."""
 
 

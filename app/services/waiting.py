@@ -21,20 +21,34 @@ def queue_place(session: Session, run: Run, lease_seconds: float) -> dict[str, A
     workers are connected (seen within a lease) and busy, and in words what it waits for."""
     if run.status != "queued":
         return None
-    ahead = session.exec(select(func.count()).select_from(Run).where(
-        Run.status == "queued", or_(col(Run.created_at) < run.created_at,
-                                    and_(col(Run.created_at) == run.created_at, col(Run.id) < run.id)))).one()
+    ahead = session.exec(
+        select(func.count())
+        .select_from(Run)
+        .where(
+            Run.status == "queued",
+            or_(
+                col(Run.created_at) < run.created_at, and_(col(Run.created_at) == run.created_at, col(Run.id) < run.id)
+            ),
+        )
+    ).one()
     online = set(session.exec(select(Worker.id).where(col(Worker.last_seen) >= now() - lease_seconds)))
     busy = {w for w in session.exec(select(Run.worker_id).where(Run.status == "running")) if w in online}
     if not online:
-        why = ("no worker is connected: start one with dlite worker --server and this dashboard's address, "
-               "or restart dlite up, which starts one beside the server")
+        why = (
+            "no worker is connected: start one with dlite worker --server and this dashboard's address, "
+            "or restart dlite up, which starts one beside the server"
+        )
     elif len(busy) == len(online):
         why = f"every connected worker is busy ({len(busy)} running)"
     else:
         why = "a free worker takes the oldest queued run at its next poll (every few seconds)"
-    return {"position": ahead + 1, "ahead": ahead, "workers": len(online), "busy": len(busy),
-            "why": why if not ahead else f"{ahead} older run{'s' if ahead > 1 else ''} first; {why}"}
+    return {
+        "position": ahead + 1,
+        "ahead": ahead,
+        "workers": len(online),
+        "busy": len(busy),
+        "why": why if not ahead else f"{ahead} older run{'s' if ahead > 1 else ''} first; {why}",
+    }
 
 
 def worker_lost(run: Run, lease_seconds: float) -> dict[str, float] | None:
@@ -46,5 +60,8 @@ def worker_lost(run: Run, lease_seconds: float) -> dict[str, float] | None:
     silent = now() - last_heartbeat
     if silent <= MISSED_HEARTBEATS * lease_seconds / 3:
         return None
-    return {"silent_s": silent, "expires_in_s": max(run.lease_expires_at - now(), 0.0),
-            "last_heartbeat": last_heartbeat}
+    return {
+        "silent_s": silent,
+        "expires_in_s": max(run.lease_expires_at - now(), 0.0),
+        "last_heartbeat": last_heartbeat,
+    }

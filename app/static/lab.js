@@ -1,5 +1,5 @@
 // Working over many runs: picking runs to compare, the sweep form, a sweep's cancel button,
-// a run's labels (tags, note, archive, delete) and the comparison page's charts.
+// a run's labels (tags, note, archive, delete), the comparison page's charts and the workers page.
 // Requests go through Dashboard.api (session cookie + CSRF header); markup comes from templates.
 "use strict";
 
@@ -512,5 +512,31 @@ const Lab = (() => {
     root.dataset.ready = "true";
   }
 
-  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras, ablationCharts, videoScores};
+  // ---- workers page -----------------------------------------------------------------
+
+  // The fleet table re-renders on run changes and every 10 s (an idle worker's last poll ages
+  // without changing any run), except while a cap is being typed in; a cap is a PATCH.
+  function fleet(root) {
+    const editing = () => root.contains(document.activeElement) && document.activeElement.tagName === "INPUT";
+    const refresh = Dashboard.liveFragment(root, () => !editing());
+    setInterval(() => { if (!editing()) refresh(); }, 10000);
+    postButtons(root);
+    root.addEventListener("submit", async (event) => {
+      const form = event.target.closest("form.worker-cap");
+      if (!form) return;
+      event.preventDefault();
+      const text = form.max_runs.value.trim();
+      try {
+        await Dashboard.api("PATCH", form.dataset.url, {max_runs: text === "" ? null : Number(text)});
+        showError("");
+        form.max_runs.blur();
+        refresh();
+      } catch (e) {
+        showError(`Setting the cap failed: ${problemText(e)}`);
+      }
+    });
+  }
+
+  return {runSelection, sweepForm, postButtons, runLabels, comparePage, runScoreExtras, ablationCharts, videoScores,
+          fleet};
 })();

@@ -15,8 +15,7 @@ depends_on = None
 
 
 def _run_fk(nullable: bool = False) -> sa.Column:
-    return sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"),
-                     nullable=nullable)
+    return sa.Column("run_id", sa.Integer, sa.ForeignKey("runs.id", ondelete="CASCADE"), nullable=nullable)
 
 
 def upgrade() -> None:
@@ -132,6 +131,15 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("changes", "commands", "workers", "events", "evaluations", "checkpoints",
-                  "metric_points", "checklist_items", "runs"):
+    for table in (
+        "changes",
+        "commands",
+        "workers",
+        "events",
+        "evaluations",
+        "checkpoints",
+        "metric_points",
+        "checklist_items",
+        "runs",
+    ):
         op.drop_table(table)

@@ -33,8 +33,9 @@ def upgrade() -> None:
     )
     # Backfill databases that already hold metrics; one streaming pass in key order.
     conn = op.get_bind()
-    rows = conn.execute(sa.text("SELECT run_id, key, step, value, wall_time FROM metric_points "
-                                "ORDER BY run_id, key, step")).yield_per(10_000)
+    rows = conn.execute(
+        sa.text("SELECT run_id, key, step, value, wall_time FROM metric_points ORDER BY run_id, key, step")
+    ).yield_per(10_000)
     blocks: dict = {}
     for run_id, key, step, value, wall_time in rows:
         b = blocks.get((run_id, key, step // BLOCK))
@@ -47,10 +48,22 @@ def upgrade() -> None:
         if value > b[5]:
             b[4:7] = step, value, wall_time
     if blocks:
-        columns = ("run_id", "key", "block", "n", "min_step", "min_value", "min_wall_time",
-                   "max_step", "max_value", "max_wall_time")
-        op.bulk_insert(sa.table("metric_blocks", *(sa.column(c) for c in columns)),
-                       [dict(zip(columns, (*k, *v))) for k, v in blocks.items()])
+        columns = (
+            "run_id",
+            "key",
+            "block",
+            "n",
+            "min_step",
+            "min_value",
+            "min_wall_time",
+            "max_step",
+            "max_value",
+            "max_wall_time",
+        )
+        op.bulk_insert(
+            sa.table("metric_blocks", *(sa.column(c) for c in columns)),
+            [dict(zip(columns, (*k, *v))) for k, v in blocks.items()],
+        )
 
 
 def downgrade() -> None:

@@ -42,9 +42,12 @@ def upgrade() -> None:
     op.add_column("checkpoints", sa.Column("pruned", sa.Boolean, nullable=False, server_default=sa.false()))
 
     # Quick evaluations were inserted again when a worker re-sent them; keep the newest.
-    conn.execute(sa.text(
-        "DELETE FROM evaluations WHERE id NOT IN (SELECT MAX(id) FROM evaluations "
-        "GROUP BY run_id, step, kind, variant)"))
+    conn.execute(
+        sa.text(
+            "DELETE FROM evaluations WHERE id NOT IN (SELECT MAX(id) FROM evaluations "
+            "GROUP BY run_id, step, kind, variant)"
+        )
+    )
     with op.batch_alter_table("evaluations") as batch:
         batch.create_unique_constraint("uq_evaluation_run_step_kind_variant", ["run_id", "step", "kind", "variant"])
 

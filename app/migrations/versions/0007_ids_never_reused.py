@@ -44,8 +44,9 @@ def _highest_id(conn: sa.Connection, table: str) -> int:
 
 
 def _rebuild(table: str, autoincrement: bool) -> None:
-    with op.batch_alter_table(table, recreate="always",
-                              table_kwargs={"sqlite_autoincrement": True} if autoincrement else {}):
+    with op.batch_alter_table(
+        table, recreate="always", table_kwargs={"sqlite_autoincrement": True} if autoincrement else {}
+    ):
         pass
 
 

@@ -18,7 +18,8 @@ def eval_js(script: str) -> str:
     return f"http://127.0.0.1:{port.group(1)}/"
 
 
-def serve_kernel_port_as_iframe(port: int, path: str = "/", height: str | int = "500", cache_in_notebook: bool = False
-                                ) -> None:
+def serve_kernel_port_as_iframe(
+    port: int, path: str = "/", height: str | int = "500", cache_in_notebook: bool = False
+) -> None:
     src = html.escape(f"http://127.0.0.1:{port}{path}")
     display(HTML(f'<iframe src="{src}" height="{height}" width="100%" frameborder="0"></iframe>'))
