@@ -9,9 +9,12 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.templating import Jinja2Templates
+from jinja2 import pass_context
+from jinja2.runtime import Context
 
 from app.db import Database
 from app.protocol import plural
+from app.services import waiting
 from app.services.state_status import state_status
 from app.settings import Settings
 from app.urls import root
@@ -57,7 +60,16 @@ def _form_value(value: Any, kind: str) -> str:
     return ",".join(str(v) for v in value) if kind == "int_list" else str(value)
 
 
+@pass_context
+def _worker_lost(context: Context, run: dict[str, Any]) -> dict[str, float] | None:
+    """`worker_lost(run)`: waiting.worker_lost for a run summary at this app's lease, for
+    pages whose rows come without the settings (the run list)."""
+    lease_seconds = context["request"].app.state.settings.lease_seconds
+    return waiting.worker_lost(run["status"], run["lease_expires_at"], lease_seconds)
+
+
 TEMPLATES.env.filters.update(when=_when, duration=_duration, score=_score, form_value=_form_value, counted=plural)
+TEMPLATES.env.globals.update(worker_lost=_worker_lost)
 
 
 def get_db(request: Request) -> Database:

@@ -340,7 +340,7 @@ class SweepAblation(_Answer):
 
 class SweepProgress(_Answer):
     """`done` counts runs ended in any way, `succeeded` what a progress bar fills; the ETA
-    counts training steps only."""
+    counts everything the unfinished runs have left (app.services.sweeps._eta)."""
 
     total: int
     done: int
@@ -354,7 +354,7 @@ class SweepProgress(_Answer):
     workers: int
     """Workers on the sweep's runs now."""
     combined_steps_per_s: Number | None
-    """Their speeds added: the ETA is steps_left over it (over steps_per_s when none works on it)."""
+    """Their speeds added: the unfinished runs' work is shared over it (over steps_per_s when none works on it)."""
     eta_s: Number | None
 
 
@@ -424,6 +424,8 @@ class Planning(_Answer):
     paper_hz: Number | None
     paper_source: str
     not_comparable: str | None
+    """What makes these another measurement than the paper's (app.services.paper_settings.speed_caption);
+    None: the paper's planner, timed on a CUDA GPU (or a device not named)."""
 
 
 class SeedStats(_Answer):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need on a clean machine (CPU torch,
 # the package with its test extras, Debian's chromium for the browser tests and
-# caddy for the reverse-proxy one, a throw-away PostgreSQL for the PostgreSQL
+# caddy for the reverse-proxy one, Mesa's software EGL for the rendering ones, which
+# DLITE_REQUIRE_GL=1 makes fail rather than skip without it, a throw-away PostgreSQL for the PostgreSQL
 # tests, and SkyPilot in a virtual environment of its own for `dlite launch`'s), then lints
 # (ruff), checks the formatting (ruff format) and the types (mypy), and runs pytest.
 # Extra arguments go to pytest (e.g. `-m slow`).
@@ -19,6 +20,12 @@ bash scripts/install-torch.sh
 if [ ! -x /usr/bin/chromium ]; then
   echo "installing chromium for the browser test" >&2
   apt_install chromium || echo "could not install chromium: the browser test will fail in CI" >&2
+fi
+# MuJoCo renders the recorded episodes through EGL (MUJOCO_GL=egl); Mesa's software driver needs no GPU
+export DLITE_REQUIRE_GL=1
+if ! dpkg -s libegl1 libgl1-mesa-dri >/dev/null 2>&1; then
+  echo "installing libegl1 and libgl1-mesa-dri for the rendering tests" >&2
+  apt_install libegl1 libgl1-mesa-dri || echo "could not install libegl1 libgl1-mesa-dri: the rendering tests will fail" >&2
 fi
 for tool in caddy openssl; do  # the TLS reverse proxy in front of the server (tests/test_proxy_browser.py)
   if ! command -v "$tool" >/dev/null 2>&1; then

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -210,6 +210,19 @@ def live_server(tmp_path: Path) -> Iterator[LiveServer]:
     server = start_server(tmp_path)
     yield server
     stop_server(server)
+
+
+def login_page(browser: Any, server: LiveServer, width: int = 1280) -> Any:
+    """A logged-in page of the live server (its runs list shown) that collects the page's
+    JavaScript errors in `page.errors`, for a test to assert there are none."""
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(f"{server.url}/login")
+    page.fill("input[name=token]", server.token)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#runs-table")
+    return page
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:

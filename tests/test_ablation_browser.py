@@ -9,9 +9,8 @@ import statistics
 
 import pytest
 
-from tests.app_helpers import LiveServer
+from tests.app_helpers import LiveServer, login_page
 from tests.test_ablations import play
-from tests.test_dashboard_browser import _login
 
 pytestmark = pytest.mark.browser
 TASK = "halfcheetah-medium-expert-v2"
@@ -35,7 +34,7 @@ def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server
         sweep = r.json()
         play(api, len(sweep["runs"]), lambda cfg: tuple(x + 2 * cfg["seed"] for x in STEPS[cfg["sampling_steps"]]))
 
-    page = _login(browser, live_server)
+    page = login_page(browser, live_server)
     page.goto(f"{live_server.url}/results?sweep={sweep['id']}")
     page.wait_for_selector("#ablations[data-ready=true]")
     [trace] = page.evaluate(
@@ -67,7 +66,7 @@ def test_score_against_planning_hz_is_drawn_for_an_ablation(browser, live_server
 
 
 def test_a_preset_and_the_form_queue_ablations(browser, live_server: LiveServer) -> None:
-    page = _login(browser, live_server)
+    page = login_page(browser, live_server)
     page.goto(f"{live_server.url}/sweeps")
     assert "The paper's numbers are Lite-D's" in page.inner_text("main")
     page.click("section[data-preset=levels] button[data-sweep]")

@@ -173,6 +173,19 @@ def test_stale_foreign_fenced_off_and_anonymous_uploads_are_refused(client, runn
     assert files(settings, run_id) == [] and files(settings, other) == []
 
 
+def test_an_anonymous_read_of_an_artifact_file_is_refused(client, running, settings) -> None:
+    """The files are the run's as much as its list is: without the token or a login, neither."""
+    run_id, attempt = running
+    video = ebml()
+    assert put(client, run_id, attempt, VIDEO, video, WEBM).status_code == 200
+    url = f"/api/runs/{run_id}/artifacts/{VIDEO}"
+    with TestClient(create_app(settings)) as anon:
+        for headers in ({}, {"Range": "bytes=0-9"}):
+            r = anon.get(url, headers=headers)
+            assert r.status_code == 401 and video[:4] not in r.content, headers  # no byte of the file
+    assert client.get(url).content == video
+
+
 def test_too_large_is_a_413(client, running, settings) -> None:
     run_id, attempt = running
     big_plans = json.dumps({**plans(), "task": "x" * (4 * 2**20)}).encode()

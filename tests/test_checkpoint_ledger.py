@@ -3,12 +3,14 @@ outbox and a real backup folder in place of the executor's."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from dlite import checkpoint
 from dlite.checkpoint_names import checkpoint_name
 from dlite.files import file_sha256
+from tests.app_helpers import wait_for
 from worker.backup_dir import DirectoryBackup
 from worker.checkpoint_ledger import CheckpointLedger
 from worker.client import ServerUnavailable
@@ -44,7 +46,12 @@ def save(folder: Path, step: int) -> Path:
 
 
 def ledger(
-    folder: Path, out: Recorder, target: DirectoryBackup | None = None, after: int = -1, upto: int | None = None
+    folder: Path,
+    out: Recorder,
+    target: DirectoryBackup | None = None,
+    after: int = -1,
+    upto: int | None = None,
+    unreachable: Callable[[], bool] = lambda: False,
 ) -> CheckpointLedger:
     return CheckpointLedger(
         folder,
@@ -56,6 +63,7 @@ def ledger(
         listed=out.server_checkpoints,
         extras=lambda: {"metrics.json": b"{}"},
         label="run 1",
+        unreachable=unreachable,
     )
 
 
@@ -173,3 +181,59 @@ def test_a_failed_backup_is_reported_and_training_goes_on(tmp_path: Path) -> Non
     ]
     assert "does not exist" in out.writes[2][1]["error"]
     assert out.writes[3][1]["message"].startswith("backup of step 10 failed: ")
+
+
+ENDS = ("hub", "error")
+"""The backup states that end a backup."""
+
+
+def _back_up(book: CheckpointLedger, out: Recorder, step: int) -> str:
+    """Saves step `step`, backs it up, and returns how its backup ended ("hub" or "error")."""
+    book.saved(step, save(book.folder, step))
+    assert book.back_up_newest(None)
+
+    def ended() -> list[str]:
+        return [r["backup_state"] for r in out.checkpoints() if r["step"] == step and r.get("backup_state") in ENDS]
+
+    wait_for(lambda: bool(ended()), 30, f"the backup of step {step}")
+    [state] = ended()
+    return state
+
+
+def _keep_local_1(book: CheckpointLedger) -> list[int | None]:
+    """What the trainer's keep_local=1 pruning leaves, protecting what the ledger says."""
+    checkpoint.prune(book.folder, 1, book.in_use())
+    return [checkpoint.step_of(p) for p in checkpoint.list_checkpoints(book.folder)]
+
+
+def test_a_checkpoint_whose_backup_failed_stays_until_a_newer_backup_succeeds(tmp_path: Path) -> None:
+    """The storage works (the smoke test backed up, on_backup_failure=fail), then goes away:
+    every checkpoint a backup failed to store stays on disk through keep_local, and all go
+    once a newer one is stored."""
+    drive = tmp_path / "drive"  # its folder's parent is missing: unmounted, every backup fails
+    out = Recorder()
+    book = ledger(tmp_path / "ckpt", out, DirectoryBackup(drive / "dl", "run-1"))
+    assert _back_up(book, out, 10) == "error"
+    book.saved(20, save(book.folder, 20))
+    assert _keep_local_1(book) == [10, 20]
+    assert _back_up(book, out, 30) == "error"
+    book.saved(40, save(book.folder, 40))
+    assert _keep_local_1(book) == [10, 30, 40], "both failed ones are kept, the never-queued 20 is not"
+    drive.mkdir()  # mounted again
+    assert _back_up(book, out, 50) == "hub"
+    assert _keep_local_1(book) == [50], "step 50 is stored: the failed ones are no longer needed"
+    assert book.close(timeout=30)
+
+
+def test_with_a_storage_found_unreachable_only_the_newest_failed_checkpoint_stays(tmp_path: Path) -> None:
+    """The run trains on although its smoke test could not back up (on_backup_failure=warn):
+    every backup is expected to fail, so the disk keeps one failed checkpoint, not one per backup."""
+    out = Recorder()
+    book = ledger(tmp_path / "ckpt", out, DirectoryBackup(tmp_path / "drive" / "dl", "run-1"), unreachable=lambda: True)
+    assert _back_up(book, out, 10) == "error"
+    book.saved(20, save(book.folder, 20))
+    assert _keep_local_1(book) == [10, 20]
+    assert _back_up(book, out, 30) == "error"
+    book.saved(40, save(book.folder, 40))
+    assert _keep_local_1(book) == [30, 40]
+    assert book.close(timeout=30)

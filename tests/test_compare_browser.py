@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from dlite.tasks import REFERENCE_CURVES, TASKS
-from tests.app_helpers import ROOT, LiveServer, register
-from tests.test_dashboard_browser import _login
+from tests.app_helpers import ROOT, LiveServer, login_page, register
 
 pytestmark = pytest.mark.browser
 STEPS = 100_000
@@ -117,7 +116,7 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
         first, second = ids[0], ids[1]  # halfcheetah-medium-expert-v2, R2, seeds 0 and 1
         expected_loss = api.get("/api/compare/charts/loss.json", params={"runs": f"{first},{second}"}).json()
 
-    page = _login(browser, live_server)
+    page = login_page(browser, live_server)
     page.check(f"tr[data-run-id='{first}'] input.pick")
     page.check(f"tr[data-run-id='{second}'] input.pick")
     assert page.inner_text("#selected-count") == "2 selected"
@@ -191,7 +190,7 @@ def test_compare_two_runs_and_download_their_data(browser, live_server: LiveServ
 
 
 def test_sweep_form_and_run_labels_in_the_browser(browser, live_server: LiveServer) -> None:
-    page = _login(browser, live_server)
+    page = login_page(browser, live_server)
     page.goto(f"{live_server.url}/sweeps")
     page.check("input[name=tasks][value='hopper-medium-v2']")
     page.check("input[name=variants][value='R2']")
@@ -299,7 +298,7 @@ def test_seeds_are_one_band_and_the_axis_fits_short_runs(browser, live_server: L
             },
         )
     seeds = [i for i in ids if i != other]
-    page = _login(browser, live_server)
+    page = login_page(browser, live_server)
     page.goto(f"{live_server.url}/compare?runs={','.join(map(str, ids))}")
     page.wait_for_selector("#compare-charts[data-ready=true]")
     page.eval_on_selector("#compare-smoothing", "s => { s.value = '0'; s.dispatchEvent(new Event('input')); }")

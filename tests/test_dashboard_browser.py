@@ -12,7 +12,7 @@ import os
 import httpx
 import pytest
 
-from tests.app_helpers import LiveServer, claim_run, create_run, register
+from tests.app_helpers import LiveServer, claim_run, create_run, login_page, register
 
 SERIES = ("loss0", "loss1", "loss2", "invdyn_loss", "score")
 
@@ -116,17 +116,6 @@ def test_dashboard_in_chromium(browser, live_server: LiveServer) -> None:
         assert errors == []
 
 
-def _login(browser, server: LiveServer, width: int = 1280):
-    page = browser.new_page(viewport={"width": width, "height": 1000})
-    page.errors = []
-    page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto(f"{server.url}/login")
-    page.fill("input[name=token]", server.token)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#runs-table")
-    return page
-
-
 def _open_run(page, server: LiveServer, rid: int) -> None:
     page.goto(f"{server.url}/runs/{rid}")
     page.wait_for_function("[...document.querySelectorAll('.plot')].every(d => d._fullLayout)")
@@ -166,7 +155,7 @@ def test_charts_a_researcher_can_read(browser, live_server: LiveServer) -> None:
         ]
         points.append({"key": "score", "step": 50, "value": 40.0, "wall_time": 1.7e9 + 50})  # one evaluation
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         _open_run(page, live_server, rid)
 
         ticks = page.eval_on_selector_all("#chart-loss .ytick text", "ts => ts.map(t => t.textContent)")
@@ -236,7 +225,7 @@ def test_non_finite_steps_are_marked_where_the_loss_blew_up(browser, live_server
             {"key": "invdyn_loss", "step": 80, "value": None, "nonfinite": "-inf", "wall_time": 1.7e9 + 80},
         ]
         api.post(f"/api/runs/{rid}/metrics", json={**a, "points": points}).raise_for_status()
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         _open_run(page, live_server, rid)
 
         marks = (
@@ -288,7 +277,7 @@ def test_demo_and_empty_runs_say_what_is_missing(browser, live_server: LiveServe
             f"/api/runs/{rid}/metrics",
             json={**a, "points": [{"key": "score", "step": 10, "value": 5.0, "wall_time": 1.7e9}]},
         ).raise_for_status()
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         _open_run(page, live_server, rid)
         assert page.evaluate("document.getElementById('chart-score')._fullLayout.shapes.length") == 0
         assert "paper" not in page.inner_text("#chart-score")
@@ -310,7 +299,7 @@ def test_demo_and_empty_runs_say_what_is_missing(browser, live_server: LiveServe
 def test_clone_and_edit_starts_a_new_run_from_this_ones_config(browser, live_server: LiveServer) -> None:
     with live_server.client() as api:
         rid = create_run(api, hub_repo="user/results", batch_size=64, horizons=[3, 5, 9])["id"]
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         _open_run(page, live_server, rid)
         page.click("a[data-action-link=clone]")
         page.wait_for_selector("#clone-note")
@@ -362,7 +351,7 @@ def test_phone_width_shows_progress_scores_and_uncovered_titles(browser, live_se
                 "device": "cpu",
             },
         ).raise_for_status()
-        page = _login(browser, live_server, width=390)
+        page = login_page(browser, live_server, width=390)
         row = f"tr[data-run-id='{rid}']"
         for cell in ("progress", "final score", "latest quick eval", "best quick eval", "paper", "difference"):
             assert _inside(page, f"{row} td[data-label='{cell}']", 390), cell
@@ -405,11 +394,60 @@ def _overlapping_labels(page, selector: str) -> list[tuple[str, str]]:
     )
 
 
+def post_series(api, rid: int, attempt: dict, series: dict) -> None:
+    points = [
+        {"key": k, "step": s, "value": f(s), "wall_time": 1.7e9 + s} for s in range(121) for k, f in series.items()
+    ]
+    api.post(f"/api/runs/{rid}/metrics", json={**attempt, "points": points}).raise_for_status()
+
+
+def axis(page, chart: str) -> dict:
+    return page.evaluate(
+        f"(() => {{ const y = document.getElementById('chart-{chart}')._fullLayout.yaxis;"
+        " return {type: y.type, tickmode: y.tickmode, tickvals: y.tickvals}; })()"
+    )
+
+
+def labels(page, chart: str) -> list[str]:
+    return page.eval_on_selector_all(f"#chart-{chart} .ytick text", "ts => ts.map(t => t.textContent)")
+
+
+def test_a_log_axis_under_a_decade_gets_a_few_readable_ticks(browser, live_server: LiveServer) -> None:
+    """Plotly spaces a sub-decade log axis's ticks evenly in value (0.02, 0.03, … 0.1), piled up
+    at its top: such an axis gets the coarsest of 1-2-5, 1-2-3-5 and 1-1.5-2-3-4-5-7 giving 3
+    ticks, and one too narrow for any keeps Plotly's (nearly linear there, they read well)."""
+    with live_server.client() as api:
+        rid = create_run(api)["id"]
+        a = {"attempt": claim_run(api, register(api))["attempt"]}
+        series = {
+            "invdyn_loss": lambda s: 0.1 * 0.985**s,  # 0.1 … 0.016: the issue's 0.02 … 0.1
+            **{f"loss{i}": lambda s: 0.056 - 0.006 * s / 120 for i in range(3)},  # 0.056 … 0.050
+        }
+        post_series(api, rid, a, series)
+        rid2 = create_run(api)["id"]
+        a2 = {"attempt": claim_run(api, register(api))["attempt"]}
+        # 8e-5 … 3e-5: too few 1-2-5 or 1-2-3-5 ticks
+        post_series(api, rid2, a2, {f"loss{i}": lambda s: 8e-5 - 5e-5 * s / 120 for i in range(3)})
+        page = login_page(browser, live_server)
+        _open_run(page, live_server, rid2)
+        assert axis(page, "loss")["tickvals"] == [4e-5, 5e-5, 7e-5]
+        assert labels(page, "loss") == ["0.00004", "0.00005", "0.00007"]
+        _open_run(page, live_server, rid)
+        assert axis(page, "invdyn") == {"type": "log", "tickmode": "array", "tickvals": [0.02, 0.05, 0.1]}
+        assert labels(page, "invdyn") == ["0.02", "0.05", "0.1"]
+        loss = axis(page, "loss")
+        assert loss["type"] == "log" and loss["tickmode"] == "auto", "0.05 … 0.056: Plotly's own"
+        assert len(labels(page, "loss")) >= 2
+        for chart in ("invdyn", "loss"):
+            assert _overlapping_labels(page, f"#chart-{chart} .ytick text") == [], chart
+        assert page.errors == []
+
+
 def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(browser, live_server: LiveServer) -> None:
     """An R2 run logged every 100 steps: y titles with units, the reflow start and a resume as
     labelled vertical lines, a default smoothing that ends on the last points (not 20-30 %
-    above them), a cosine learning rate that reaches 0 without a vertical line down the log
-    axis, log tick labels that do not collide; and a run's first logs get whole-step ticks."""
+    above them), a cosine learning rate drawn on a linear axis down to its 0, log tick labels that do
+    not collide; and a run's first logs get whole-step ticks."""
     with live_server.client() as api:
         rid = create_run(api, variant="R2", reflow_gradient_steps=500)["id"]
         a = {"attempt": claim_run(api, register(api))["attempt"]}
@@ -446,7 +484,7 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
             f"/api/runs/{short}/metrics",
             json={**b, "points": [{"key": "loss0", "step": 100, "value": 0.5, "wall_time": 1.7e9}]},
         ).raise_for_status()
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         _open_run(page, live_server, rid)
 
         titles = page.evaluate(
@@ -486,9 +524,9 @@ def test_charts_mark_reflow_and_resume_and_read_well_on_a_short_sparse_run(brows
             " return {y: d.data[0].y, range: d._fullLayout.yaxis.range,"
             " type: d._fullLayout.yaxis.type}; })()"
         )
-        assert lr_chart["type"] == "log" and lr_chart["y"][list(steps).index(900)] > 0
-        assert lr_chart["y"][list(steps).index(1000) :] == [None] * 6, "1e-12 and 0: gaps, not a line down the axis"
-        assert lr_chart["range"][0] >= math.log10(2e-4) - 4 - 0.2, "1e-12 leaves through the bottom edge"
+        assert lr_chart["type"] == "linear", "a cosine schedule ends at 0: linear, as W&B draws it"
+        assert lr_chart["y"] == pytest.approx([lr[s] for s in steps]), "every point drawn, down to 0"
+        assert lr_chart["range"][0] <= 0, "its 0 is in view"
         for chart in ("loss", "lr", "invdyn"):
             assert _overlapping_labels(page, f"#chart-{chart} .ytick text") == [], chart
             assert page.eval_on_selector_all(f"#chart-{chart} .ytick text", "ts => ts.length") >= 2, chart

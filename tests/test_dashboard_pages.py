@@ -78,7 +78,8 @@ def test_run_list_and_run_page_show_the_run(client, browser_client, settings) ->
     assert f'href="/runs/{rid}"' in listing and "running" in listing and "hopper-medium-v2" in listing
     assert "97.0" in listing and "99.5" in listing and "-2.5" in listing
     page = browser_client.get(f"/runs/{rid}").text
-    assert "☑" in page and "checked" in page and "Stage 0: smoke test" in page
+    done = page.split('data-key="data.ready"')[1].split("</li>")[0]
+    assert "icon-check" in done and "done:" in done and "checked" in done and "Stage 0: smoke test" in page
     assert "97.0 ± 2.0" in page and "99.5 ± 0.7" in page and TASKS["hopper-medium-v2"].paper_r1.source in page
     for field in schema():
         assert f"<code>{field['name']}</code>" in page
@@ -140,16 +141,65 @@ def test_the_hyper_parameters_mark_changed_values_and_show_the_task_tables(clien
     assert 'class="changed"' in row("d_model") and "default <code>256</code>" in row("d_model")
     assert 'class="changed"' not in row("depth") and "default" not in row("depth")
     task = TASKS["hopper-medium-v2"]
-    assert f"→ <code>{task.guidance_r1}</code> from the task table" in row("w_cfg")
-    assert f"→ <code>{task.target_return_r2}</code> from the task table" in row("r2_target_return")
+    assert f"takes <code>{task.guidance_r1}</code> from the task table" in row("w_cfg")
+    assert f"takes <code>{task.target_return_r2}</code> from the task table" in row("r2_target_return")
 
 
-def test_status_glyphs_are_ones_debians_fonts_draw(client, browser_client) -> None:
-    """An emoji (the hourglass of a queued run) drew as an empty box in Debian's Chromium."""
-    create_run(client)
+SAFE_TEXT = re.compile("[\t\n\r\x20-\x7e\xa0-\xff\u2010-\u205e\u2212]*")
+"""What the pages may write: ASCII, Latin-1 (± × · « »), general punctuation (– — ‘ ’ … •) and
+the minus sign, which every font Debian's chromium falls back to draws; any other symbol is
+an icon drawn by style.css."""
+
+
+def test_status_glyphs_are_ones_debians_fonts_draw(client, browser_client, settings) -> None:
+    """An emoji (the hourglass of a queued run) drew as an empty box in Debian's Chromium, and
+    so may ◷ ▶ ✓ ✗ ⊘ ⚠ ☐ 🗀 where its fonts lack them: every status, checklist tick, backup state
+    and device-check verdict is an icon with its words beside it."""
+    from tests.test_device_check_app import REPORT
+
+    rid, attempt = _claimed(client, hub_repo="u/r")
+    a = {"attempt": attempt}
+    client.post(f"/api/runs/{rid}/device-check", json={**a, **REPORT}).raise_for_status()
+    client.post(f"/api/runs/{rid}/checklist", json={**a, "key": "data.ready", "failed": True, "detail": "x"})
+    client.post(f"/api/runs/{rid}/checklist", json={**a, "key": "smoke.backup", "detail": "ok"})
+    for step, state, url in (
+        (10, "local", None),
+        (20, "uploading", None),
+        (30, "error", None),
+        (40, "hub", "file:///backup/ckpt_00000040.pt"),
+        (50, "hub", "https://huggingface.co/u/r/resolve/main/ckpt_00000050.pt"),
+    ):
+        body = {**a, "step": step, "size": 1, "sha256": "a" * 64, "backup_state": state, "hub_url": url}
+        client.post(f"/api/runs/{rid}/checkpoints", json=body).raise_for_status()
+    client.post(f"/api/runs/{rid}/checkpoints", json={**a, "step": 10, "size": 1, "sha256": "a" * 64, "pruned": True})
+    lost, _ = _claimed(client)
+    ended = [create_run(client)["id"] for _ in range(3)]
+    with client.app.state.db.write() as session:
+        session.get(Run, lost).lease_expires_at = time.time() + settings.lease_seconds * 0.2  # silent, lease not out
+        for run_id, status in zip(ended, ("succeeded", "failed", "interrupted")):
+            session.get(Run, run_id).status = status
+    client.post(f"/api/runs/{create_run(client)['id']}/cancel").raise_for_status()
+    sweep = client.post(
+        "/api/sweeps", json={"tasks": ["hopper-medium-v2"], "seeds": [0, 1], "variants": ["R1"], "config": {}}
+    ).json()
     listing = browser_client.get("/").text
-    assert "◷</span> queued" in listing
-    assert not any(ord(c) >= 0x1F000 or 0x2300 <= ord(c) <= 0x23FF for c in listing), "no emoji, no ⌛-block signs"
+    for icon in ("clock", "play", "check", "cross", "ban", "warning"):
+        assert f"icon-{icon}" in listing, icon
+    assert "worker lost" in listing
+    pages = [
+        "/",
+        "/runs/table",
+        f"/runs/{rid}",
+        f"/runs/{rid}/panels",
+        f"/runs/{lost}",
+        "/sweeps",
+        f"/sweeps/{sweep['id']}",
+    ]
+    for path in pages:
+        # the event log and console hold what was logged (a worker's text may be anything): data, not markup
+        text = re.sub(r'<ol class="events.*?</ol>', "", browser_client.get(path).text, flags=re.S)
+        unsafe = sorted({f"U+{ord(c):04X} {c}" for c in SAFE_TEXT.sub("", text)})
+        assert not unsafe, (path, unsafe)
 
 
 def test_demo_runs_are_never_compared_with_the_paper(client, browser_client) -> None:
@@ -516,7 +566,8 @@ def test_a_run_whose_worker_went_silent_says_worker_lost_and_stops_its_clock(cli
         run.lease_expires_at = time.time() + settings.lease_seconds - silent_for
         session.add(run)
     page = browser_client.get(f"/runs/{rid}").text
-    assert "⚠ worker lost" in page and "has sent no\n    heartbeat for" in page
+    state = page.split('id="run-state">')[1].split("</p>")[0]
+    assert "icon-warning" in state and "worker lost" in state and "has sent no\n    heartbeat for" in page
     expires_at = re.search(r"its lease expires in\s+<span class=\"num\">([^<]+)</span>", page)
     assert expires_at is not None
     expires = expires_at.group(1)

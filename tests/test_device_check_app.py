@@ -190,14 +190,21 @@ def test_the_run_page_shows_the_check_its_refusals_and_the_paths_used(client, br
     }
     used = '<strong class="badge">used</strong>'
     refused = rows["train.compile"]
-    assert "✗ refused" in refused and REFUSED in refused and "41.0 s" in refused
-    assert used in rows["train.fused"] and "✓ verified" in rows["train.fused"] and "13.00 ms" in rows["train.fused"]
+    assert 'icon-cross" aria-hidden="true"></span> refused' in refused and REFUSED in refused and "41.0 s" in refused
+    assert (
+        used in rows["train.fused"]
+        and 'icon-check" aria-hidden="true"></span> verified' in rows["train.fused"]
+        and "13.00 ms" in rows["train.fused"]
+    )
     assert "2.0e-07 / 1.0e-04" in rows["train.fused"]
     assert used in rows["plan.cuda_graph"] and "800.0 Hz" in rows["plan.cuda_graph"]
     assert "2.10 ms for the batch" in rows["plan.cuda_graph"]
     assert [k for k, r in rows.items() if used in r] == ["train.fused", "plan.cuda_graph"]
     assert "reference" in rows["train.eager"] and "fp32, foreach optimisers" in rows["train.eager"]
-    assert "⊘ skipped" in rows["train.amp"] and "measured only when train_accel asks for it" in rows["train.amp"]
+    assert (
+        'icon-ban" aria-hidden="true"></span> skipped' in rows["train.amp"]
+        and "measured only when train_accel asks for it" in rows["train.amp"]
+    )
     assert 'data-label="warm-up / compile"' in rows["train.eager"] and 'data-label="median"' in rows["plan.plain"]
     assert "Projected time" in section and "11m 00s" in section and "10m 00s" in section
     assert "reflow pairs" not in section and "0m 55s" in section  # an R1 run; the check's own time

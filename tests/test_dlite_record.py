@@ -1,15 +1,20 @@
-"""Recording an episode: the video decodes to one captioned frame per state, the plans kept are
-`plan_plain`'s for the same RNG state and the ones acted on, their times follow the level
-strides, the states are the environment's, training's RNG is untouched, and no GL means
-RenderUnavailable with the fix and no file."""
+"""Recording an episode: the video decodes to one captioned frame per state, the captions say
+where the episode is, the plans kept are `plan_plain`'s for the same RNG state and the ones acted
+on, their times follow the level strides, the states are the environment's, training's RNG is
+untouched, and no GL means RenderUnavailable with the fix and no file.
+
+A machine that cannot render skips these tests, except in CI (CI set) or where
+DLITE_REQUIRE_GL=1 (scripts/test.sh): there a missing OpenGL fails them, so a broken setup
+never passes as a row of skips."""
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, NoReturn, cast
 
 import imageio_ffmpeg
 import numpy as np
@@ -34,9 +39,21 @@ class Recorded:
     recording: Recording
     plans: dict
     rng_after: torch.Tensor
+    captions: list[list[str]]
+    """Each frame's caption, in the order the frames were shot."""
+    rng_at_decisions: list[torch.Tensor]
+    """The planning RNG's state as each kept decision began planning."""
 
 
-def _planner() -> Planner:
+def render_unavailable(error: RenderUnavailable) -> NoReturn:
+    """Skips a test that needs rendering on a machine without OpenGL, but fails it in CI or
+    where DLITE_REQUIRE_GL=1, which install what rendering needs: there it is a broken setup."""
+    if os.environ.get("CI") or os.environ.get("DLITE_REQUIRE_GL") == "1":
+        pytest.fail(f"rendering is required here (CI or DLITE_REQUIRE_GL=1): {error}")
+    pytest.skip(str(error))
+
+
+def tiny_planner() -> Planner:
     """A tiny model with random weights and a non-trivial normaliser, so denormalising matters."""
     torch.manual_seed(0)
     cfg = from_dict(TINY)
@@ -51,9 +68,23 @@ def _planner() -> Planner:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    planner = _planner()
+    planner = tiny_planner()
+    captions: list[list[str]] = []
+    rng_at_decisions: list[torch.Tensor] = []
+    caption_lines, planned_action = record._caption_lines, record._planned_action
+
+    def captioned(*args: Any) -> list[str]:
+        captions.append(caption_lines(*args))
+        return captions[-1]
+
+    def planned(planner: Planner, obs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        rng_at_decisions.append(torch.get_rng_state())
+        return planned_action(planner, obs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MUJOCO_GL", "egl")
+        mp.setattr(record, "_caption_lines", captioned)
+        mp.setattr(record, "_planned_action", planned)
         torch.manual_seed(7)
         try:
             rec = record_episode(
@@ -68,9 +99,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
                 plan_decisions=DECISIONS,
             )
         except RenderUnavailable as e:
-            pytest.skip(str(e))
+            render_unavailable(e)
         rng_after = torch.rand(3)
-    return Recorded(planner, rec, json.loads(rec.plans.read_text()), rng_after)
+    return Recorded(planner, rec, json.loads(rec.plans.read_text()), rng_after, captions, rng_at_decisions)
 
 
 def _frames(path: Path) -> tuple[dict, list[np.ndarray]]:
@@ -103,16 +134,47 @@ def test_frames_carry_the_caption(recorded: Recorded, monkeypatch: pytest.Monkey
     assert diff[SIZE // 2 :].mean() < 8  # below it, the same picture up to VP9's loss
 
 
-def test_plans_are_plan_plains_for_the_same_rng_state(recorded: Recorded) -> None:
+def test_captions_say_the_step_return_score_variant_and_checkpoint() -> None:
+    task = get_task("halfcheetah-medium-expert-v2")  # D4RL's random -280.18 and expert 12135.0
+    assert record._caption_lines(task, "R2", 1_234_567, 7, 1234.56) == [
+        "step 7   return 1234.6   score 12.2",
+        "R2   checkpoint 1,234,567",
+    ]
+    assert record._caption_lines(task, "R1", 0, 0, -280.178953) == [
+        "step 0   return -280.2   score 0.0",
+        "R1   checkpoint 0",
+    ]
+
+
+def test_each_frame_is_captioned_with_its_step_and_the_return_so_far(recorded: Recorded) -> None:
+    captions, rec = recorded.captions, recorded.recording
+    assert len(captions) == rec.frames
+    assert [c[0].split("   ")[0] for c in captions] == [f"step {t}" for t in range(STEPS + 1)]
+    assert captions[0] == ["step 0   return 0.0   score 2.3", "R1   checkpoint 1,234"]  # halfcheetah's 0 is 2.3
+    task = get_task(recorded.planner.cfg.task)
+    assert captions[-1] == record._caption_lines(task, "R1", 1234, STEPS, rec.episode_return)
+
+
+def test_every_kept_decisions_plans_are_plan_plains_for_the_same_rng_state(recorded: Recorded) -> None:
+    """Each decision is replanned from the RNG state the episode had when it planned it (the
+    `act` calls between decisions move the RNG on) and the state it was at."""
     planner, plans = recorded.planner, recorded.plans
+    decisions = plans["decisions"]
+    assert len(decisions) == len(recorded.rng_at_decisions) == DECISIONS
+    for decision, rng in zip(decisions, recorded.rng_at_decisions):
+        obs = np.array(plans["states"][decision["t"]])
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.set_rng_state(rng)
+            expected = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None], dtype=torch.float32)))
+        assert [lv["level"] for lv in decision["levels"]] == [0, 1, 2]
+        for level, plan in zip(decision["levels"], expected, strict=True):
+            np.testing.assert_allclose(
+                level["points"], planner.model.denormalize(plan[0]).numpy(), rtol=1e-5, atol=1e-5
+            )
+        np.testing.assert_allclose(decision["levels"][0]["points"][0], obs, rtol=1e-5, atol=1e-5)
+    first = recorded.rng_at_decisions[0]
     with seeded_planning(planner, SEED):
-        obs, _ = make_env(get_task(planner.cfg.task).domain, STEPS).reset(seed=SEED)
-        expected = planner.plan_plain(planner.model.normalize(torch.as_tensor(obs[None], dtype=torch.float32)))
-    first = plans["decisions"][0]
-    assert first["t"] == 0 and [lv["level"] for lv in first["levels"]] == [0, 1, 2]
-    for level, plan in zip(first["levels"], expected):
-        np.testing.assert_allclose(level["points"], planner.model.denormalize(plan[0]).numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(first["levels"][0]["points"][0], obs, rtol=1e-5, atol=1e-5)
+        assert torch.equal(first, torch.get_rng_state()), "decision 0 plans right after the seeding"
 
 
 def test_decisions_are_spread_and_times_follow_each_levels_stride(recorded: Recorded) -> None:
@@ -183,7 +245,7 @@ def test_no_gl_raises_render_unavailable_with_the_fix_and_writes_nothing(
     monkeypatch.setenv("MUJOCO_GL", "disable")
     with pytest.raises(RenderUnavailable) as caught:
         record_episode(
-            _planner(), seed=0, checkpoint_step=0, out_dir=tmp_path, stem="x", max_steps=3, width=32, height=32
+            tiny_planner(), seed=0, checkpoint_step=0, out_dir=tmp_path, stem="x", max_steps=3, width=32, height=32
         )
     message = str(caught.value)
     assert all(

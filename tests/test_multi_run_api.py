@@ -251,7 +251,8 @@ def test_results_aggregate_finished_runs_over_seeds_like_the_paper(api) -> None:
     mean, sem, diff, _ = _expected([statistics.fmean(x) for x in r2_means], task.paper_r2.mean, task.paper_r2.sem)
     assert f"{mean:.1f} ± {sem:.1f} (s.e. over seeds)" in hopper_r2 and f"{diff:+.1f}" in hopper_r2
     assert f"{task.paper_r2.mean:.1f} ± {task.paper_r2.sem:.1f} (s.e. over 5 seeds)" in hopper_r2
-    assert f"| {1000 / 4.0:,.1f} |" in hopper_r2 and f"| {PAPER_PLANNING_HZ['R2']:,.1f} |" in hopper_r2
+    assert f"| {1000 / 4.0:,.1f} |" in hopper_r2
+    assert f"| {PAPER_PLANNING_HZ['R2']:,.1f} (not comparable: measured on cpu, not a CUDA GPU" in hopper_r2
     walker = next(line for line in md.splitlines() if line.startswith("| walker2d-medium-v2 | R1 |"))
     assert "(std over 3 episodes, one run)" in walker and "not judged" in walker
     assert task.paper_r1.source in md and "hopper-medium-v2 | R1 | 0, 1, 2 (3)" in md
@@ -287,7 +288,7 @@ def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) ->
     wid = register(api)
     for scores in ([99.0, 101.0], [97.0, 99.0], [50.0, 52.0], [60.0, 62.0]):
         rid, att = run_next(api, wid)
-        final(api, rid, att, scores, latency_ms=10.0, latency_ms_1env=5.0, device="cpu")
+        final(api, rid, att, scores, latency_ms=10.0, latency_ms_1env=5.0, n_envs=50, device="cuda")
         finish(api, rid, att)
 
     paper_row, other_row = api.get("/api/results").json()["rows"]
@@ -323,6 +324,44 @@ def test_runs_at_other_settings_are_their_own_row_and_claim_no_agreement(api) ->
     assert "not comparable: a different planner from the paper&#39;s: d_model 64" in run_page
     listing = browser.get("/").text
     assert listing.count(">other settings</span>") == 2
+
+
+def test_a_speed_is_set_beside_the_papers_only_from_a_cuda_gpu(api) -> None:
+    """At the paper's settings, a CPU's planning frequency is named beside the paper's Hz; a
+    CUDA GPU's is not, whatever the batch: the frequency compared is one environment's."""
+    sweep(api, ["hopper-medium-v2", "walker2d-medium-v2"], [0], base={})
+    sweep(api, ["halfcheetah-medium-v2"], [0], base={}, num_envs=10)
+    wid = register(api)
+    ran = []
+    for device, n_envs in (("cpu", 50), ("cuda:0", 50), ("cuda:0", 10)):
+        rid, att = run_next(api, wid)
+        ran.append(rid)
+        final(api, rid, att, [50.0, 52.0], latency_ms=30.0, latency_ms_1env=12.5, n_envs=n_envs, device=device)
+        finish(api, rid, att)
+
+    rows = {r["task"]: r for r in api.get("/api/results").json()["rows"]}
+    cpu, gpu, small_batch = (
+        rows[t]["planning"] for t in ("hopper-medium-v2", "walker2d-medium-v2", "halfcheetah-medium-v2")
+    )
+    cpu_caption = "measured on cpu, not a CUDA GPU (the paper does not state its hardware)"
+    assert rows["hopper-medium-v2"]["paper_settings"] and cpu["devices"] == ["cpu"]
+    assert cpu["not_comparable"] == cpu_caption and cpu["hz_1env"] == pytest.approx(80.0)
+    assert rows["walker2d-medium-v2"]["paper_settings"] and gpu["devices"] == ["cuda:0"]
+    assert gpu["not_comparable"] is None, "the paper's planner on a CUDA GPU over the paper's batch"
+    assert small_batch["n_envs"] == [10]
+    assert small_batch["not_comparable"] is None and small_batch["hz_1env"] == pytest.approx(80.0)
+
+    md = {line.split(" | ")[0]: line for line in api.get("/api/results.md").text.splitlines() if " | R1 | " in line}
+    assert f"(not comparable: {cpu_caption})" in md["| hopper-medium-v2"]
+    assert "not comparable" not in md["| walker2d-medium-v2"]
+    browser = TestClient(api.app, follow_redirects=False)
+    assert (
+        browser.post("/login", data={"token": api.headers["Authorization"].split()[1], "next": "/"}).status_code == 303
+    )
+    page = browser.get("/results").text
+    assert page.count(f"not comparable: {cpu_caption}") == 1 and page.count("not comparable: ") == 1
+    run_pages = [browser.get(f"/runs/{rid}").text for rid in ran]
+    assert [p.count(f"not comparable: {cpu_caption}") for p in run_pages] == [1, 0, 0], "the run page says it too"
 
 
 def test_runs_list_pages_filters_and_sorts(api) -> None:

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 
 import pytest
@@ -22,7 +23,7 @@ from tests.app_helpers import LiveServer, app_of, claim_run, create_run, registe
 from worker.client import ServerClient
 from worker.console import ConsoleCapture
 from worker.outbox import Outbox
-from worker.system_metrics import GPU_KEYS, Sample, Sampler, SystemMonitor
+from worker.system_metrics import GIB, GPU_KEYS, Sample, Sampler, SystemMonitor
 
 TOKEN = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYz01234567"[:34]
 
@@ -39,6 +40,81 @@ def test_the_sampler_on_this_cpu_machine_measures_cpu_ram_disk_and_says_there_is
     assert all(why.startswith("none: the run uses cpu") for why in sample.missing.values())
     assert set(SYSTEM_KEYS) == set(sample.values) | set(sample.missing)
     assert {k for chart in SYSTEM_CHARTS for k in chart["keys"]} == set(SYSTEM_KEYS), "the page charts every key"
+
+
+class _FakeGpu:
+    """nvidia-ml-py and torch.cuda as a two-GPU machine shows them to the sampler: torch holds
+    0.5 of 1 GiB reserved on device 0 and 1.5 of 4 GiB on device 1; NVML says 73 % until `lost`
+    makes it fail as a GPU fallen off the bus does."""
+
+    UUID = "58e5b2c4-0000-4000-8000-00000000abcd"
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import pynvml
+        import torch
+
+        self.handles: list[str] = []
+        self.lost = False  # set: NVML fails from then on
+        monkeypatch.setattr(pynvml, "nvmlInit", lambda: None)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByUUID", self._handle)
+        monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", self._utilization)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: SimpleNamespace(uuid=self.UUID))
+        monkeypatch.setattr(torch.cuda, "memory_allocated", lambda index: (0.5, 1.5)[index] * GIB)
+        monkeypatch.setattr(torch.cuda, "memory_reserved", lambda index: (1, 4)[index] * GIB)
+
+    def _handle(self, uuid: str) -> str:
+        self.handles.append(uuid)
+        return f"handle of {uuid}"
+
+    def _utilization(self, handle: str) -> SimpleNamespace:
+        import pynvml
+
+        if self.lost:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        assert handle == f"handle of GPU-{self.UUID}"
+        return SimpleNamespace(gpu=73, memory=20)
+
+
+def test_the_sampler_on_a_gpu_reports_torch_memory_and_nvml_utilisation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu = _FakeGpu(monkeypatch)
+    sampler = Sampler("cuda:1", tmp_path)
+    assert gpu.handles == [f"GPU-{gpu.UUID}"], "NVML finds the GPU by its UUID, not CUDA's index"
+    assert sampler.missing == {}
+    sample = sampler.sample()
+    assert set(sample.values) == set(SYSTEM_KEYS) and sample.missing == {}
+    assert sample.values["system/gpu_mem_allocated_gib"] == 1.5 and sample.values["system/gpu_mem_reserved_gib"] == 4
+    assert sample.values["system/gpu_util_percent"] == 73.0
+
+    gpu.lost = True
+    with caplog.at_level(logging.WARNING, logger="worker.system_metrics"):
+        lost, later = sampler.sample(), sampler.sample()
+    assert set(lost.values) == set(SYSTEM_KEYS) - {"system/gpu_util_percent"}, "the other measurements go on"
+    assert lost.values["system/gpu_mem_reserved_gib"] == 4
+    assert lost.missing == {"system/gpu_util_percent": "none: NVML failed (NVMLError_GpuIsLost: GPU is lost)"}
+    assert later.missing == lost.missing and "system/gpu_util_percent" not in later.values
+    assert [r.getMessage() for r in caplog.records] == [
+        "system metrics: GPU utilisation is no longer sampled: none: NVML failed (NVMLError_GpuIsLost: GPU is lost)"
+    ], "said once, not every sample"
+
+
+def test_a_gpu_without_nvml_still_reports_torch_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    _FakeGpu(monkeypatch)
+
+    def no_driver() -> None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(pynvml, "nvmlInit", no_driver)
+    sampler = Sampler("cuda", tmp_path)
+    why = "none: NVML unavailable (NVMLError_LibraryNotFound: NVML Shared Library Not Found)"
+    assert sampler.missing == {"system/gpu_util_percent": why}, "the event the worker logs at the start says why"
+    sample = sampler.sample()
+    assert sample.missing == sampler.missing and set(sample.values) == set(SYSTEM_KEYS) - set(sample.missing)
+    assert sample.values["system/gpu_mem_allocated_gib"] == 0.5, "plain cuda is device 0"
 
 
 class _Seconds:

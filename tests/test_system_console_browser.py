@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.app_helpers import LiveServer, claim_run, create_run, register
-from tests.test_dashboard_browser import _login
+from tests.app_helpers import LiveServer, claim_run, create_run, login_page, register
 
 pytestmark = pytest.mark.browser
 
@@ -24,7 +23,7 @@ def test_run_page_shows_system_metrics_and_a_live_console(browser, live_server: 
         api.post(
             f"/api/runs/{rid}/metrics", json={**a, "points": _sample(1.8e9, 40) + _sample(1.8e9 + 15, 60)}
         ).raise_for_status()
-        page = _login(browser, live_server)
+        page = login_page(browser, live_server)
         page.goto(f"{live_server.url}/runs/{rid}")
         page.wait_for_function("[...document.querySelectorAll('.system-plot')].every(d => d._fullLayout)")
         assert page.evaluate("document.getElementById('chart-system-cpu').data[0].y") == [40, 60]

@@ -13,11 +13,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from dlite.record import RenderUnavailable
 from tests.app_helpers import claim, create_run, register, start_server, stop_server, wait_for, wait_for_claim
 from tests.fake_hub import FakeTime
+from tests.test_dlite_record import render_unavailable
 from tests.test_worker_e2e import TASK, tiny_run_config
 from tests.test_worker_hub import make_ckpt
-from worker.backup import BackupError, BackupSchedule, RemoteCheckpoint
+from worker.backup import BackupError, BackupSchedule, Extras, RemoteCheckpoint
 from worker.backup_dir import DirectoryBackup
 from worker.client import ServerClient
 from worker.executor import RunExecutor
@@ -91,6 +93,31 @@ def test_restore_after_wipe_and_fallback_when_newest_is_corrupt(root: Path, tmp_
     again = tmp_path / "another-vm"
     restored = DirectoryBackup(root, "run-7").restore_latest(again)
     assert restored == again / "ckpt_00001000.pt" and restored.read_bytes() == good
+
+
+def test_restore_brings_back_the_recorded_videos_and_plans(root: Path, tmp_path: Path) -> None:
+    """The checkpoint, metrics.json and the run's artifacts/ come back, each where the worker
+    keeps it; nothing staged is left behind."""
+    target = make_target(root)
+    videos = {"R1-quick-1000.webm": b"\x1a\x45\xdf\xa3 step 1000", "R1-quick-1000.plans.json": b'{"step": 1000}'}
+    extras: Extras = {
+        **{f"artifacts/{n}": c for n, c in videos.items()},
+        "metrics.json": b"{}",
+        "figures/x.png": b"png",
+    }
+    target.backup(make_ckpt(tmp_path / "train", 1000), 1000, extras)
+
+    run_dir = tmp_path / "fresh-vm" / "run"
+    restored = DirectoryBackup(root, "run-7").restore_latest(
+        run_dir / "checkpoints", {"artifacts": run_dir / "artifacts"}
+    )
+    assert restored == run_dir / "checkpoints" / "ckpt_00001000.pt"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["ckpt_00001000.pt", "metrics.json"]
+    assert {p.name: p.read_bytes() for p in (run_dir / "artifacts").iterdir()} == videos
+    assert sorted(p.name for p in run_dir.iterdir()) == ["artifacts", "checkpoints"]
+    again = tmp_path / "another-vm"
+    DirectoryBackup(root, "run-7").restore_latest(again)
+    assert sorted(p.name for p in again.iterdir()) == ["ckpt_00001000.pt", "metrics.json"], "only when asked"
 
 
 def test_a_failed_write_leaves_the_previous_backup_whole(
@@ -219,6 +246,43 @@ def test_time_based_backups_between_save_intervals(
         stop_server(server)
 
 
+def test_a_run_resumed_on_a_fresh_machine_and_server_gets_its_videos_back(
+    tmp_path: Path, root: Path, dataset_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new Colab VM: a fresh server and work dir, the same run re-created by name. The resume
+    from the backup folder brings the recorded quick evaluation's video and plans back to disk
+    and uploads them to the new server, byte for byte, as it replays the curves."""
+    monkeypatch.setenv("DLITE_DATASETS", str(dataset_cache))
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    root.parent.mkdir(parents=True)
+    config = {**tiny_run_config(100), "eval_every": 50, "video_every_quick": 1, "backup_dir": str(root)}
+    quick = ("R1-quick-50.webm", "R1-quick-50.plans.json")
+    held: list[dict[str, str]] = []
+    for machine in ("vm-1", "vm-2"):
+        server = start_server(tmp_path / f"server-{machine}")
+        try:
+            api = server.client()
+            run_id = api.post("/api/runs", json={"task": TASK, "name": "filmed", "config": config}).json()["id"]
+            client = ServerClient(server.url, server.token)
+            claimed = wait_for_claim(client, client.register("w", "h", "cpu", None))
+            executor = RunExecutor(client, claimed, tmp_path / machine, "cpu", None, threading.Event())
+            assert executor.run() == "succeeded"
+            run = api.get(f"/api/runs/{run_id}").json()
+            video = next(i for i in run["checklist"] if i["key"] == "eval.video")
+            if video["failed"]:
+                render_unavailable(RenderUnavailable(video["detail"]))
+            held.append({a["name"]: a["sha256"] for a in api.get(f"/api/runs/{run_id}/artifacts").json()})
+        finally:
+            stop_server(server)
+    start = next(i for i in run["checklist"] if i["key"] == "train.start")
+    assert start["detail"].startswith("resumed from step 100") and "backup folder" in start["detail"], start
+    assert any(e["step"] == 50 and e["kind"] == "quick" for e in run["evaluations"]), "replayed from the export"
+    first, resumed = held
+    assert {name: resumed.get(name) for name in quick} == {name: first[name] for name in quick}
+    folder = tmp_path / "vm-2" / "runs" / claimed.run_uuid / "artifacts"
+    assert {p.name for p in folder.iterdir()} >= set(quick), "kept on disk: later backups include them"
+
+
 class _SlowTarget:
     """A backup target whose upload waits until released (a server outage holding the export)."""
 
@@ -301,7 +365,7 @@ def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(cl
     downloads = {c["step"]: c["download"] for c in client.get(f"/api/runs/{rid}").json()["checkpoints"]}
     assert downloads == {500: "server", 600: "worker", 700: "hub", 800: "worker", 900: "server", 1000: "worker"}
     assert client.get(f"/api/runs/{rid}/checkpoints/900/file").content == saved.read_bytes()
-    post(900, pruned=True)  # keep_local deleted the worker's file: a file there now is not it
+    post(900, backup_state="local", pruned=True)  # keep_local deleted the worker's file: a file there now is not it
     for step, why in (
         (600, "only the worker's disk"),
         (700, "from the Hub"),
@@ -319,4 +383,4 @@ def test_a_backup_folder_checkpoint_on_this_machine_downloads_with_its_sha256(cl
         assert anon.get(f"/api/runs/{rid}/checkpoints/500/file").status_code == 401
     page = client.get(f"/runs/{rid}").text
     assert f'href="/api/runs/{rid}/checkpoints/500/file" download' in page and sha256[:12] in page
-    assert "⇣ from the Hub" in page and page.count("on the worker only") == 4
+    assert 'icon-download" aria-hidden="true"></span> from the Hub' in page and page.count("on the worker only") == 4

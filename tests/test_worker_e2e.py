@@ -220,7 +220,9 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
     results.md; a broken planning path and a failing training path are warnings naming them
     and their fallback, and the run trains and evaluates on the fallbacks."""
     server = start_server(tmp_path / "server")
-    worker = start_worker(server, tmp_path / "w", dataset_cache, module="tests.faulty_path_worker")
+    worker = start_worker(  # no GL, whatever the shell's MUJOCO_GL: the final episode cannot be filmed
+        server, tmp_path / "w", dataset_cache, module="tests.faulty_path_worker", MUJOCO_GL="disable"
+    )
     try:
         api = server.client()
         run_id = create(api, 100)
@@ -250,8 +252,10 @@ def test_the_device_check_refuses_broken_paths_and_the_run_still_succeeds(tmp_pa
         )
         page = api.get(f"/runs/{run_id}").text
         assert "Device check" in page and "fused AdamW is not supported" in page
-        video = next(i for i in run["checklist"] if i["key"] == "eval.video")  # MUJOCO_GL=disable here
+        video = next(i for i in run["checklist"] if i["key"] == "eval.video")
         assert video["failed"] and "MUJOCO_GL" in video["detail"], "no GL: a ✗ with the fix, the run succeeds"
+        [no_video] = [w for w in warnings if w.startswith("no video of the final R1 evaluation at step 100: ")]
+        assert all(fix in no_video for fix in ("MUJOCO_GL=disable", "Set MUJOCO_GL=egl", "libegl1", "libgl1-mesa-dri"))
         assert "## Devices" in api.get("/api/results.md").text
 
         # asked for explicitly, the broken path stops the run before it trains

@@ -14,7 +14,7 @@ import torch
 from huggingface_hub import HfApi
 
 from tests.fake_hub import FakeHubApi, FakeTime
-from worker.backup import BackupError, BackupQueue, RemoteCheckpoint
+from worker.backup import BackupError, BackupQueue, Extras, RemoteCheckpoint
 from worker.hub import HubBackup
 
 SECRET = "hf_LeakCanary0123456789abcdefXYZ"
@@ -183,6 +183,40 @@ def test_restore_latest_after_local_wipe(api, fake_time, tmp_path) -> None:
     assert torch.load(restored)["step"] == 2000
     assert (train / "metrics.json").read_bytes() == b'{"step": 2000}'
     assert sorted(p.name for p in train.iterdir()) == ["ckpt_00002000.pt", "metrics.json"]
+
+
+def test_restore_brings_back_the_recorded_videos_and_plans(api, fake_time, tmp_path) -> None:
+    """A fresh machine gets the run's artifacts/ next to its checkpoint, where the worker keeps
+    them (a stale local copy is replaced); the figures, which the server draws, stay behind."""
+    hub = make_hub(api, fake_time)
+    videos = {"R1-quick-1000.webm": b"\x1a\x45\xdf\xa3 step 1000", "R1-quick-1000.plans.json": b'{"step": 1000}'}
+    hub.backup(make_ckpt(tmp_path / "train", 1000), 1000, {f"artifacts/{n}": c for n, c in videos.items()})
+    videos["R1-final-2000.webm"] = b"\x1a\x45\xdf\xa3 step 2000"
+    extras: Extras = {**{f"artifacts/{n}": c for n, c in videos.items()}, "figures/loss_curve.png": b"png"}
+    hub.backup(make_ckpt(tmp_path / "train", 2000), 2000, extras)
+
+    run_dir = tmp_path / "fresh-vm" / "run"
+    (run_dir / "artifacts").mkdir(parents=True)
+    (run_dir / "artifacts" / "R1-quick-1000.webm").write_bytes(b"half a file")
+    restored = make_hub(api, fake_time).restore_latest(run_dir / "checkpoints", {"artifacts": run_dir / "artifacts"})
+    assert restored == run_dir / "checkpoints" / "ckpt_00002000.pt"
+    assert {p.name: p.read_bytes() for p in (run_dir / "artifacts").iterdir()} == videos
+    assert sorted(p.name for p in run_dir.iterdir()) == ["artifacts", "checkpoints"]
+
+
+def test_a_restore_that_cannot_bring_the_videos_back_leaves_no_checkpoint(api, fake_time, tmp_path) -> None:
+    """Otherwise the next attempt would resume from the local checkpoint, and the videos would
+    never come back; this way it restores again."""
+    hub = make_hub(api, fake_time)
+    hub.backup(make_ckpt(tmp_path / "train", 1000), 1000, {"artifacts/R1-quick-1000.webm": b"\x1a\x45\xdf\xa3"})
+    api.fail["list_repo_files"] = [(403, {})]
+    run_dir = tmp_path / "fresh-vm"
+    with pytest.raises(BackupError):
+        hub.restore_latest(run_dir / "checkpoints", {"artifacts": run_dir / "artifacts"})
+    assert list((run_dir / "checkpoints").iterdir()) == [] and list((run_dir / "artifacts").iterdir()) == []
+    restored = hub.restore_latest(run_dir / "checkpoints", {"artifacts": run_dir / "artifacts"})
+    assert restored == run_dir / "checkpoints" / "ckpt_00001000.pt"
+    assert [p.name for p in (run_dir / "artifacts").iterdir()] == ["R1-quick-1000.webm"]
 
 
 def test_restore_falls_back_when_newest_is_corrupt(api, fake_time, tmp_path) -> None:

@@ -8,7 +8,7 @@ Layout of a run in the storage::
 
     runs/<run_key>/checkpoints/ckpt_<step:08d>.pt
     runs/<run_key>/manifest.json   {"checkpoints": {"<step>": {"file", "sha256", "size"}}}
-    runs/<run_key>/<extra files>   e.g. metrics.json, figures/loss_curve.png
+    runs/<run_key>/<extra files>   e.g. metrics.json, figures/loss_curve.png, artifacts/*.webm
 
 The manifest carries each checkpoint's sha256, so a restore rejects a corrupt copy and
 falls back to the previous checkpoint.
@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -229,10 +229,15 @@ class BackupTarget(ABC):
             for s, e in sorted(self._read_manifest().items())
         ]
 
-    def restore_latest(self, local_dir: Path) -> Path | None:
+    def restore_latest(self, local_dir: Path, folders: Mapping[str, Path] | None = None) -> Path | None:
         """Copies the newest checkpoint whose sha256 matches the manifest into `local_dir`
         under its own name (a corrupt one is deleted and the previous one tried), and
-        `metrics.json` next to it when the run has one. None when no checkpoint is valid."""
+        `metrics.json` next to it when the run has one. None when no checkpoint is valid.
+
+        `folders` maps folders of the run's backup (e.g. "artifacts") to local ones: the files
+        the extras put there come back with the checkpoint, so a run resumed on a fresh
+        machine still has the videos it recorded before. They carry no hash in the manifest:
+        unlike a corrupt checkpoint, a damaged video costs no training."""
         local_dir = Path(local_dir)
         local_dir.mkdir(parents=True, exist_ok=True)
         for entry in reversed(self.remote_checkpoints()):
@@ -254,6 +259,10 @@ class BackupTarget(ABC):
                     )
                     fetched.unlink()
                     continue
+                # the folders first: a restore cut short leaves no checkpoint, so the next
+                # attempt restores again rather than resuming from it without them
+                for folder, dest in (folders or {}).items():
+                    self._restore_folder(_relative(folder), Path(dest))
                 target = local_dir / PurePosixPath(entry.path).name
                 os.replace(fetched, target)
                 metrics = self._download(f"{self.prefix}/{METRICS_FILE}", Path(staging))
@@ -262,6 +271,21 @@ class BackupTarget(ABC):
                 log.info("restored step %d from the %s", entry.step, self.description)
                 return target
         return None
+
+    def _restore_folder(self, folder: str, dest: Path) -> None:
+        """Every file under the run's `folder` into `dest`, keeping the paths below it; each
+        replaces its local copy in one step, staged in `dest` so the rename stays on one
+        filesystem."""
+        source = f"{self.prefix}/{folder}/"
+        dest.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".restore-") as staging:
+            for path in sorted(p for p in self._list_files() if p.startswith(source)):
+                fetched = self._download(path, Path(staging))
+                if fetched is None:  # deleted since the listing
+                    continue
+                target = dest / path.removeprefix(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(fetched, target)
 
     # -- internals -------------------------------------------------------------
     def _read_manifest(self) -> dict[int, dict]:
@@ -317,13 +341,20 @@ class BackupQueue:
     the superseded requests get its states. on_state(step, state, detail, command_ids)
     is called with "uploading", then "hub" (backed up; detail: the checkpoint's URL) or
     "error" (detail: the message); step is the uploaded step. A failed backup is reported
-    and the thread goes on with the next request."""
+    and the thread goes on with the next request.
 
-    def __init__(self, target: BackupTarget) -> None:
+    `unreachable` says whether the run trains on although its smoke test found the storage
+    unreachable (on_backup_failure=warn); it decides how many failed checkpoints `in_use`
+    keeps (see there)."""
+
+    def __init__(self, target: BackupTarget, unreachable: Callable[[], bool] = lambda: False) -> None:
         self.target = target
+        self._unreachable = unreachable
         self._cond = threading.Condition()
         self._pending: _Request | None = None
         self._current: _Request | None = None
+        self._failed: dict[int, Path] = {}
+        """Checkpoints whose backup failed and that no later successful backup superseded, by step."""
         self._closing = False
         self._thread = threading.Thread(target=self._run, name=f"backup-{target.prefix}", daemon=True)
         self._thread.start()
@@ -349,9 +380,19 @@ class BackupQueue:
             self._cond.notify_all()
 
     def in_use(self) -> set[Path]:
-        """The checkpoints queued or being uploaded: pruning them would lose the backup."""
+        """The checkpoints keep_local must not prune: those queued or being uploaded (pruning
+        them would lose the backup), and those whose backup failed, until a backup of the same
+        or a newer checkpoint succeeds. Until then this disk holds the only copy of a checkpoint
+        that was meant to outlive it (the user can still copy it off by hand); once a newer one
+        is stored, a resume starts from that one and the failed one is no longer needed.
+
+        When the smoke test backed up (as on_backup_failure=fail requires), the storage works,
+        so a failure is an outage and every checkpoint it hit is kept, however long it lasts. A
+        run that trains on with a storage its smoke test found unreachable (on_backup_failure=
+        warn) expects every backup to fail: keeping each would grow the disk by a checkpoint per
+        backup for the whole run, so only the newest failed one is kept."""
         with self._cond:
-            return {r.checkpoint for r in (self._pending, self._current) if r is not None}
+            return {r.checkpoint for r in (self._pending, self._current) if r is not None} | set(self._failed.values())
 
     def close(self, timeout: float | None = None) -> bool:
         """Finishes the pending upload, then stops the thread. True when it has stopped
@@ -381,8 +422,14 @@ class BackupQueue:
             except Exception as e:  # reported to the dashboard; training must go on
                 message = redact(str(e) if isinstance(e, BackupError) else f"{type(e).__name__}: {e}")
                 log.warning("backup of step %d failed: %s", request.step, message)
+                with self._cond:
+                    if self._unreachable():
+                        self._failed.clear()
+                    self._failed[request.step] = request.checkpoint
                 self._notify(request, request.step, "error", message)
             else:
+                with self._cond:
+                    self._failed = {s: p for s, p in self._failed.items() if s > result.step}
                 self._notify(request, result.step, "hub", result.url)
             finally:
                 with self._cond:

@@ -46,14 +46,16 @@ class CheckpointLedger:
         listed: Callable[[], list[dict[str, Any]]],
         extras: Callable[[], Extras],
         label: str,
+        unreachable: Callable[[], bool] = lambda: False,
     ) -> None:
         """`listed` fetches the server's checkpoint list, `extras` the files a backup carries
         beside the weights (read just before the upload, so they are as fresh as it); `label`
-        names the run in log lines."""
+        names the run in log lines; `unreachable` tells the queue whether failed backups are
+        expected (BackupQueue.in_use)."""
         self.folder, self.target = folder, target
         self.after, self.upto = after, upto
         self._post, self._event, self._listed, self._extras, self._label = post, event, listed, extras, label
-        self.backups = BackupQueue(target) if target else None
+        self.backups = BackupQueue(target, unreachable) if target else None
         self.hashes: dict[int, tuple[str, int]] = {}
         self.pruned: set[int] = set()
 
@@ -151,8 +153,9 @@ class CheckpointLedger:
             self._event(f"backup of step {step} failed: {detail}; training goes on", "warning")
 
     def in_use(self) -> set[Path]:
-        """Checkpoints a backup has queued or is reading (keep_local waits for them): with the
-        server down, a backup waits up to a minute for the metrics while training saves on."""
+        """Checkpoints a backup has queued or is reading, or failed to store (keep_local waits
+        for them, see BackupQueue.in_use): with the server down, a backup waits up to a minute
+        for the metrics while training saves on."""
         return self.backups.in_use() if self.backups else set()
 
     def close(self, timeout: float) -> bool:

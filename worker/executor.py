@@ -39,6 +39,7 @@ from dlite.d4rl import DatasetError, cache_dir
 from dlite.dataset import WindowDataset
 from dlite.demo import demo_dataset
 from dlite.evaluate import evaluate
+from dlite.files import file_sha256
 from dlite.model import DiffuserLite
 from dlite.pipeline import load_dataset
 from dlite.planner import Planner, checkpoint_model
@@ -179,6 +180,7 @@ class RunExecutor:
             listed=lambda: self.client.run(self.claim.run_id)["checkpoints"],
             extras=self._extras,
             label=f"run {self.claim.run_id}",
+            unreachable=lambda: self.backup_unreachable,
         )
 
     # -- reporting -------------------------------------------------------
@@ -489,7 +491,7 @@ class RunExecutor:
         target, folder = self.ledger.target, self.ledger.folder
         if target:
             try:
-                restored = target.restore_latest(folder)
+                restored = target.restore_latest(folder, {recording.FOLDER: self.run_dir / recording.FOLDER})
             except Exception as e:  # the smoke test found the storage unreachable and the run said warn
                 if not self.backup_unreachable:
                     raise
@@ -497,6 +499,7 @@ class RunExecutor:
                 restored = None
             if restored and trainer.resume_latest(on_skip=skipped):
                 self._replay_backup(folder / METRICS_FILE, trainer.step)
+                self._upload_restored(trainer.step)
                 return resumed_from(trainer.step, target.description)
         return "started fresh"
 
@@ -530,6 +533,19 @@ class RunExecutor:
             key = (evaluation["step"], evaluation["kind"], evaluation["variant"])
             if key[0] <= upto and key not in known:
                 self.outbox.post("evaluations", {k: evaluation.get(k) for k in EVALUATION_FIELDS})
+
+    def _upload_restored(self, upto: int) -> None:
+        """The videos and plans the restore brought back go to the server again, after the
+        evaluations they belong to: a fresh server (a new Colab VM) has none of them. Those it
+        holds with the same bytes are left out; an upload replaces by name, so nothing doubles."""
+        try:
+            held = {a["name"]: a["sha256"] for a in self.client.run(self.claim.run_id)["artifacts"]}
+        except ServerUnavailable as e:  # upload them all: the outbox retries
+            log.warning("run %s: the server's artifacts are unknown (%s); uploading all", self.claim.run_id, e)
+            held = {}
+        for path in recording.restored(self.run_dir, upto):
+            if held.get(path.name) != file_sha256(path)[0]:
+                self.outbox.upload(path.name, path, recording.content_type(path))
 
     def stage_train(self, data: WindowDataset) -> Path:
         self.stage("train")
@@ -646,17 +662,15 @@ class RunExecutor:
                 self.verified("eval.video", f"not recorded: {e}", failed=True)
             self.event(f"no video of the {kind} {planner.variant} evaluation at step {step}: {e}", "warning")
             return False
-        size = rec.video.stat().st_size
-        too_big = size > MAX_BODY_BYTES
-        if too_big:
+        if not recording.fits(rec.video):
             self.event(
-                f"the video of step {step} is {size / 2**20:.1f} MiB, over the server's "
+                f"the video of step {step} is {rec.video.stat().st_size / 2**20:.1f} MiB, over the server's "
                 f"{MAX_BODY_BYTES / 2**20:.0f} MiB: kept in the backups only",
                 "warning",
             )
-        for path, content_type in ((rec.video, "video/webm"), (rec.plans, "application/json")):
-            if not (too_big and path == rec.video):
-                self.outbox.upload(path.name, path, content_type)
+        for path in (rec.video, rec.plans):
+            if recording.fits(path):
+                self.outbox.upload(path.name, path, recording.content_type(path))
         self.event(
             f"recorded an extra {planner.variant} episode of step {step} ({kind}): {rec.steps} steps, "
             f"score {rec.score:.1f} (not counted in the evaluation); rendering {rec.render_s:.1f} s, "

@@ -52,7 +52,9 @@ def interval_s() -> float:
 
 class Sampler:
     """Reads one sample. Opening NVML can fail on a GPU machine (no driver library, a
-    container without it): the GPU's utilisation is then missing, torch's memory is not."""
+    container without it): the GPU's utilisation is then missing, torch's memory is not.
+    NVML can also fail later (a GPU fallen off the bus): from then on the utilisation is
+    missing too, with why, and the other measurements go on."""
 
     def __init__(self, device: str, disk_path: Path) -> None:
         self.disk_path = disk_path
@@ -89,7 +91,15 @@ class Sampler:
         if self._nvml is not None:
             import pynvml
 
-            values[SYSTEM_PREFIX + "gpu_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
+            try:
+                values[SYSTEM_PREFIX + "gpu_util_percent"] = float(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
+            except pynvml.NVMLError as e:
+                # raised out of here, it would cost every sample from now on its CPU, RAM and GPU memory too;
+                # the error is lasting (a lost GPU, a reset driver), so NVML is not asked again
+                why = f"none: NVML failed ({type(e).__name__}: {e})"
+                log.warning("system metrics: GPU utilisation is no longer sampled: %s", why)
+                self._nvml = None
+                self.missing = {**self.missing, SYSTEM_PREFIX + "gpu_util_percent": why}
         return Sample(time.time(), values, dict(self.missing))
 
 

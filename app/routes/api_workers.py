@@ -3,8 +3,10 @@ The workers' own side (register, claim, heartbeat, ...) is the protocol in route
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from app.auth import require_api
 from app.db import Database
@@ -23,9 +25,16 @@ MAX_RUNS_CAP = 10_000
 
 class WorkerCap(BaseModel):
     model_config = ConfigDict(**STRICT_BODY)
-    max_runs: Integer | None = Field(
-        ge=0,
-        le=MAX_RUNS_CAP,
+    # Spelled out as the sweeps' seeds are: on the validated Integer pydantic writes its bounds
+    # as stray `ge`/`le` keys the document's readers ignore, so -1 looked valid there.
+    max_runs: (
+        Annotated[
+            Integer,
+            Field(ge=0, le=MAX_RUNS_CAP),
+            WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MAX_RUNS_CAP}),
+        ]
+        | None
+    ) = Field(
         description=(
             "the most runs this worker claims in all (null: no cap); at the cap it finishes its run and exits"
         ),

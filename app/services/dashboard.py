@@ -54,7 +54,7 @@ OTHER_CHARTS: tuple[dict[str, Any], ...] = (
         "id": "lr",
         "title": "Learning rate",
         "keys": ("lr",),
-        "log_y": True,
+        "log_y": False,  # a cosine schedule's end is 0: on a log axis it dives off the chart
         "smooth": False,
         "file": None,
         "y_title": "learning rate (per step)",
@@ -142,7 +142,7 @@ def run_rows(session: Session, runs: list[Run]) -> list[dict[str, Any]]:
                 **s,
                 "final_score": final,
                 "paper": paper,
-                "eta_s": _eta(run),
+                "eta_s": eta(run),
                 "progress": min(run.step / run.total_steps, 1.0) if run.total_steps else 0.0,
                 "settings_caption": caption,
                 "difference": None if final is None or run.is_demo or caption else final - paper,
@@ -188,15 +188,27 @@ STAGE_ORDER: tuple[str, ...] = get_args(Stage)
 """The stages in the order a run passes them."""
 
 
-def _eta(run: Run) -> float | None:
-    """Seconds left; only a running run has one. Training at its measured speed, else (until a
-    heartbeat brings one) at the device check's projected rate, so a run has an ETA from step
-    0; plus what the check projects for the rest: R2's pairs and the evaluations' planning."""
+def eta(run: Run) -> float | None:
+    """Seconds left of a running run (others have no clock running), at its own measured speed
+    and device check (`time_left`): what its page and the run list show."""
     if run.status != "running":
         return None
-    projection = run.device_check["projection"] if run.device_check else None
-    if run.steps_per_s:
-        training = max(run.total_steps - run.step, 0) / run.steps_per_s
+    return time_left(run, run.steps_per_s, device_projection(run))
+
+
+def device_projection(run: Run) -> dict[str, Any] | None:
+    """What the run's device check projects for the whole run; None before the check ran."""
+    return run.device_check["projection"] if run.device_check else None
+
+
+def time_left(run: Run, steps_per_s: float | None, projection: dict[str, Any] | None) -> float | None:
+    """Seconds the rest of `run` takes: training at `steps_per_s` when one is measured, else
+    (until a heartbeat brings one) at the device check's projected rate, so a run has an ETA
+    from step 0; plus what the check projects for the rest: R2's pairs and the evaluations'
+    planning. The speed and projection are parameters so a sweep can price a queued run by
+    what its siblings measured. None when neither is known."""
+    if steps_per_s:
+        training = max(run.total_steps - run.step, 0) / steps_per_s
         return training + (_besides_training(run, projection) if projection else 0.0)
     return None if projection is None else _projected_eta(run, projection)
 
@@ -232,19 +244,28 @@ def _projected_eta(run: Run, projection: dict[str, Any]) -> float:
 def run_facts(session: Session, run: Run, lease_seconds: float) -> dict[str, Any]:
     """The run page's summary line: where it runs, for how long, and how long is left; a
     queued run's place in the queue, and a run whose worker went silent, whose clock stops
-    at the last heartbeat (waiting: the lease decides when it is queued again)."""
+    at the last heartbeat (waiting: the lease decides when it is queued again). A run that
+    ended before it trained gets no duration: "took 4 s" for a run that failed fetching its
+    data would read as a run that was quick, not one that never ran."""
     worker = session.get(Worker, run.worker_id) if run.worker_id else None
-    lost = waiting.worker_lost(run, lease_seconds)
+    lost = waiting.worker_lost(run.status, run.lease_expires_at, lease_seconds)
     end = run.finished_at if run.finished_at is not None else lost["last_heartbeat"] if lost else now()
+    started = None if run.finished_at is not None and not _trained(run) else run.started_at
     return {
         "device": worker.device if worker else None,
         "gpu_name": worker.gpu_name if worker else None,
         "worker_name": worker.name if worker else None,
-        "elapsed_s": None if run.started_at is None else max(end - run.started_at, 0.0),
-        "eta_s": None if lost else _eta(run),
+        "elapsed_s": None if started is None else max(end - started, 0.0),
+        "eta_s": None if lost else eta(run),
         "worker_lost": lost,
         "queue": waiting.queue_place(session, run, lease_seconds),
     }
+
+
+def _trained(run: Run) -> bool:
+    """Whether the run reached training in some attempt (a resumed one restarts at `data`
+    with its steps kept)."""
+    return run.step > 0 or _stage_at(run) >= STAGE_ORDER.index("train")
 
 
 def device_label(facts: dict[str, Any]) -> str | None:
@@ -269,12 +290,13 @@ def planning_speed(
     rows = []
     for variant, e in sorted(newest.items()):
         batch, single = e.get("latency_ms"), e.get("latency_ms_1env")
+        device = e.get("device") or worker_device
         rows.append(
             {
                 "variant": variant,
                 "step": e["step"],
                 "kind": e["kind"],
-                "device": e.get("device") or worker_device,
+                "device": device,
                 "n_envs": e["n_envs"],
                 "latency_ms": batch,
                 "decisions_per_s": e["n_envs"] * 1000.0 / batch if batch else None,
@@ -282,7 +304,7 @@ def planning_speed(
                 "hz_1env": 1000.0 / single if single else None,
                 "paper_hz": PAPER_PLANNING_HZ.get(variant),
                 "paper_source": PAPER_PLANNING_SOURCE,
-                "not_comparable": speed_caption(config, variant),
+                "not_comparable": speed_caption(config, variant, devices=[device] if device else []),
             }
         )
     return rows

@@ -102,6 +102,7 @@ def chart_figure(
     ax.xaxis.set_major_formatter(FuncFormatter(_plain))
     ax.set_title("\n".join([chart["title"], *textwrap.wrap(label, 70)]), fontsize=11)
     ax.set_xlabel("step")
+    ax.set_ylabel(chart["y_title"])  # the dashboard's axis title, unit included: a PNG read alone says what it plots
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from dlite.config import Config, ConfigError, from_dict, schema
@@ -93,11 +94,22 @@ def speed_departures(config: dict[str, Any], variant: str) -> list[dict[str, Any
     return departures(config, variant, SPEED + (_SAMPLING_STEPS[variant],))
 
 
-def speed_caption(config: dict[str, Any], variant: str) -> str | None:
-    """Why a planning frequency is not the paper's measurement, or None when it is comparable
-    (the paper's hardware is not stated, so the device is shown beside it, never judged)."""
+def speed_caption(config: dict[str, Any], variant: str, *, devices: Iterable[str] = ()) -> str | None:
+    """Why one-environment planning frequencies measured on `devices` are not the paper's
+    measurement, or None when they are comparable. The paper's figure is per action on hardware
+    it does not state (docs/method.md §9), so only what is known is said: another planner, or a
+    device that is not a CUDA GPU (what the lab is for; a CPU's Hz beside the paper's would read
+    as a reproduction of it). The batch is not judged: the figure set beside the paper's is one
+    environment's, whatever the evaluation's batch; the batched decisions per second are never
+    compared. Devices the evaluation did not name are not judged."""
+    reasons = []
     changed = speed_departures(config, variant)
-    return None if not changed else f"a different planner from the paper's: {describe(changed)}"
+    if changed:
+        reasons.append(f"a different planner from the paper's: {describe(changed)}")
+    other = sorted({d for d in devices if not d.startswith("cuda")})
+    if other:
+        reasons.append(f"measured on {', '.join(other)}, not a CUDA GPU (the paper does not state its hardware)")
+    return "; ".join(reasons) or None
 
 
 def describe(changed: list[dict[str, Any]]) -> str:

@@ -92,19 +92,21 @@ def _sem(values: list[float]) -> float | None:
 def _planning(evaluations: list[Evaluation], variant: str, config: dict[str, Any]) -> dict[str, Any]:
     """Mean planning frequency of the row's final evaluations, one environment (with its
     standard error over the runs) and batched; the paper's frequency comes with what makes
-    this one a different measurement (`not_comparable`: the model or its sampling steps), and
-    the batch is never the paper's (it planned one environment)."""
+    these another measurement (`not_comparable`: the model or its sampling steps, a device
+    that is no CUDA GPU); the batch is never the paper's (it planned one environment)."""
     speeds = [row for e in evaluations for row in planning_speed([evaluation_dict(e)], config)]
     hz = [s["hz_1env"] for s in speeds if s["hz_1env"]]
+    n_envs = sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]})
+    devices = sorted({s["device"] for s in speeds if s["device"]})
     return {
         "hz_1env": _mean(hz),
         "hz_1env_sem": _sem(hz),
         "decisions_per_s": _mean([s["decisions_per_s"] for s in speeds if s["decisions_per_s"]]),
-        "n_envs": sorted({s["n_envs"] for s in speeds if s["decisions_per_s"]}),
-        "devices": sorted({s["device"] for s in speeds if s["device"]}),
+        "n_envs": n_envs,
+        "devices": devices,
         "paper_hz": PAPER_PLANNING_HZ.get(variant),
         "paper_source": PAPER_PLANNING_SOURCE,
-        "not_comparable": speed_caption(config, variant),
+        "not_comparable": speed_caption(config, variant, devices=devices),
     }
 
 

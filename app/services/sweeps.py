@@ -18,7 +18,7 @@ from typing import Any
 from sqlmodel import Session, col, select
 
 from app.models import Run, Sweep, stored_id
-from app.services import Conflict, NotFound
+from app.services import Conflict, NotFound, dashboard
 from app.services.events import log_event, now
 from app.services.paper_settings import NEUTRAL
 from app.services.runs import cancel_run, create_run, run_summary
@@ -195,19 +195,14 @@ def sweep_runs(session: Session, sweep_id: int) -> list[Run]:
 
 def progress(runs: list[Run]) -> dict[str, Any]:
     """Counts by status (`done`: ended in any way; `succeeded`: what a progress bar shows, so a
-    cancelled sweep's bar is not full), the workers on its runs now and an ETA from their
-    combined measured speed (with none at work: one run at a time at the mean speed its runs
-    had). The ETA counts training steps only (no evaluation or reflow)."""
+    cancelled sweep's bar is not full), the workers on its runs now, their combined measured
+    speed and the sweep's ETA (`_eta`)."""
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
     running = [r for r in runs if r.status == "running"]
     measured = [r.steps_per_s for r in (running or runs) if r.steps_per_s]
-    left = sum(max(r.total_steps - r.step, 0) for r in runs if r.status not in ENDED)
     speed = sum(measured) / len(measured) if measured else None
-    combined = sum(r.steps_per_s for r in running if r.steps_per_s) or None
-    rate = combined or speed
-    eta = None if not left or rate is None else left / rate
     done = sum(counts.get(s, 0) for s in ENDED)
     return {
         "total": len(runs),
@@ -216,12 +211,38 @@ def progress(runs: list[Run]) -> dict[str, Any]:
         "running": counts.get("running", 0),
         "queued": counts.get("queued", 0),
         "by_status": counts,
-        "steps_left": left,
+        "steps_left": sum(max(r.total_steps - r.step, 0) for r in runs if r.status not in ENDED),
         "steps_per_s": speed,
         "workers": len({r.worker_id for r in running if r.worker_id}),
-        "combined_steps_per_s": combined,
-        "eta_s": eta,
+        "combined_steps_per_s": sum(r.steps_per_s for r in running if r.steps_per_s) or None,
+        "eta_s": _eta(runs, speed),
     }
+
+
+def _eta(runs: list[Run], speed: float | None) -> float | None:
+    """Seconds until the sweep's unfinished runs are done: each one's time left as its run
+    page projects it (training, evaluations, R2's pairs and reflow: dashboard.time_left), a run
+    not at work yet (or not yet priced) whole at `speed`, the mean speed of one of its runs,
+    with the device check of a sibling of its variant for what is not training. The runs at
+    work share the queue in proportion to their speeds (a worker twice as fast takes twice as
+    many of the queued runs), so each time counts by its worker's share of the sweep's
+    combined speed: with equal workers, the sum over their number; with none at work, one run
+    at a time. None when some run cannot be priced: nothing measured yet."""
+    unit = speed or 1.0  # an unmeasured worker counts as an average one
+    capacity = sum(r.steps_per_s or unit for r in runs if r.status == "running") or unit
+    checks = {r.config.get("variant"): dashboard.device_projection(r) for r in runs if r.device_check}
+    unfinished = [r for r in runs if r.status not in ENDED]
+    total = 0.0
+    for run in unfinished:
+        left = dashboard.eta(run)
+        if left is None:
+            own = dashboard.device_projection(run)
+            left = dashboard.time_left(run, speed, own or checks.get(run.config.get("variant")))
+        if left is None:
+            return None
+        share = (run.steps_per_s or unit) if run.status == "running" else unit
+        total += left * share / capacity
+    return total if unfinished else None
 
 
 def sweep_summary(sweep: Sweep, runs: list[Run]) -> dict[str, Any]:

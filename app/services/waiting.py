@@ -51,17 +51,18 @@ def queue_place(session: Session, run: Run, lease_seconds: float) -> dict[str, A
     }
 
 
-def worker_lost(run: Run, lease_seconds: float) -> dict[str, float] | None:
-    """For a running run whose worker missed its heartbeats: how long it has been silent and
-    when its lease runs out (then the run is queued again and any worker resumes it)."""
-    if run.status != "running" or run.lease_expires_at is None:
+def worker_lost(status: str, lease_expires_at: float | None, lease_seconds: float) -> dict[str, float] | None:
+    """For a running run (its status and lease: a run list row has them too) whose worker
+    missed its heartbeats: how long it has been silent and when its lease runs out (then the
+    run is queued again and any worker resumes it)."""
+    if status != "running" or lease_expires_at is None:
         return None
-    last_heartbeat = run.lease_expires_at - lease_seconds
+    last_heartbeat = lease_expires_at - lease_seconds
     silent = now() - last_heartbeat
     if silent <= MISSED_HEARTBEATS * lease_seconds / 3:
         return None
     return {
         "silent_s": silent,
-        "expires_in_s": max(run.lease_expires_at - now(), 0.0),
+        "expires_in_s": max(lease_expires_at - now(), 0.0),
         "last_heartbeat": last_heartbeat,
     }

@@ -227,10 +227,30 @@ const Dashboard = (() => {
   // learning rate ending at 0); the series' CSV keeps every point.
   const positive = (values, floor = 0) => values.map((v) => (v > 0 && v >= floor ? v : null));
 
+  // Ticks for a log axis spanning under a decade, from `lo` to `hi`: the coarsest of these
+  // steps within a decade that puts at least 3 ticks between them (0.02, 0.05, 0.1). Plotly's
+  // own pick there is evenly spaced in value (0.02, 0.03, … 0.1), which crowds the top of a
+  // log axis. null when even the finest puts fewer: a range that narrow is nearly linear,
+  // and Plotly's even ticks read well on it.
+  const SUBDECADE_STEPS = [[1, 2, 5], [1, 2, 3, 5], [1, 1.5, 2, 3, 4, 5, 7]];
+  function subdecadeTicks(lo, hi) {
+    for (const steps of SUBDECADE_STEPS) {
+      const ticks = [];
+      for (let e = Math.floor(Math.log10(lo)); e <= Math.ceil(Math.log10(hi)); e++) {
+        for (const m of steps) {
+          const v = Number((m * Math.pow(10, e)).toPrecision(12));  // 0.07, not 0.07000000000000001
+          if (v >= lo && v <= hi) ticks.push(v);
+        }
+      }
+      if (ticks.length >= 3) return ticks;
+    }
+    return null;
+  }
+
   // A y axis with its title (the quantity and its unit). A log axis starts at logFloor (its
   // autorange may not go lower). Ticks are 1-2-5 over up to 2.5 decades, else powers of ten;
   // never Plotly's every digit (its pick for a decade or two), whose labels as full numbers
-  // (`~g`: 0.02, not "2") collide. Under a decade Plotly's own linear ticks stay.
+  // (`~g`: 0.02, not "2") collide. Under a decade they are subdecadeTicks'.
   function yAxis(title, logY, valueLists) {
     const axis = {title: {text: title, standoff: 6, font: {size: 12}}, type: logY ? "log" : "linear", automargin: true};
     if (!logY) return axis;
@@ -238,8 +258,9 @@ const Dashboard = (() => {
     const hi = Math.max(0, ...valueLists.flat().filter((v) => Number.isFinite(v)));
     if (!(floor > 0)) return {...axis, tickformat: "~g"};
     const decades = Math.log10(hi / floor);
-    const dtick = decades >= 1 ? {dtick: decades <= 2.5 ? "D2" : 1} : {};
-    return {...axis, tickformat: "~g", ...dtick, autorangeoptions: {minallowed: Math.log10(floor)}};
+    const under = decades < 1 ? subdecadeTicks(floor, hi) : null;
+    const ticks = decades >= 1 ? {dtick: decades <= 2.5 ? "D2" : 1} : under ? {tickmode: "array", tickvals: under} : {};
+    return {...axis, tickformat: "~g", ...ticks, autorangeoptions: {minallowed: Math.log10(floor)}};
   }
 
   // A step axis: its title, and whole steps only. Plotly picks ticks 0.5 apart on a range of
@@ -657,6 +678,13 @@ const Dashboard = (() => {
       systemLoaded.then(() => system.append(message.data.points));
       return false;  // metric points never change the panels
     });
+    // The status ages without any change to the run (its clock, a silent worker's lease, its
+    // place in the queue), so no message says "worker lost": while it says it ticks
+    // (data-ticking), the panels are re-fetched every 10 s like the workers page, not in a
+    // hidden tab, and at once when the tab shows again.
+    const ticking = () => !document.hidden && panels.querySelector("[data-ticking]") !== null;
+    setInterval(() => { if (ticking()) refresh(); }, 10000);
+    document.addEventListener("visibilitychange", () => { if (ticking()) refresh(); });
     const actions = {
       backup: () => api("POST", url(`/api/runs/${runId}/backup`)).then((c) => {
         document.getElementById("backup-state").textContent = `backup ${c.state}`;

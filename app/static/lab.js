@@ -62,17 +62,32 @@ const Lab = (() => {
     }
   }
 
+  // The control that takes a setting's value in `field`: the one rendered for that setting
+  // (data-setting: a select or checkboxes of its fixed choices), else the free-text one.
+  // Only it is shown, so a setting with choices is never typed.
+  function valueControl(field, setting) {
+    const controls = [...field.querySelectorAll(".value")];
+    const shown = controls.find((c) => c.dataset.setting === setting) || controls.find((c) => !c.dataset.setting);
+    controls.forEach((c) => { c.hidden = c !== shown; });
+    return shown;
+  }
+
   // The sweep form, and the paper's ablations as one-click presets (buttons with data-sweep:
   // the request body). Values are typed by the config schema (each option's data-type).
   function sweepForm(form) {
     const error = document.getElementById("sweep-error");
     const typeOf = (select) => (select.selectedOptions[0] || {dataset: {}}).dataset.type;
+    const values = form.ablation_values.closest(".field");
+    form.querySelectorAll(".override > select:not(.value)").forEach((select) => {
+      select.addEventListener("change", () => valueControl(select.parentElement, select.value));
+    });
+    form.ablation_setting.addEventListener("change", () => valueControl(values, form.ablation_setting.value));
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       const config = {};
       for (const row of form.querySelectorAll(".override")) {
         const select = row.querySelector("select");
-        const value = Dashboard.typedValue(row.querySelector("input").value, typeOf(select));
+        const value = Dashboard.typedValue(valueControl(row, select.value).value, typeOf(select));
         if (select.value && value !== null) config[select.value] = value;
       }
       const body = {name: form.name.value.trim() || null,
@@ -83,8 +98,10 @@ const Lab = (() => {
       const setting = form.ablation_setting.value;
       if (setting) {
         const type = typeOf(form.ablation_setting);
-        body.ablation = {setting, values: form.ablation_values.value.split("\n")
-          .map((line) => Dashboard.typedValue(line, type)).filter((v) => v !== null)};
+        const control = valueControl(values, setting);
+        const texts = control.tagName === "FIELDSET"
+          ? [...control.querySelectorAll("input:checked")].map((box) => box.value) : control.value.split("\n");
+        body.ablation = {setting, values: texts.map((text) => Dashboard.typedValue(text, type)).filter((v) => v !== null)};
       }
       queueSweep(body, error);
     });
