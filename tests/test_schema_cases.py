@@ -133,3 +133,10 @@ def test_a_worker_cap_below_zero_or_above_the_bound_is_invalid_to_both(client: T
         assert _answer(document, client, "patch", route, "max_runs", where, body={"max_runs": wrong}) == 422
     for cap in (0, 10_000, None):
         assert _answer(document, client, "patch", route, None, where, body={"max_runs": cap}) == 200
+
+
+def test_a_clone_source_of_a_unicode_digit_is_a_page_not_a_crash(client: TestClient) -> None:
+    """'²' passes str.isdigit but not int(): the fuzz test found it as a 500."""
+    for source in ("²", "١", "0x1"):
+        answer = client.get("/runs/new", params={"from": source})
+        assert answer.status_code == 404 and f"no run {source} to clone" in answer.text

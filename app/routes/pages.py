@@ -91,7 +91,7 @@ def new_run_page(
     if source is not None:
         with db.read() as session:
             try:
-                if not source.isdigit() or int(source) > 2**63 - 1:
+                if not (source.isascii() and source.isdigit()) or int(source) > 2**63 - 1:
                     raise NotFound(source)
                 clone = runs.get_run(session, int(source))
             except NotFound:
